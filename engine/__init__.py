@@ -1,0 +1,1 @@
+"""Everything about the model: documents, tokens and separators, cache policies, backends, memories."""

@@ -1,0 +1,73 @@
+"""Answering questions from a saved memory, streamed token by token.
+
+The memory is restored into a fresh cache with room for the conversation after it. Every
+question is laid out after the memory as the chat template wants it (earlier turns included);
+tokens already in the cache from the previous turn are reused and only the rest is computed,
+so a follow-up costs its own tokens, not the whole conversation again. The memory's own slots
+are never changed by asking, and the file on disk is only read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import numpy as np
+
+from engine.errors import CommaError
+from engine.generate import Sampling, Utf8Stream, generate
+from engine.memory import Memory
+from engine.prompts import question_suffix
+
+CONVERSATION_ROOM = 2048
+
+
+class Conversation:
+    def __init__(self, model, memory: Memory, room: int = CONVERSATION_ROOM):
+        self.model, self.memory, self.room = model, memory, room
+        self.cache = model.new_cache(memory.kept_tokens + room, 512)
+        self.cache.restore(memory.state, memory.offsets, memory.separators)
+        self._after_memory: list[int] = []
+
+    def _prompt_tokens(self, history: list[dict[str, str]], question: str, answer_room: int) -> np.ndarray:
+        # Oldest turns go first when the conversation outgrows the room after the memory.
+        turns = list(history)
+        while True:
+            tokens = self.model.tokenize(question_suffix(self.model, turns, question), special=True)
+            if len(tokens) + answer_room <= self.room:
+                return tokens
+            if not turns:
+                raise CommaError(f"the question is too long ({len(tokens)} tokens); keep it under "
+                                 f"{self.room - answer_room} tokens")
+            turns = turns[2:]
+
+    def answer_pages(self) -> list[int]:
+        """Pages of the document text the memory keeps in full (its windows), ascending.
+
+        Separator slots come from every part of the document; the windows are the passage the
+        model sees word for word, so they are what an answer can quote.
+        """
+        return self.memory.pages(np.flatnonzero(~self.memory.separators))
+
+    def ask(self, question: str, history: list[dict[str, str]] | None = None,
+            sampling: Sampling = Sampling(), should_stop: Callable[[], bool] = lambda: False) -> Iterator[str]:
+        """Yield the answer's text as it is generated."""
+        prompt = self._prompt_tokens(history or [], question, sampling.max_tokens)
+        previous = self._after_memory
+        same = 0
+        limit = min(len(previous), len(prompt) - 1)
+        while same < limit and previous[same] == prompt[same]:
+            same += 1
+        base = self.memory.kept_tokens
+        self.cache.truncate(base + same)
+        logits = self.cache.decode_main_tail(prompt[same:])
+        self._after_memory = prompt.tolist()
+
+        def step(token: int) -> np.ndarray:
+            self._after_memory.append(token)
+            return self.cache.decode_main_tail(np.array([token], dtype=np.int32))
+
+        text = Utf8Stream()
+        for token in generate(logits, step, self.model.is_end_of_generation, sampling, should_stop):
+            piece = text.push(self.model.pieces[token])
+            if piece:
+                yield piece

@@ -1,0 +1,152 @@
+"""A GGUF model loaded once through llama.cpp: its vocabulary, tokenizer and chat template.
+
+Contexts (the KV caches) are made from it by ``engine.gguf.context``; a model can serve many.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from engine.errors import ModelError
+from engine.models import fingerprint, resolve_model_path
+from engine.separators import separator_table
+
+try:
+    import llama_cpp as llama
+except ImportError as exc:  # pragma: no cover - depends on the install
+    raise ModelError("llama-cpp-python is not installed; see the README's install command") from exc
+
+# Families whose KV cache is one plain attention cache: a middle range can be removed and the
+# rest re-positioned. Sliding-window, hybrid and recurrent families cannot (llama.cpp refuses
+# a partial removal there), so a separator-compressed memory is impossible for them.
+EVICTABLE_ARCHITECTURES = frozenset(
+    {"llama", "qwen2", "qwen3", "mistral", "mistral3", "granite", "olmo", "olmo2", "phi3",
+     "internlm2", "deepseek", "minicpm", "stablelm", "starcoder2", "smollm3", "exaone"}
+)
+
+
+def _silence_llama_log():
+    # llama.cpp writes its loading chatter to stderr; the CLI's stderr is for the person.
+    @llama.llama_log_callback
+    def _drop(level, text, user_data):
+        return None
+
+    llama.llama_log_set(_drop, ctypes.c_void_p())
+    return _drop
+
+
+_LOG_CALLBACK = _silence_llama_log()
+llama.llama_backend_init()
+
+
+class GGUFModel:
+    """The weights and vocabulary of one GGUF file, shared by every context made from it."""
+
+    backend = "gguf"
+
+    def __init__(self, path: str | os.PathLike | None = None):
+        self.path: Path = resolve_model_path(path)
+        params = llama.llama_model_default_params()
+        params.n_gpu_layers = 0
+        self.ptr = llama.llama_model_load_from_file(str(self.path).encode(), params)
+        if not self.ptr:
+            raise ModelError(f"llama.cpp could not load {self.path}; the file may be damaged")
+        self.vocab = llama.llama_model_get_vocab(self.ptr)
+        self.architecture = self.meta("general.architecture") or "unknown"
+        if self.architecture not in EVICTABLE_ARCHITECTURES:
+            raise ModelError(
+                f"{self.path.name} is a {self.architecture!r} model, whose KV cache cannot be partially "
+                "removed, so Comma cannot keep a compressed memory with it; use a Llama, Qwen2/3 "
+                "or Mistral-family GGUF"
+            )
+        self.name = self.meta("general.name") or self.path.stem
+        self.n_vocab = llama.llama_vocab_n_tokens(self.vocab)
+        self.n_ctx_train = llama.llama_model_n_ctx_train(self.ptr)
+        self.n_layer = llama.llama_model_n_layer(self.ptr)
+        self.bos = llama.llama_vocab_bos(self.vocab)
+
+    def __del__(self):
+        if getattr(self, "ptr", None):
+            llama.llama_model_free(self.ptr)
+            self.ptr = None
+
+    def new_cache(self, n_ctx: int, n_batch: int):
+        from engine.gguf.context import GGUFCache  # the context module builds on this one
+
+        return GGUFCache(self, n_ctx, n_batch)
+
+    def meta(self, key: str) -> str | None:
+        buf = ctypes.create_string_buffer(4096)
+        n = llama.llama_model_meta_val_str(self.ptr, key.encode(), buf, len(buf))
+        return buf.value.decode("utf-8", "replace") if n >= 0 else None
+
+    @cached_property
+    def fingerprint(self) -> str:
+        return fingerprint(self.path)
+
+    @cached_property
+    def chat_template(self) -> str | None:
+        tmpl = llama.llama_model_chat_template(self.ptr, None)
+        return tmpl.decode("utf-8") if tmpl else None
+
+    @cached_property
+    def pieces(self) -> list[bytes]:
+        """The raw bytes of every token id, as the model would print it."""
+        buf = ctypes.create_string_buffer(256)
+        out = []
+        for token in range(self.n_vocab):
+            n = llama.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
+            out.append(buf.raw[: max(n, 0)])
+        return out
+
+    @cached_property
+    def piece_lengths(self) -> np.ndarray:
+        return np.array([len(p) for p in self.pieces], dtype=np.int64)
+
+    @cached_property
+    def separator_ids(self) -> np.ndarray:
+        return separator_table(self.pieces)
+
+    def is_end_of_generation(self, token: int) -> bool:
+        return bool(llama.llama_vocab_is_eog(self.vocab, token))
+
+    def tokenize(self, text: str, *, special: bool = False, add_bos: bool = False) -> np.ndarray:
+        """Token ids of ``text``; ``special`` parses control tokens such as ``<|im_start|>``.
+
+        Document text is always tokenized with ``special=False`` so that a document cannot
+        smuggle chat-control tokens into the prompt.
+        """
+        data = text.encode("utf-8")
+        capacity = len(data) + 8
+        buf = (llama.llama_token * capacity)()
+        n = llama.llama_tokenize(self.vocab, data, len(data), buf, capacity, add_bos, special)
+        if n < 0:
+            capacity = -n
+            buf = (llama.llama_token * capacity)()
+            n = llama.llama_tokenize(self.vocab, data, len(data), buf, capacity, add_bos, special)
+        return np.ctypeslib.as_array(buf)[:n].astype(np.int32)
+
+    def detokenize(self, tokens) -> bytes:
+        return b"".join(self.pieces[int(t)] for t in tokens)
+
+    def apply_chat_template(self, messages: list[dict[str, str]], add_assistant: bool) -> str:
+        """Render ``messages`` with the model's template (llama.cpp's built-in renderer)."""
+        chat = (llama.llama_chat_message * len(messages))()
+        keep = []
+        for slot, m in zip(chat, messages):
+            role, content = m["role"].encode(), m["content"].encode()
+            keep += [role, content]
+            slot.role, slot.content = role, content
+        tmpl = (self.chat_template or "chatml").encode()
+        size = 4096 + 2 * sum(len(b) for b in keep)
+        buf = ctypes.create_string_buffer(size)
+        n = llama.llama_chat_apply_template(tmpl, chat, len(messages), add_assistant, buf, size)
+        if n < 0:
+            # A template llama.cpp does not recognise: ChatML is the most widely trained fallback.
+            n = llama.llama_chat_apply_template(b"chatml", chat, len(messages), add_assistant, buf, size)
+        return buf.raw[:n].decode("utf-8")

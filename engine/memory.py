@@ -1,0 +1,63 @@
+"""A Memory: what reading a document under a policy leaves behind, and how it maps to pages.
+
+It holds the kept KV state (the backend's bytes), for every kept slot its token id, its offset
+in the read token stream and whether it is a separator, and a header that says which model,
+backend, policy and document made it. Saving and verified loading go through
+``engine.memory_file``, the one implementation of the file format.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from engine.memory_file import pack_offsets, read_memory, unpack_offsets, write_memory
+
+
+@dataclass
+class Memory:
+    header: dict
+    token_ids: np.ndarray
+    offsets: np.ndarray
+    separators: np.ndarray
+    state: bytes
+
+    @property
+    def kept_tokens(self) -> int:
+        return len(self.offsets)
+
+    def page_of_offset(self, offset: int) -> int | None:
+        """1-based page of a token-stream offset; None for the prompt before the document."""
+        if offset < self.header["prompt_tokens"]:
+            return None
+        return bisect_right(self.header["page_token_starts"], int(offset))
+
+    def pages(self, slots: np.ndarray | None = None) -> list[int]:
+        """The pages that the given kept slots (all by default) came from, ascending."""
+        offsets = self.offsets if slots is None else self.offsets[slots]
+        pages = {self.page_of_offset(o) for o in offsets.tolist()}
+        pages.discard(None)
+        return sorted(pages)
+
+    def save(self, path: Path) -> int:
+        return write_memory(path, self.header, {
+            "token_ids": self.token_ids.astype("<i4").tobytes(),
+            "offsets": pack_offsets(self.offsets),
+            "separators": self.separators.astype(np.uint8).tobytes(),
+            "state": self.state,
+        })
+
+    @classmethod
+    def load(cls, path: Path, *, model_fingerprint: str, backend: str) -> "Memory":
+        f = read_memory(path, model_fingerprint=model_fingerprint, backend=backend)
+        s = f.sections
+        return cls(
+            header=f.header,
+            token_ids=np.frombuffer(s["token_ids"], dtype="<i4").copy(),
+            offsets=unpack_offsets(s["offsets"]),
+            separators=np.frombuffer(s["separators"], dtype=np.uint8).astype(bool),
+            state=s["state"],
+        )

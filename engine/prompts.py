@@ -1,0 +1,58 @@
+"""How a document, questions and answers are laid out in the model's chat template.
+
+The document is read inside the first user turn. We render a conversation with a marker
+where the document goes and cut the rendered text there: what comes before the marker is read
+once with the document; what comes after is appended at question time. The cut is the same
+for every conversation, so a memory made once serves any later question.
+"""
+
+from __future__ import annotations
+
+SYSTEM = (
+    "You are Comma, an assistant that answers questions about the document the user gives you. "
+    "Answer briefly and only from the document."
+)
+DOCUMENT_INTRO = "Here is the document.\n\n"
+NOTE_REQUEST = "\n\nIn one sentence, what is the passage just above about?"
+SUMMARY_REQUEST = (
+    "Below are notes taken while reading a long document, part by part, in order. "
+    "Write a summary of the whole document in one paragraph.\n\n{notes}"
+)
+_MARK = "⟦comma:document⟧"  # no NUL: the template renderer takes C strings
+
+
+def _around_document(model, after_document: str, later_turns: list[dict[str, str]]) -> tuple[str, str]:
+    messages = [
+        {"role": "system", "content": SYSTEM},
+        {"role": "user", "content": _MARK + after_document},
+        *later_turns,
+    ]
+    before, _, after = model.apply_chat_template(messages, add_assistant=True).partition(_MARK)
+    return before + DOCUMENT_INTRO, after
+
+
+def document_prefix(model) -> str:
+    """Read once, before the document's own text."""
+    return _around_document(model, "", [])[0]
+
+
+def question_suffix(model, history: list[dict[str, str]], question: str) -> str:
+    """Everything after the document: earlier turns of the session, then the new question."""
+    if not history:
+        return _around_document(model, "\n\nQuestion: " + question, [])[1]
+    first, *rest = history
+    later = [*rest, {"role": "user", "content": question}]
+    return _around_document(model, "\n\nQuestion: " + first["content"], later)[1]
+
+
+def note_suffix(model) -> str:
+    """Appended after the text read so far to ask for a one-sentence note on it."""
+    return _around_document(model, NOTE_REQUEST, [])[1]
+
+
+def summary_prompt(model, notes: list[str]) -> str:
+    """A fresh conversation (no document memory) that combines the section notes."""
+    body = SUMMARY_REQUEST.format(notes="\n".join(f"- {n}" for n in notes))
+    return model.apply_chat_template(
+        [{"role": "system", "content": SYSTEM}, {"role": "user", "content": body}], add_assistant=True
+    )

@@ -1,0 +1,177 @@
+"""Reading: a document becomes a token stream, the stream goes through the cache under a
+policy chunk by chunk, and what is left at the end becomes a Memory.
+
+The loop is backend-neutral: it needs a cache with ``length``, ``separators``, ``append`` and
+``evict`` (and, for section notes, a scratch branch). While reading, it can stop every few
+thousand tokens to write a one-sentence note on the passage just read, on a scratch branch of
+the cache that is dropped afterwards; the notes, in order, are what a whole-document summary
+is made from, since the final memory alone only remembers the end in detail.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from engine.errors import Cancelled, CommaError
+from engine.generate import Sampling, Utf8Stream, generate
+from engine.memory import Memory
+from engine.policy import Full, Policy
+from engine.prompts import document_prefix, note_suffix
+
+DEFAULT_CHUNK = 512
+NOTE_TOKENS = 48
+NOTE_ROOM = 128  # cache cells reserved beyond the policy's capacity for a note's prompt and text
+NOTE_MIN_INTERVAL = 1536
+NOTE_MAX_COUNT = 64
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class TokenStream:
+    """What is read: the prompt prefix, then the document, with a token → page map."""
+
+    tokens: np.ndarray
+    separators: np.ndarray
+    prompt_tokens: int
+    page_token_starts: list[int]
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+
+@dataclass
+class Note:
+    first_page: int
+    last_page: int
+    text: str
+
+
+@dataclass
+class ReadResult:
+    memory: Memory
+    notes: list[Note] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def token_stream(model, document, with_prompt: bool = True) -> TokenStream:
+    prefix = model.tokenize(document_prefix(model), special=True, add_bos=True) if with_prompt else \
+        np.zeros(0, dtype=np.int32)
+    body = model.tokenize(document.text)
+    # Byte offset where each document token starts; pages are char ranges of the same text.
+    token_bytes = np.concatenate([[0], np.cumsum(model.piece_lengths[body])[:-1]])
+    char_to_byte = np.concatenate([[0], np.cumsum([len(ch.encode()) for ch in document.text])])
+    page_bytes = char_to_byte[np.minimum(list(document.page_starts), len(document.text))]
+    page_token_starts = (np.searchsorted(token_bytes, page_bytes, side="left") + len(prefix)).tolist()
+    tokens = np.concatenate([prefix, body]).astype(np.int32)
+    return TokenStream(tokens, model.separator_ids[tokens], len(prefix), page_token_starts)
+
+
+def cache_size(model, policy: Policy, stream_len: int, notes: bool) -> int:
+    """Cells a reading context needs; refuses a full-attention read longer than the model allows."""
+    extra = NOTE_ROOM if notes else 0
+    if isinstance(policy, Full):
+        if stream_len + extra > model.n_ctx_train:
+            raise CommaError(
+                f"the document is {stream_len} tokens long; with the 'full' policy it must fit the "
+                f"model's {model.n_ctx_train}-token context. Use --policy sepllm or streaming"
+            )
+        return stream_len + extra
+    return policy.capacity + extra
+
+
+def prefill(cache, stream: TokenStream, policy: Policy, chunk: int, *,
+            after_chunk: Callable[[int], None] | None = None,
+            logits: str = "none", progress: Progress | None = None,
+            cancelled: Callable[[], bool] | None = None):
+    """Feed the stream through ``cache`` under ``policy``; yields each chunk's logits if asked."""
+    chunk = policy.max_chunk(chunk)
+    total = len(stream)
+    for start in range(0, total, chunk):
+        if cancelled is not None and cancelled():
+            raise Cancelled("reading cancelled; nothing was saved")
+        end = min(start + chunk, total)
+        keep = policy.keep(cache.separators, end - start)
+        if keep is not None:
+            cache.evict(keep)
+        out = cache.append(stream.tokens[start:end], np.arange(start, end), stream.separators[start:end], logits)
+        if logits != "none":
+            yield start, out
+        if after_chunk is not None:
+            after_chunk(end)
+        if progress is not None:
+            progress(end, total)
+
+
+class NoteTaker:
+    """Writes a one-sentence note on the passage read since the last note, on the scratch branch."""
+
+    def __init__(self, model, cache, stream: TokenStream, page_of: Callable[[int], int | None]):
+        self.model, self.cache, self.stream, self.page_of = model, cache, stream, page_of
+        doc_tokens = len(stream) - stream.prompt_tokens
+        self.interval = max(NOTE_MIN_INTERVAL, -(-doc_tokens // NOTE_MAX_COUNT))
+        self.request = model.tokenize(note_suffix(model), special=True)
+        self.last = stream.prompt_tokens
+        self.notes: list[Note] = []
+
+    def __call__(self, done: int) -> None:
+        if done - self.last >= self.interval or (done == len(self.stream) and done > self.last):
+            self.take(done)
+
+    def take(self, done: int) -> None:
+        cache = self.cache
+        cache.fork_scratch()
+        pos = cache.length
+        logits = cache.decode_scratch(self.request, pos)
+        pos += len(self.request)
+        tokens: list[int] = []
+
+        def step(token: int) -> np.ndarray:
+            nonlocal pos
+            out = cache.decode_scratch(np.array([token], dtype=np.int32), pos)
+            pos += 1
+            return out
+
+        text = Utf8Stream()
+        pieces = []
+        for token in generate(logits, step, self.model.is_end_of_generation, Sampling(max_tokens=NOTE_TOKENS)):
+            tokens.append(token)
+            pieces.append(text.push(self.model.pieces[token]))
+        cache.drop_scratch()
+        first = self.page_of(self.last) or 1
+        last = self.page_of(done - 1) or first
+        note = "".join(pieces).strip()
+        if note:
+            self.notes.append(Note(first, last, note))
+        self.last = done
+
+
+def read(model, document, policy: Policy, *, notes: bool = True, chunk: int = DEFAULT_CHUNK,
+         progress: Progress | None = None, cancelled: Callable[[], bool] | None = None) -> ReadResult:
+    """Read ``document`` once under ``policy``; the result's memory is ready to save."""
+    started = time.perf_counter()
+    stream = token_stream(model, document)
+    n_ctx = cache_size(model, policy, len(stream), notes)
+    cache = model.new_cache(n_ctx, policy.max_chunk(chunk))
+    header = {
+        "model_fingerprint": model.fingerprint,
+        "model_name": model.name,
+        "backend": model.backend,
+        "policy": policy.describe(),
+        "document_sha256": document.sha256,
+        "document_tokens": len(stream) - stream.prompt_tokens,
+        "prompt_tokens": stream.prompt_tokens,
+        "page_token_starts": stream.page_token_starts,
+    }
+    probe = Memory(header, np.zeros(0), np.zeros(0), np.zeros(0), b"")
+    taker = NoteTaker(model, cache, stream, probe.page_of_offset) if notes else None
+    for _ in prefill(cache, stream, policy, chunk, after_chunk=taker, progress=progress, cancelled=cancelled):
+        pass
+    header["kept_tokens"] = cache.length
+    memory = Memory(header, stream.tokens[cache.offsets], cache.offsets.copy(), cache.separators.copy(),
+                    cache.snapshot())
+    return ReadResult(memory, taker.notes if taker else [], time.perf_counter() - started)

@@ -1,0 +1,44 @@
+"""Log-probabilities of given tokens under a cache policy: perplexity, and later chunk choice.
+
+The tokens are read exactly as a document is (same policy, same chunking, same eviction), but
+every position's next-token distribution is kept, so the figure measures what the compressed
+cache costs the model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from engine.policy import Policy
+from engine.reader import DEFAULT_CHUNK, TokenStream, cache_size, prefill
+
+
+@dataclass
+class Scores:
+    logprobs: np.ndarray  # log P(token[i+1] | tokens[..i] as cached), for i in 0..n-2
+    attended: np.ndarray  # how many cached keys token i attended to (the KV it actually had)
+
+    def perplexity(self, start: int = 0, end: int | None = None) -> float:
+        return float(np.exp(-self.logprobs[start:end].mean()))
+
+
+def _log_softmax_at(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    peak = logits.max(axis=1, keepdims=True)
+    log_norm = np.log(np.exp(logits - peak).sum(axis=1)) + peak[:, 0]
+    return logits[np.arange(len(targets)), targets] - log_norm
+
+
+def score(model, tokens: np.ndarray, policy: Policy, chunk: int = DEFAULT_CHUNK) -> Scores:
+    tokens = np.asarray(tokens, dtype=np.int32)
+    stream = TokenStream(tokens, model.separator_ids[tokens], 0, [0])
+    cache = model.new_cache(cache_size(model, policy, len(stream), notes=False), policy.max_chunk(chunk))
+    logprobs = np.empty(len(tokens) - 1, dtype=np.float64)
+    attended = np.empty(len(tokens), dtype=np.int64)
+    for start, logits in prefill(cache, stream, policy, chunk, logits="all"):
+        n = len(logits)
+        attended[start:start + n] = cache.length - n + np.arange(1, n + 1)
+        targets = tokens[start + 1:start + n + 1]
+        logprobs[start:start + len(targets)] = _log_softmax_at(logits[:len(targets)], targets)
+    return Scores(logprobs, attended)

@@ -1,0 +1,50 @@
+"""A whole-document summary made from the section notes taken while reading.
+
+The final memory remembers the end of a long document in detail and the rest only through its
+separators; the notes, one per passage, cover it all in order. They are combined by the model
+in a fresh context (no document memory needed); when they are too many for one prompt they are
+combined in groups first, then the group summaries are combined.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from engine.generate import Sampling, Utf8Stream, generate
+from engine.prompts import summary_prompt
+
+SUMMARY_TOKENS = 320
+GROUP_PROMPT_TOKENS = 1536
+
+
+def _complete(model, prompt: str, max_tokens: int) -> str:
+    tokens = model.tokenize(prompt, special=True, add_bos=True)
+    cache = model.new_cache(len(tokens) + max_tokens + 8, 512)
+    logits = cache.decode_main_tail(tokens)
+    text = Utf8Stream()
+    step = lambda t: cache.decode_main_tail([t])  # noqa: E731 - one-line adapter for generate()
+    return "".join(text.push(model.pieces[t]) for t in generate(
+        logits, step, model.is_end_of_generation, Sampling(max_tokens=max_tokens))).strip()
+
+
+def summarize_notes(model, notes: list[str], progress: Callable[[int, int], None] | None = None) -> str:
+    """One paragraph from ``notes`` (in document order)."""
+    level = list(notes)
+    while True:
+        groups, current, size = [], [], 0
+        for note in level:
+            n = len(model.tokenize(note)) + 4
+            if current and size + n > GROUP_PROMPT_TOKENS:
+                groups.append(current)
+                current, size = [], 0
+            current.append(note)
+            size += n
+        groups.append(current)
+        combined = []
+        for i, group in enumerate(groups):
+            combined.append(_complete(model, summary_prompt(model, group), SUMMARY_TOKENS))
+            if progress is not None:
+                progress(i + 1, len(groups))
+        if len(combined) == 1:
+            return combined[0]
+        level = combined
