@@ -1,0 +1,141 @@
+"""What a person can do with Comma (read, ask, summarise, list), shared by the CLI and the window.
+
+Each action joins the engine (model, reading, memories) to the library. Work that takes long
+reports through a ``progress(done, total)`` callback and stops when ``cancelled()`` turns true,
+so the CLI can draw a bar and the window can run it in a worker thread with a Cancel button.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from engine.conversation import Conversation
+from engine.documents import read_document
+from engine.errors import LibraryError
+from engine.memory import Memory
+from engine.policy import make_policy, policy_key
+from engine.reader import read
+from engine.summary import summarize_notes
+from storage.library import Library
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class AskResult:
+    answer: str
+    session_id: str
+    pages: list[int]
+    ttft_s: float
+    seconds: float
+
+
+@dataclass
+class Comma:
+    """The library plus a lazily loaded model (loading it is the slow part of a cold start)."""
+
+    library: Library = field(default_factory=Library)
+    model_path: str | Path | None = None
+    _model: object = None
+
+    @property
+    def model(self):
+        if self._model is None:
+            from engine.gguf.model import GGUFModel  # llama.cpp loads only when a model is needed
+
+            self._model = GGUFModel(self.model_path)
+        return self._model
+
+    def ingest(self, path: str | Path, policy: str = "sepllm", cache: int | None = None, force: bool = False,
+               notes: bool = True, progress: Progress | None = None,
+               cancelled: Callable[[], bool] | None = None) -> dict:
+        started = time.perf_counter()
+        document = read_document(path)
+        chosen = make_policy(policy, cache)
+        model = self.model
+        doc_id = self.library.add_document(document)
+        key = policy_key(chosen)
+        existing = self.library.find_memory(doc_id, model.fingerprint, model.backend, key)
+        if existing and not force and Path(existing["path"]).is_file():
+            return self._ingest_report(doc_id, document, existing, time.perf_counter() - started, reused=True)
+        result = read(model, document, chosen, notes=notes, progress=progress, cancelled=cancelled)
+        target = self.library.memory_path(doc_id, key, model.fingerprint, model.backend)
+        size = result.memory.save(target)
+        record = {
+            "doc_id": doc_id, "model_fingerprint": model.fingerprint, "model_name": model.name,
+            "backend": model.backend, "policy_key": key, "policy": str(chosen.describe()),
+            "path": str(target), "bytes": size, "document_tokens": result.memory.header["document_tokens"],
+            "kept_tokens": result.memory.kept_tokens, "seconds": result.seconds,
+        }
+        self.library.save_memory(record, result.notes)
+        saved = self.library.find_memory(doc_id, model.fingerprint, model.backend, key)
+        return self._ingest_report(doc_id, document, saved, time.perf_counter() - started, reused=False)
+
+    @staticmethod
+    def _ingest_report(doc_id, document, memory: dict, seconds: float, reused: bool) -> dict:
+        return {
+            "doc_id": doc_id, "title": document.title, "pages": document.pages,
+            "tokens": memory["document_tokens"], "kept_tokens": memory["kept_tokens"],
+            "memory_path": memory["path"], "memory_bytes": memory["bytes"], "seconds": round(seconds, 3),
+            "reused": reused,
+        }
+
+    def _memory_record(self, doc_id: str) -> tuple[dict, dict]:
+        doc = self.library.document(doc_id)
+        record = self.library.find_memory(doc["id"], self.model.fingerprint, self.model.backend)
+        if record is None:
+            raise LibraryError(
+                f"document {doc['id']} ({doc['title']}) has no memory for the model {self.model.name}; "
+                f"read it first: comma ingest {doc['path']}"
+            )
+        return doc, record
+
+    def load_memory(self, record: dict) -> Memory:
+        return Memory.load(Path(record["path"]), model_fingerprint=self.model.fingerprint,
+                           backend=self.model.backend)
+
+    def ask(self, doc_id: str, question: str, session_id: str | None = None,
+            on_text: Callable[[str], None] | None = None,
+            should_stop: Callable[[], bool] = lambda: False) -> AskResult:
+        started = time.perf_counter()
+        doc, record = self._memory_record(doc_id)
+        if session_id is None:
+            session_id = self.library.new_session(doc["id"], question)
+        elif self.library.session(session_id)["doc_id"] != doc["id"]:
+            raise LibraryError(f"session {session_id} belongs to another document")
+        history = [{"role": m["role"], "content": m["content"]} for m in self.library.messages(session_id)]
+        conversation = Conversation(self.model, self.load_memory(record))
+        ttft = None
+        parts = []
+        for piece in conversation.ask(question, history, should_stop=should_stop):
+            ttft = ttft if ttft is not None else time.perf_counter() - started
+            parts.append(piece)
+            if on_text is not None:
+                on_text(piece)
+        answer = "".join(parts).strip()
+        pages = conversation.answer_pages()
+        self.library.add_message(session_id, "user", question)
+        self.library.add_message(session_id, "assistant", answer, pages)
+        seconds = time.perf_counter() - started
+        return AskResult(answer, session_id, pages, round(ttft if ttft is not None else seconds, 3), round(seconds, 3))
+
+    def summarize(self, doc_id: str, force: bool = False, progress: Progress | None = None) -> dict:
+        started = time.perf_counter()
+        _, record = self._memory_record(doc_id)
+        saved = None if force else self.library.summary(record["id"])
+        if saved is None:
+            notes = self.library.notes(record["id"])
+            if not notes:
+                raise LibraryError("this memory was read without section notes; read it again with --force")
+            text = summarize_notes(self.model, [n["text"] for n in notes], progress)
+            pages = sorted({p for n in notes for p in range(n["first_page"], n["last_page"] + 1)})
+            self.library.save_summary(record["id"], text, pages)
+            saved = self.library.summary(record["id"])
+        return {"summary": saved["text"], "pages": saved["pages"],
+                "seconds": round(time.perf_counter() - started, 3)}
+
+    def list(self) -> list[dict]:
+        return self.library.documents()

@@ -1,0 +1,139 @@
+"""The command line: ``ingest``, ``ask``, ``summarize`` and ``list``, a contract scripts rely on.
+
+A user error exits with status 2 and one line on stderr starting ``error:``; ``--json`` prints
+one JSON object (or list) on stdout; long work draws a progress bar on stderr when it is a
+terminal and ``--json`` is not given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from contextlib import contextmanager
+
+from engine.errors import CommaError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="comma", description="Read a long document once; ask it anything.")
+    parser.add_argument("--open", metavar="FILE", help="open the window and read FILE")
+    sub = parser.add_subparsers(dest="command")
+
+    def common(p, model=True):
+        p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+        if model:
+            p.add_argument("--model", metavar="GGUF", help="a GGUF model file (default: the bundled SmolLM2)")
+
+    p = sub.add_parser("ingest", help="read a document into a memory on disk")
+    p.add_argument("path")
+    p.add_argument("--policy", choices=["sepllm", "streaming", "full"], default="sepllm")
+    p.add_argument("--cache", type=int, metavar="C", help="KV cache capacity in tokens (default 800)")
+    p.add_argument("--force", action="store_true", help="read again even if a memory exists")
+    p.add_argument("--no-notes", action="store_true", help="skip the section notes used for summaries")
+    common(p)
+
+    p = sub.add_parser("ask", help="ask a question about a document that was read")
+    p.add_argument("doc_id")
+    p.add_argument("question")
+    p.add_argument("--session", metavar="ID", help="continue this conversation")
+    common(p)
+
+    p = sub.add_parser("summarize", help="summarise a whole document from its reading notes")
+    p.add_argument("doc_id")
+    p.add_argument("--force", action="store_true", help="write the summary again")
+    common(p)
+
+    p = sub.add_parser("list", help="documents in the library and their memories")
+    common(p, model=False)
+    return parser
+
+
+@contextmanager
+def progress_bar(enabled: bool, unit: str, desc: str):
+    """A tqdm bar on stderr (tokens, tokens/s, ETA), or a no-op when output is for a program."""
+    if not enabled:
+        yield None
+        return
+    from tqdm import tqdm
+
+    with tqdm(total=0, unit=unit, unit_scale=True, desc=desc, file=sys.stderr, dynamic_ncols=True) as bar:
+        def update(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        yield update
+
+
+def _show_bars(args) -> bool:
+    return not args.json and sys.stderr.isatty()
+
+
+def main() -> None:
+    sys.exit(run())
+
+
+def run(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except CommaError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted; nothing half-done was saved", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args) -> int:
+    if args.command is None:
+        from app.window import open_window
+
+        return open_window(args.open)
+
+    from app.actions import Comma
+
+    comma = Comma(model_path=getattr(args, "model", None))
+    if args.command == "ingest":
+        with progress_bar(_show_bars(args), "tok", "reading") as bar:
+            report = comma.ingest(args.path, args.policy, args.cache, args.force, notes=not args.no_notes,
+                                  progress=bar)
+        _print(args, report, lambda r: (
+            f"{r['doc_id']}  {r['title']}  {r['pages']} pages, {r['tokens']} tokens -> "
+            f"{r['kept_tokens']} kept, {r['memory_bytes'] / 1e6:.1f} MB"
+            f"{' (already read)' if r['reused'] else ''} in {r['seconds']:.1f} s"))
+    elif args.command == "ask":
+        stream = None if args.json else (lambda text: (sys.stdout.write(text), sys.stdout.flush()))
+        result = comma.ask(args.doc_id, args.question, args.session, on_text=stream)
+        if args.json:
+            print(json.dumps(result.__dict__, ensure_ascii=False))
+        else:
+            print(f"\n[pages {', '.join(map(str, result.pages))} · session {result.session_id}]")
+    elif args.command == "summarize":
+        with progress_bar(_show_bars(args), "part", "summarising") as bar:
+            report = comma.summarize(args.doc_id, args.force, progress=bar)
+        _print(args, report, lambda r: f"{r['summary']}\n[pages {r['pages'][0]}–{r['pages'][-1]}]"
+               if r["pages"] else r["summary"])
+    elif args.command == "list":
+        docs = comma.list()
+        _print(args, docs, _format_list)
+    return 0
+
+
+def _format_list(docs: list[dict]) -> str:
+    if not docs:
+        return "The library is empty: comma ingest PATH reads a document."
+    lines = []
+    for d in docs:
+        lines.append(f"{d['id']}  {d['title']}  ({d['pages']} pages)  {d['path']}")
+        for m in d["memories"]:
+            lines.append(f"    {m['policy_key']:<24} {m['kept_tokens']:>6} of {m['document_tokens']} tokens  "
+                         f"{m['bytes'] / 1e6:6.1f} MB  {m['model_name']}  {m['path']}")
+    return "\n".join(lines)
+
+
+def _print(args, value, human) -> None:
+    print(json.dumps(value, ensure_ascii=False) if args.json else human(value))

@@ -1,0 +1,105 @@
+"""Perplexity of full attention, StreamingLLM and SepLLM on real texts, at equal average KV.
+
+Method: each text's first ``--tokens`` tokens are scored with the bundled model under each
+policy, read in the same chunks as ingest. Perplexity is over tokens ``--skip`` onwards (the
+first ``c`` tokens are identical for every policy). SepLLM's cache swings between a+s+w and c,
+so it is compared both with StreamingLLM at the same capacity c and with StreamingLLM whose
+capacity gives the same *average* number of attended keys per token (found by simulating the
+one policy implementation on the text's own separator flags). Prints one JSON object.
+
+    python bench/perplexity.py [--tokens 8000] [--texts gpl3,python_reference,bash_manual]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.texts import TEXTS  # noqa: E402
+from engine.gguf.model import GGUFModel  # noqa: E402
+from engine.policy import Full, SepLLM, Streaming  # noqa: E402
+from engine.reader import DEFAULT_CHUNK  # noqa: E402
+from engine.scoring import score  # noqa: E402
+
+
+def simulated_average_kv(policy, separators: np.ndarray, chunk: int) -> float:
+    """Mean attended keys per token, from the policy alone (no model needed)."""
+    chunk = policy.max_chunk(chunk)
+    cache_flags = np.zeros(0, dtype=bool)
+    total = 0
+    for start in range(0, len(separators), chunk):
+        n = min(chunk, len(separators) - start)
+        keep = policy.keep(cache_flags, n)
+        if keep is not None:
+            cache_flags = cache_flags[keep]
+        total += len(cache_flags) * n + n * (n + 1) // 2
+        cache_flags = np.concatenate([cache_flags, separators[start:start + n]])
+    return total / len(separators)
+
+
+def streaming_matching(target: float, separators: np.ndarray, initial: int, chunk: int) -> Streaming:
+    lo, hi = initial + 2, 4 * int(target)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if simulated_average_kv(Streaming(initial, mid), separators, chunk) < target:
+            lo = mid + 1
+        else:
+            hi = mid
+    return Streaming(initial, lo)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--tokens", type=int, default=8000)
+    parser.add_argument("--skip", type=int, default=1000)
+    parser.add_argument("--texts", default="gpl3,python_reference,bash_manual,gnutls_news")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    model = GGUFModel()
+    sep = SepLLM()
+    results = []
+    for name in args.texts.split(","):
+        tokens = model.tokenize(TEXTS[name]())[: args.tokens]
+        flags = model.separator_ids[tokens]
+        sep_avg = simulated_average_kv(sep, flags, DEFAULT_CHUNK)
+        policies = {
+            "full": Full(),
+            "streaming_same_c": Streaming(sep.initial, sep.capacity),
+            "streaming_same_avg": streaming_matching(sep_avg, flags, sep.initial, DEFAULT_CHUNK),
+            "sepllm": sep,
+        }
+        row = {"text": name, "tokens": len(tokens), "separator_share": round(float(flags.mean()), 4)}
+        for label, policy in policies.items():
+            started = time.perf_counter()
+            s = score(model, tokens, policy)
+            row[label] = {
+                "policy": policy.describe(),
+                "perplexity": round(s.perplexity(args.skip), 3),
+                "average_kv": round(float(s.attended[args.skip:].mean()), 1),
+                "seconds": round(time.perf_counter() - started, 1),
+            }
+            print(f"{name} {label}: {row[label]}", file=sys.stderr)
+        results.append(row)
+    report = {
+        "benchmark": "perplexity",
+        "method": __doc__.strip().splitlines()[2:9],
+        "model": model.name,
+        "machine": {"cpu_count": __import__("os").cpu_count(), "platform": platform.platform()},
+        "results": results,
+    }
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,363 @@
+"""Documents: a file on disk becomes the clean text the model reads, with a page map for citations.
+
+PDF, plain text, Markdown and Word files are read here, and nowhere else. Whatever the format,
+the result is a :class:`Document`: its text, the character offset where each page starts, and
+the SHA-256 of the file's bytes that identifies it in the library. Anything that cannot be read
+raises :class:`~engine.errors.DocumentError` with a sentence a person can act on.
+"""
+
+from __future__ import annotations
+
+import codecs
+import hashlib
+import io
+import re
+from bisect import bisect_right
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from itertools import groupby
+from pathlib import Path
+
+import charset_normalizer
+import pymupdf
+
+from engine.errors import DocumentError
+
+SUPPORTED_SUFFIXES: tuple[str, ...] = (".pdf", ".txt", ".md", ".markdown", ".docx")
+_KINDS = {".pdf": "pdf", ".txt": "txt", ".md": "md", ".markdown": "md", ".docx": "docx"}
+
+TEXT_PAGE_CHARS = 3000  # size of the "pages" cut from formats that have none
+TITLE_MAX_CHARS = 100
+
+# Control characters, soft hyphens, stray byte-order marks and replacement characters carry no
+# meaning for the model; tab, newline, form feed and carriage return are whitespace instead.
+_CONTROLS = "\x00-\x08\x0b\x0e-\x1f\x7f-\x9f"
+_CONTROL = re.compile(f"[{_CONTROLS}]")
+_INVISIBLE = re.compile(f"[{_CONTROLS}\u00ad\ufeff\ufffd]")
+_BINARY_CONTROL_SHARE = 0.05
+
+# Longest first: the UTF-32 LE mark begins with the UTF-16 LE one.
+_BOMS = (
+    (codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"),
+)
+# charset-normalizer ranks single-byte code pages by "chaos" alone and often puts a Baltic or
+# Central European one first for Western text; among the nearly-as-clean candidates, the one
+# whose letters best fit a language is right far more often, and cp1252 breaks ties.
+_CHAOS_MARGIN = 0.05
+_WESTERN = "cp1252"
+
+_OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"  # encrypted .docx and legacy .doc files
+
+# MuPDF expands ligatures and turns unknown glyphs into U+FFFD (dropped) with these flags,
+# and ignores text placed outside the page.
+_PDF_FLAGS = pymupdf.TEXT_MEDIABOX_CLIP
+_EDGE_ROWS = 2
+_RUNNING_MIN_PAGES = 3
+_DIGITS = re.compile(r"\d+")
+_HYPHENS = "-\u2010"
+
+
+@dataclass(frozen=True)
+class Document:
+    """A readable document: clean text plus a page map.
+
+    Page ``i`` (1-based) spans ``text[page_starts[i-1]:page_starts[i]]``, the last page runs to the
+    end of the text, and a page without text has an empty span. PDFs keep their real pages; TXT,
+    Markdown and DOCX files have none, so their text is cut into "pages" of about
+    ``TEXT_PAGE_CHARS`` characters at paragraph boundaries, which lets answers cite them the same way.
+    """
+
+    path: Path
+    title: str
+    sha256: str
+    text: str
+    page_starts: tuple[int, ...]
+    kind: str
+
+    @property
+    def pages(self) -> int:
+        return len(self.page_starts)
+
+    def page_of(self, char_offset: int) -> int:
+        """The 1-based page holding ``char_offset``, clamped to the document's pages."""
+        return min(max(bisect_right(self.page_starts, char_offset), 1), self.pages)
+
+    def page_text(self, page: int) -> str:
+        if not 1 <= page <= self.pages:
+            raise ValueError(f"page {page} is outside 1..{self.pages}")
+        end = self.page_starts[page] if page < self.pages else len(self.text)
+        return self.text[self.page_starts[page - 1]:end]
+
+
+def read_document(path: str | Path) -> Document:
+    """Read a PDF, TXT, Markdown or DOCX file; raise DocumentError if it cannot be read."""
+    path = Path(path).expanduser().resolve()
+    if not path.exists():
+        raise DocumentError(f"Cannot open {path}: no such file.")
+    if path.is_dir():
+        raise DocumentError(f"{path} is a folder, not a document.")
+    if not path.is_file():
+        raise DocumentError(f"{path} is not a regular file.")
+    suffix = path.suffix.lower()
+    if suffix not in _KINDS:
+        raise DocumentError(
+            f"{path} has an unknown format '{suffix or 'no extension'}'; "
+            f"Comma reads {', '.join(SUPPORTED_SUFFIXES)} files."
+        )
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise DocumentError(f"Cannot read {path}: {e.strerror or e}.") from e
+    if not data:
+        raise DocumentError(f"{path} is empty (0 bytes).")
+
+    kind = _KINDS[suffix]
+    if kind == "pdf":
+        metadata_title, pages = _read_pdf(path, data)
+        text, starts = _join_pages(pages)
+    else:
+        metadata_title, raw = _read_docx(path, data) if kind == "docx" else ("", _decode(path, data))
+        text = _clean_text(raw)
+        starts = _paginate(text)
+    if not text.strip():
+        raise DocumentError(f"{path} contains no readable text.")
+    return Document(
+        path=path, title=_title(text, metadata_title, path.stem), sha256=hashlib.sha256(data).hexdigest(),
+        text=text, page_starts=starts, kind=kind,
+    )
+
+
+def _title(text: str, metadata_title: str, fallback: str) -> str:
+    if metadata_title.strip():
+        return " ".join(metadata_title.split())
+    first = re.sub(r"^#+\s+", "", text.lstrip().split("\n", 1)[0]).strip()
+    return first if len(first) <= TITLE_MAX_CHARS and any(c.isalnum() for c in first) else fallback
+
+
+# --- PDF ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Line:
+    block: int
+    baseline: int
+    x: float
+    text: str
+
+
+def _read_pdf(path: Path, data: bytes) -> tuple[str, list[str]]:
+    """The metadata title and the clean text of each page."""
+    not_pdf = DocumentError(f"{path} is not a PDF, or it is damaged or truncated.")
+    try:
+        doc = pymupdf.open(stream=data, filetype="pdf")
+    except Exception as e:  # MuPDF's errors share no public base class
+        raise not_pdf from e
+    with doc:
+        if not doc.is_pdf:  # MuPDF opens images, HTML and e-books whatever the extension says
+            raise not_pdf
+        if doc.needs_pass:
+            raise DocumentError(f"{path} is password-protected; remove the password and add it again.")
+        # MuPDF silently repairs a cut-off file and shows only the pages that survived; a repaired
+        # file without its end marker is an incomplete download or copy, not a usable document.
+        if doc.page_count == 0 or (doc.is_repaired and b"%%EOF" not in data[-1024:]):
+            raise DocumentError(f"{path} is damaged or truncated (an incomplete download or copy?).")
+        try:
+            pages = [_pdf_lines(page) for page in doc]
+        except Exception as e:
+            raise DocumentError(f"{path} is damaged: MuPDF could not read its text ({e}).") from e
+        title = (doc.metadata or {}).get("title") or ""
+    if not any(pages):
+        raise DocumentError(
+            f"{path} has no text layer (it looks scanned or is blank), and Comma cannot read text "
+            "from images yet (no OCR)."
+        )
+    return title, [_paragraphs(lines) for lines in _strip_running_rows(pages)]
+
+
+def _pdf_lines(page: pymupdf.Page) -> list[_Line]:
+    # Blocks in MuPDF's order, not sorted by position: sorting by height interleaves the lines
+    # of side-by-side columns.
+    lines = []
+    for block_no, block in enumerate(page.get_text("dict", flags=_PDF_FLAGS)["blocks"]):
+        for line in block.get("lines", ()):
+            text = " ".join(_INVISIBLE.sub("", "".join(span["text"] for span in line["spans"])).split())
+            if text:
+                baseline = round(line["spans"][0]["origin"][1])
+                lines.append(_Line(block_no, baseline, line["bbox"][0], text))
+    return lines
+
+
+def _edge_rows(lines: list[_Line]) -> tuple[list[int], list[int]]:
+    """Baselines of the top and bottom rows of a page, outermost first."""
+    baselines = sorted({line.baseline for line in lines})
+    return baselines[:_EDGE_ROWS], baselines[::-1][:_EDGE_ROWS]
+
+
+def _row_text(lines: list[_Line], baseline: int) -> str:
+    return " ".join(line.text for line in sorted(lines, key=lambda line: line.x) if line.baseline == baseline)
+
+
+def _row_key(lines: list[_Line], baseline: int) -> str:
+    # Running heads differ from page to page only by their page number.
+    return _DIGITS.sub("#", _row_text(lines, baseline).lower())
+
+
+def _strip_running_rows(pages: list[list[_Line]]) -> list[list[_Line]]:
+    """Remove running headers, footers and page numbers from the top and bottom of each page.
+
+    A row is running when the same text (digits aside) sits at the same edge of at least three
+    pages and of at least half the pages from its first to its last appearance, or when it holds
+    the printed page number. Books repeat a chapter's title only over that chapter, often only
+    two pages, so a share of the whole document would miss them; the page number finds those.
+    """
+    edges = [_edge_rows(lines) for lines in pages]
+    offset = _page_number_offset(pages, edges)
+    running = []
+    for side in (0, 1):
+        seen = defaultdict(list)
+        for number, (lines, rows) in enumerate(zip(pages, edges)):
+            for key in {_row_key(lines, baseline) for baseline in rows[side]}:
+                seen[key].append(number)
+        running.append({
+            key for key, at in seen.items()
+            if len(at) >= _RUNNING_MIN_PAGES and 2 * len(at) >= at[-1] - at[0] + 1
+        })
+
+    stripped = []
+    for page_no, (lines, rows) in enumerate(zip(pages, edges), start=1):
+        dropped = set()
+        for side in (0, 1):
+            for baseline in rows[side]:
+                printed = offset is not None and page_no - offset in _numbers(_row_text(lines, baseline))
+                if not (printed or _row_key(lines, baseline) in running[side]):
+                    break
+                dropped.add(baseline)
+        stripped.append([line for line in lines if line.baseline not in dropped])
+    return stripped
+
+
+def _numbers(text: str) -> set[int]:
+    # A page number opens or closes its row ("12 Contents", "Chapter 4: Terms 18", "Page 3 of 9").
+    numbers = _DIGITS.findall(text)
+    return {int(numbers[0]), int(numbers[-1])} if numbers else set()
+
+
+def _page_number_offset(pages: list[list[_Line]], edges: list[tuple[list[int], list[int]]]) -> int | None:
+    """Page index minus printed page number, when at least half the pages print one at an edge."""
+    votes = Counter()
+    for page_no, (lines, rows) in enumerate(zip(pages, edges), start=1):
+        votes.update({page_no - n for baseline in rows[0] + rows[1] for n in _numbers(_row_text(lines, baseline))})
+    if not votes:
+        return None
+    offset, count = votes.most_common(1)[0]
+    return offset if count >= _RUNNING_MIN_PAGES and 2 * count >= len(pages) else None
+
+
+def _paragraphs(lines: list[_Line]) -> str:
+    # MuPDF starts a new block at a paragraph's vertical gap, so blocks are the paragraphs and
+    # the line breaks inside a block are only where the typesetter ran out of width.
+    return "\n\n".join(
+        _join_lines([line.text for line in block]) for _, block in groupby(lines, key=lambda line: line.block)
+    )
+
+
+def _join_lines(lines: list[str]) -> str:
+    parts = [lines[0]]
+    for line in lines[1:]:
+        previous = parts[-1]
+        if previous[-1] in _HYPHENS and previous[-2:-1].isalpha() and line[0].islower():
+            parts[-1] = previous[:-1] + line
+        else:
+            parts.append(line)
+    return " ".join(parts)
+
+
+def _join_pages(pages: list[str]) -> tuple[str, tuple[int, ...]]:
+    """Join pages with blank lines; the separator belongs to the page before it, so a page
+    without text starts where the next page's text does and keeps an empty span."""
+    text = "\n\n".join(page for page in pages if page)
+    starts, offset = [], 0
+    for page in pages:
+        starts.append(min(offset, len(text)))
+        if page:
+            offset += len(page) + 2
+    return text, tuple(starts)
+
+
+# --- text, Markdown, Word ----------------------------------------------------------------------
+
+
+def _decode(path: Path, data: bytes) -> str:
+    binary = DocumentError(f"{path} looks like binary data, not text.")
+    for bom, codec in _BOMS:
+        if data.startswith(bom):
+            try:
+                return data.decode(codec)
+            except UnicodeDecodeError:
+                raise binary from None
+    if b"\x00" in data:
+        raise binary
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        matches = charset_normalizer.from_bytes(data)
+        if not matches:
+            raise binary from None
+        least_chaos = min(m.chaos for m in matches)
+        text = str(max(
+            (m for m in matches if m.chaos <= least_chaos + _CHAOS_MARGIN),
+            key=lambda m: (m.coherence, m.encoding == _WESTERN),
+        ))
+    if len(_CONTROL.findall(text)) > _BINARY_CONTROL_SHARE * len(text):
+        raise binary
+    return text
+
+
+def _read_docx(path: Path, data: bytes) -> tuple[str, str]:
+    """The core-properties title and the text of paragraphs and tables in document order."""
+    try:
+        import docx
+    except ImportError:
+        raise DocumentError(
+            f"{path} is a Word document, and reading DOCX needs the python-docx package "
+            "(pip install python-docx)."
+        ) from None
+    if data.startswith(_OLE_MAGIC):
+        raise DocumentError(f"{path} is password-protected or an old .doc file, which Comma cannot read.")
+    try:
+        word = docx.Document(io.BytesIO(data))
+    except Exception as e:  # a broken zip, a missing part or bad XML: all mean the same to a reader
+        raise DocumentError(f"{path} is not a valid Word document or is damaged.") from e
+    blocks = []
+    for item in word.iter_inner_content():
+        if isinstance(item, docx.table.Table):
+            # A cell spanning several columns is listed once per column.
+            rows = (" | ".join(cell.text for cell in dict.fromkeys(row.cells)) for row in item.rows)
+            blocks.append("\n".join(rows))
+        else:
+            blocks.append(item.text)
+    return word.core_properties.title or "", "\n\n".join(blocks)
+
+
+def _clean_text(text: str) -> str:
+    text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\f", "\n\n")
+    text = text.replace("\u2028", "\n").replace("\u2029", "\n\n")
+    lines = (line.rstrip() for line in _INVISIBLE.sub("", text).split("\n"))
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip("\n")
+
+
+def _paginate(text: str) -> tuple[int, ...]:
+    """Cut at the last paragraph break, else line break, else space, in the second half of each
+    ``TEXT_PAGE_CHARS`` stretch."""
+    starts = [0]
+    while len(text) - starts[-1] > TEXT_PAGE_CHARS:
+        start = starts[-1]
+        for separator in ("\n\n", "\n", " "):
+            cut = text.rfind(separator, start + TEXT_PAGE_CHARS // 2, start + TEXT_PAGE_CHARS)
+            if cut >= 0:
+                starts.append(cut + len(separator))
+                break
+        else:
+            starts.append(start + TEXT_PAGE_CHARS)
+    return tuple(starts)

@@ -1,0 +1,266 @@
+"""The command-line contract: JSON shapes, exit status 2 with one `error:` line, nothing saved changes.
+
+The tests that run the real bundled model share one small library (module-scoped) so the
+2-core CI reads the sample document once.
+"""
+
+import errno
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pymupdf
+import pytest
+
+from app.cli import run
+from engine.memory_file import FORMAT_VERSION, read_memory, write_memory
+
+ROOT = Path(__file__).resolve().parents[2]
+GPL3 = Path("/usr/share/common-licenses/GPL-3")
+
+
+def cli(capsys, *argv):
+    code = run([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_user_error(code, err, *words):
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    for w in words:
+        assert w in lines[0], lines[0]
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("COMMA_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+def library_rows(home):
+    import sqlite3
+
+    db = home / "library.db"
+    if not db.exists():
+        return {}
+    with sqlite3.connect(db) as conn:
+        return {t: conn.execute(f"select * from {t}").fetchall() for t in ("documents", "memories", "messages")}
+
+
+def make_pdf(path, pages, **save):
+    doc = pymupdf.open()
+    for text in pages:
+        doc.new_page().insert_text((72, 72), text)
+    doc.save(path, **save)
+    return path
+
+
+def bad_inputs(tmp):
+    folder = tmp / "folder"
+    folder.mkdir()
+    empty = tmp / "empty.pdf"
+    empty.write_bytes(b"")
+    unknown = tmp / "notes.xyz"
+    unknown.write_text("hello")
+    binary = tmp / "binary.txt"
+    binary.write_bytes(bytes(range(256)) * 8)
+    whole = make_pdf(tmp / "whole.pdf", ["Some text on a page."] * 3).read_bytes()
+    truncated = tmp / "truncated.pdf"
+    truncated.write_bytes(whole[: len(whole) // 2])
+    encrypted = make_pdf(tmp / "locked.pdf", ["secret"], encryption=pymupdf.PDF_ENCRYPT_AES_256,
+                         owner_pw="o", user_pw="u")
+    scanned = tmp / "scanned.pdf"
+    doc = pymupdf.open()
+    doc.new_page().draw_rect(pymupdf.Rect(50, 50, 200, 200))
+    doc.save(scanned)
+    return [
+        (tmp / "missing.pdf", "no such file"),
+        (folder, "folder"),
+        (empty, "empty"),
+        (unknown, ".xyz"),
+        (binary, "binary"),
+        (truncated, "truncated.pdf"),
+        (encrypted, "password"),
+        (scanned, "OCR"),
+    ]
+
+
+def test_bad_documents_are_refused_and_change_nothing(tmp_path, home, capsys):
+    for path, word in bad_inputs(tmp_path):
+        code, out, err = cli(capsys, "ingest", path)
+        assert_user_error(code, err, word)
+        assert out == ""
+        assert library_rows(home).get("documents", []) == []
+
+
+def test_unknown_doc_id(home, capsys):
+    code, _, err = cli(capsys, "ask", "0123abcd", "why?")
+    assert_user_error(code, err, "0123abcd", "not in the library")
+
+
+def test_model_that_is_not_gguf(tmp_path, home, capsys):
+    doc = tmp_path / "a.txt"
+    doc.write_text("A short text. It has sentences.")
+    fake = tmp_path / "model.gguf"
+    fake.write_bytes(b"PK\x03\x04 definitely not a model")
+    code, _, err = cli(capsys, "ingest", doc, "--model", fake)
+    assert_user_error(code, err, "not a GGUF")
+
+
+def test_impossible_cache_size(tmp_path, home, capsys):
+    doc = tmp_path / "a.txt"
+    doc.write_text("A short text.")
+    code, _, err = cli(capsys, "ingest", doc, "--cache", "5")
+    assert_user_error(code, err, "a + s + w < c")
+
+
+# --- with the real bundled model -------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def read_library(tmp_path_factory):
+    """A library holding GPL-3's first part, read with a small cache so eviction happens."""
+    if not GPL3.exists():
+        pytest.skip("needs /usr/share/common-licenses/GPL-3")
+    tmp = tmp_path_factory.mktemp("lib")
+    doc = tmp / "gpl3-start.txt"
+    doc.write_text(GPL3.read_text()[:9000])
+    home = tmp / "home"
+    mp = pytest.MonkeyPatch()
+    mp.setenv("COMMA_HOME", str(home))
+    code = run(["ingest", str(doc), "--cache", "320", "--json"])
+    assert code == 0
+    yield {"home": home, "doc": doc}
+    mp.undo()
+
+
+@pytest.fixture
+def lib(read_library, monkeypatch):
+    monkeypatch.setenv("COMMA_HOME", str(read_library["home"]))
+    return read_library
+
+
+def ingest_json(capsys, *argv):
+    code, out, err = cli(capsys, "ingest", *argv, "--json")
+    assert code == 0, err
+    return json.loads(out)
+
+
+def sha(path):
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+@pytest.mark.model
+def test_ingest_reports_and_reuses_the_saved_memory(lib, capsys):
+    report = ingest_json(capsys, lib["doc"], "--cache", "320")
+    assert set(report) >= {"doc_id", "title", "pages", "tokens", "kept_tokens", "memory_path", "memory_bytes",
+                           "seconds"}
+    assert report["reused"] is True
+    assert report["tokens"] > 1500 and 0 < report["kept_tokens"] <= 320
+    assert Path(report["memory_path"]).stat().st_size == report["memory_bytes"]
+
+    code, out, _ = cli(capsys, "list", "--json")
+    docs = json.loads(out)
+    assert [d["id"] for d in docs] == [report["doc_id"]]
+    assert docs[0]["memories"][0]["kept_tokens"] == report["kept_tokens"]
+
+
+@pytest.mark.model
+def test_ask_follow_up_and_summary_leave_the_memory_untouched(lib, capsys):
+    report = ingest_json(capsys, lib["doc"], "--cache", "320")
+    before = sha(report["memory_path"])
+    code, out, err = cli(capsys, "ask", report["doc_id"], "What does this license let me do?", "--json")
+    assert code == 0, err
+    first = json.loads(out)
+    assert set(first) == {"answer", "session_id", "pages", "ttft_s", "seconds"}
+    assert first["answer"] and first["pages"] and 0 < first["ttft_s"] <= first["seconds"]
+
+    code, out, err = cli(capsys, "ask", report["doc_id"], "Can I sell copies?", "--session", first["session_id"],
+                         "--json")
+    assert code == 0, err
+    assert json.loads(out)["session_id"] == first["session_id"]
+    assert len(library_rows(lib["home"])["messages"]) >= 4
+
+    code, out, err = cli(capsys, "summarize", report["doc_id"], "--json")
+    assert code == 0, err
+    summary = json.loads(out)
+    assert len(summary["summary"]) > 40 and summary["pages"][0] == 1
+    assert sha(report["memory_path"]) == before
+
+
+@pytest.mark.model
+def test_fresh_process_answers_from_disk(lib):
+    report = json.loads(subprocess.run(
+        [sys.executable, "main.py", "ingest", str(lib["doc"]), "--cache", "320", "--json"],
+        capture_output=True, text=True, cwd=ROOT, check=True, env={**__import__("os").environ}).stdout)
+    assert report["reused"] is True
+    done = subprocess.run([sys.executable, "main.py", "ask", report["doc_id"], "What is this text?", "--json"],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["answer"]
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("damage, words", [
+    ("truncate", ["truncated"]),
+    ("flip", ["altered"]),
+    ("other_model", ["another model"]),
+    ("other_version", ["format version 99"]),
+])
+def test_damaged_memory_is_refused_and_kept(lib, capsys, damage, words):
+    report = ingest_json(capsys, lib["doc"], "--cache", "320")
+    path = Path(report["memory_path"])
+    original = path.read_bytes()
+    try:
+        if damage == "truncate":
+            path.write_bytes(original[: len(original) // 2])
+        elif damage == "flip":
+            data = bytearray(original)
+            data[len(data) // 2] ^= 0xFF
+            path.write_bytes(bytes(data))
+        elif damage == "other_model":
+            f = read_memory(path)
+            write_memory(path, {**f.header, "model_fingerprint": "0" * 64, "model_name": "Other"}, f.sections)
+        else:
+            data = bytearray(original)
+            data[8:12] = (99).to_bytes(4, "little")
+            path.write_bytes(bytes(data))
+        damaged = path.read_bytes()
+        code, _, err = cli(capsys, "ask", report["doc_id"], "Anything?")
+        assert_user_error(code, err, *words)
+        assert path.read_bytes() == damaged, "a refused memory is left as it was"
+    finally:
+        path.write_bytes(original)
+    assert FORMAT_VERSION != 99
+
+
+@pytest.mark.model
+def test_full_disk_keeps_the_previous_memory(lib, capsys, monkeypatch):
+    report = ingest_json(capsys, lib["doc"], "--cache", "320")
+    before_bytes = Path(report["memory_path"]).read_bytes()
+    before_rows = library_rows(lib["home"])
+
+    def no_space(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("engine.memory_file.os.fsync", no_space)
+    code, _, err = cli(capsys, "ingest", lib["doc"], "--cache", "320", "--force", "--no-notes")
+    assert_user_error(code, err, "disk space", "unchanged")
+    assert Path(report["memory_path"]).read_bytes() == before_bytes
+    assert library_rows(lib["home"]) == before_rows
+    assert not [p for p in Path(report["memory_path"]).parent.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.model
+def test_model_whose_cache_cannot_be_evicted_is_refused(monkeypatch):
+    from engine.errors import ModelError
+    from engine.gguf.model import GGUFModel
+
+    real_meta = GGUFModel.meta
+    monkeypatch.setattr(GGUFModel, "meta", lambda self, key: "gemma3" if key == "general.architecture"
+                        else real_meta(self, key))
+    with pytest.raises(ModelError, match="cannot be partially removed"):
+        GGUFModel()

@@ -1,0 +1,245 @@
+"""Reading documents: clean text, a page map that citations can trust, and clear refusals."""
+
+import hashlib
+import sys
+from pathlib import Path
+
+import pymupdf
+import pytest
+
+from engine.documents import SUPPORTED_SUFFIXES, TEXT_PAGE_CHARS, Document, read_document
+from engine.errors import DocumentError
+
+REAL_PDF = Path("/usr/share/doc/libtasn1-doc/libtasn1.pdf")
+
+FRENCH = (
+    "Le café était déjà plein quand nous sommes arrivés. « Voilà », dit-il, en souriant à la serveuse. "
+    "Elle nous apporta deux crèmes et une tarte aux pêches. Ça coûte cher à Noël, mais c'est la fête.\n\n"
+) * 3
+PORTUGUESE = "Ele disse: não há razão para preocupação. A canção é bonita, e a informação está correta.\n" * 3
+
+
+def make_pdf(path, pages, header=None, footer=None):
+    """One PDF page per list of lines, 14 points apart; an empty string leaves a blank line."""
+    doc = pymupdf.open()
+    for number, lines in enumerate(pages, start=1):
+        page = doc.new_page()
+        if header:
+            for x, text in header(number):
+                page.insert_text((x, 40), text)
+        for y, line in enumerate(lines):
+            page.insert_text((72, 90 + 14 * y), line)
+        if footer:
+            page.insert_text((280, 800), footer(number))
+    doc.save(path)
+    return path
+
+
+def refused(path) -> str:
+    with pytest.raises(DocumentError) as caught:
+        read_document(path)
+    message = str(caught.value)
+    assert Path(path).name in message
+    return message
+
+
+def test_pdf_page_map_and_hash(tmp_path):
+    path = make_pdf(tmp_path / "a.pdf", [["First page words."], ["Second page words."], [], ["Fourth page."]])
+    doc = read_document(path)
+    assert isinstance(doc, Document) and doc.kind == "pdf" and doc.pages == 4
+    assert doc.path == path.resolve() and doc.title == "First page words."
+    assert doc.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    offset = doc.text.index("Second page")
+    assert doc.page_of(offset) == 2 and doc.page_of(offset + 5) == 2
+    assert doc.page_text(2).strip() == "Second page words."
+    assert doc.page_text(3) == ""
+    assert doc.page_of(doc.text.index("Fourth")) == 4
+    assert doc.page_of(-1) == 1 and doc.page_of(len(doc.text) + 10) == 4
+    assert "".join(doc.page_text(p) for p in range(1, doc.pages + 1)) == doc.text
+    with pytest.raises(ValueError):
+        doc.page_text(5)
+
+
+def test_pdf_metadata_title_wins(tmp_path):
+    pdf = pymupdf.open()
+    pdf.new_page().insert_text((72, 72), "Some body text that is not the title.")
+    pdf.set_metadata({"title": "Master Services Agreement"})
+    pdf.save(tmp_path / "m.pdf")
+    assert read_document(tmp_path / "m.pdf").title == "Master Services Agreement"
+
+
+def test_pdf_joins_hyphenation_and_soft_line_breaks(tmp_path):
+    lines = ["The infor-", "mation is here and", "it continues, as Jean-", "Paul said.", "", "New paragraph."]
+    text = read_document(make_pdf(tmp_path / "h.pdf", [lines])).text
+    assert "The information is here and it continues, as Jean- Paul said." in text
+    assert text.endswith("said.\n\nNew paragraph.")
+
+
+def test_pdf_drops_repeated_header_and_page_footer(tmp_path):
+    openings = ["The buyer pays on delivery.", "The seller keeps the risk.", "Either party may end it.",
+                "Disputes go to arbitration.", "This text is the whole agreement."]
+    pages = [[opening, "Signed.", "", "Further terms follow below.", "They bind both parties."] for opening in openings]
+    doc = read_document(make_pdf(
+        tmp_path / "c.pdf", pages,
+        header=lambda n: [(72, "ACME Contract - Confidential")], footer=lambda n: f"Page {n} of 5",
+    ))
+    assert "Confidential" not in doc.text and "of 5" not in doc.text
+    for page, opening in enumerate(openings, start=1):
+        assert doc.page_text(page).startswith(f"{opening} Signed.\n\nFurther terms")
+    assert doc.text.count("Signed.") == 5  # repeated, but not at an edge of the page
+
+
+def test_pdf_drops_chapter_running_heads_by_their_page_number(tmp_path):
+    # Each chapter's head repeats on two pages only, as in books with short chapters.
+    topics = ["apples", "pears", "plums", "cherries", "grapes", "lemons", "melons", "figs"]
+    pages = [[f"This page is about {topic}.", "It has a second line.", "", f"More on {topic} here.",
+              f"And the last words on {topic}."] for topic in topics]
+    doc = read_document(make_pdf(
+        tmp_path / "book.pdf", pages,
+        header=lambda n: [(72, f"Chapter {(n + 1) // 2}: Part {'ABCD'[(n - 1) // 2]}"), (500, str(n))],
+    ))
+    assert "Chapter" not in doc.text
+    for page, topic in enumerate(topics, start=1):
+        assert doc.page_text(page).startswith(f"This page is about {topic}.")
+        assert doc.page_text(page).strip().endswith(f"And the last words on {topic}.")
+
+
+def test_pdf_columns_are_read_one_after_the_other(tmp_path):
+    pdf = pymupdf.open()
+    page = pdf.new_page()
+    page.insert_text((50, 100), "\n".join(f"left column line {i}" for i in range(5)))
+    page.insert_text((320, 100), "\n".join(f"right column line {i}" for i in range(5)))
+    pdf.save(tmp_path / "columns.pdf")
+    text = read_document(tmp_path / "columns.pdf").text
+    assert text.index("left column line 4") < text.index("right column line 0")
+
+
+@pytest.mark.parametrize(("text", "encoding"), [
+    (FRENCH, "utf-8"), (FRENCH, "utf-8-sig"), (FRENCH, "cp1252"), (PORTUGUESE, "latin-1"),
+    (FRENCH, "utf-16"), ("Привет, мир! Москва — столица России. " * 5, "cp1251"),
+])
+def test_text_encodings(tmp_path, text, encoding):
+    path = tmp_path / "t.txt"
+    path.write_bytes(text.encode(encoding))
+    doc = read_document(path)
+    assert doc.kind == "txt" and doc.text == text.strip() and doc.pages == 1
+
+
+def test_text_is_normalised(tmp_path):
+    path = tmp_path / "n.txt"
+    path.write_bytes(b"Title line\r\n\r\n\r\n\r\nBody\x07 text   \r\nnext line\x0cafter a form feed\n")
+    doc = read_document(path)
+    assert doc.text == "Title line\n\nBody text\nnext line\n\nafter a form feed"
+    assert doc.title == "Title line"
+
+
+def test_long_markdown_gets_pages_at_paragraph_ends(tmp_path):
+    paragraphs = [f"Paragraph {i}. " + "word " * 100 for i in range(60)]
+    path = tmp_path / "long.md"
+    path.write_text("# Title here\n\n" + "\n\n".join(paragraphs), encoding="utf-8")
+    doc = read_document(path)
+    assert doc.kind == "md" and doc.title == "Title here"
+    assert doc.pages > 5
+    assert all(len(doc.page_text(p)) <= TEXT_PAGE_CHARS for p in range(1, doc.pages + 1))
+    assert all(doc.page_text(p).endswith("\n\n") for p in range(1, doc.pages))
+    assert all(doc.page_of(doc.page_starts[p - 1]) == p for p in range(1, doc.pages + 1))
+    offset = doc.text.index("Paragraph 42.")
+    assert "Paragraph 42." in doc.page_text(doc.page_of(offset))
+
+
+def test_text_without_paragraphs_still_gets_pages(tmp_path):
+    path = tmp_path / "one-line.markdown"
+    path.write_text("word " * 3000, encoding="utf-8")
+    doc = read_document(path)
+    assert doc.kind == "md" and doc.pages >= 5
+    assert doc.title == "one-line"  # the only line is far too long to be a title
+    assert all(doc.page_text(p).endswith(" ") for p in range(1, doc.pages))
+
+
+def test_docx_paragraphs_and_tables_in_order(tmp_path):
+    docx = pytest.importorskip("docx")
+    d = docx.Document()
+    d.core_properties.title = "Supply Contract"
+    d.add_paragraph("A contract between two parties.")
+    table = d.add_table(rows=2, cols=3)
+    table.rows[0].cells[0].text, table.rows[0].cells[1].text, table.rows[0].cells[2].text = "Item", "Price", "Due"
+    merged = table.cell(1, 0).merge(table.cell(1, 1))
+    merged.text = "Widgets"
+    table.rows[1].cells[2].text = "May"
+    d.add_paragraph("Signed by both.")
+    d.save(tmp_path / "c.docx")
+    doc = read_document(tmp_path / "c.docx")
+    assert doc.kind == "docx" and doc.title == "Supply Contract" and doc.pages == 1
+    assert doc.text == "A contract between two parties.\n\nItem | Price | Due\nWidgets | May\n\nSigned by both."
+
+
+def test_docx_refusals(tmp_path, monkeypatch):
+    pytest.importorskip("docx")
+    (tmp_path / "broken.docx").write_bytes(b"PK\x03\x04 not really a zip")
+    (tmp_path / "locked.docx").write_bytes(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + b"\x00" * 512)
+    assert "not a valid Word document" in refused(tmp_path / "broken.docx")
+    assert "password-protected" in refused(tmp_path / "locked.docx")
+    monkeypatch.setitem(sys.modules, "docx", None)
+    assert "needs the python-docx package" in refused(tmp_path / "broken.docx")
+
+
+def test_refusals(tmp_path):
+    (tmp_path / "folder.pdf").mkdir()
+    (tmp_path / "empty.txt").write_bytes(b"")
+    (tmp_path / "x.odt").write_text("hi")
+    (tmp_path / "nul.txt").write_bytes(b"\x00\x01\x02binary\x00" * 100)
+    (tmp_path / "controls.txt").write_bytes(bytes(range(1, 32)) * 50)
+    (tmp_path / "blank.md").write_text("   \n\n \t \n")
+    cases = {
+        "missing.pdf": "no such file",
+        "folder.pdf": "is a folder",
+        "empty.txt": "is empty",
+        "x.odt": "unknown format '.odt'",
+        "nul.txt": "looks like binary data, not text",
+        "controls.txt": "looks like binary data, not text",
+        "blank.md": "contains no readable text",
+    }
+    for name, message in cases.items():
+        assert message in refused(tmp_path / name)
+    assert all(suffix in refused(tmp_path / "x.odt") for suffix in SUPPORTED_SUFFIXES)
+
+
+def test_damaged_encrypted_and_scanned_pdfs(tmp_path):
+    whole = make_pdf(tmp_path / "w.pdf", [["Some text on a page."]] * 3).read_bytes()
+    (tmp_path / "half.pdf").write_bytes(whole[: len(whole) // 2])
+    (tmp_path / "junk.pdf").write_bytes(b"%PDF-1.7 this is not really a pdf")
+    (tmp_path / "page.pdf").write_bytes(b"<html><body>A web page saved as .pdf</body></html>")
+    locked = pymupdf.open()
+    locked.new_page().insert_text((72, 72), "secret")
+    locked.save(tmp_path / "locked.pdf", encryption=pymupdf.PDF_ENCRYPT_AES_256, owner_pw="o", user_pw="u")
+    drawn = pymupdf.open()
+    drawn.new_page().draw_rect(pymupdf.Rect(10, 10, 100, 100))
+    drawn.save(tmp_path / "drawn.pdf")
+    picture = pymupdf.open()
+    pixmap = pymupdf.Pixmap(pymupdf.csRGB, pymupdf.IRect(0, 0, 32, 32), False)
+    pixmap.clear_with(200)
+    picture.new_page().insert_image(pymupdf.Rect(72, 72, 300, 300), pixmap=pixmap)
+    picture.save(tmp_path / "scan.pdf")
+    make_pdf(tmp_path / "numbers.pdf", [[]] * 3, footer=lambda n: f"- {n} -")
+    cases = {
+        "half.pdf": "damaged or truncated",
+        "junk.pdf": "damaged or truncated",
+        "page.pdf": "is not a PDF",
+        "locked.pdf": "password-protected",
+        "drawn.pdf": "no text layer",
+        "scan.pdf": "OCR",
+        "numbers.pdf": "contains no readable text",
+    }
+    for name, message in cases.items():
+        assert message in refused(tmp_path / name)
+
+
+@pytest.mark.skipif(not REAL_PDF.exists(), reason="needs Debian's libtasn1-doc")
+def test_real_manual_has_no_running_heads():
+    doc = read_document(REAL_PDF)
+    assert doc.pages > 10 and doc.title == "Libtasn1"
+    firsts = [doc.page_text(p).split("\n", 1)[0] for p in range(1, doc.pages + 1)]
+    assert not any(line.startswith(("Chapter ", "Appendix A: ")) for line in firsts)
+    assert len(set(firsts)) == len(firsts)
+    assert "(DER) manipulation." in doc.page_text(2)  # "manip-" / "ulation" across a line break
+    assert doc.page_of(doc.text.rindex("4.2 ASN.1 field functions")) == 11
