@@ -44,6 +44,7 @@ class GGUFCache:
         self._batch = llama.llama_batch_init(n_batch, 0, 1)
         self.offsets = np.zeros(0, dtype=np.int64)
         self.separators = np.zeros(0, dtype=bool)
+        self._shift_pending = False
 
     def __del__(self):
         if getattr(self, "ptr", None):
@@ -76,6 +77,7 @@ class GGUFCache:
             rc = llama.llama_decode(self.ptr, b)
             if rc != 0:
                 raise CommaError(f"llama.cpp failed to decode (code {rc}); the context may be full")
+            self._shift_pending = False
             if want_logits == "all":
                 ptr = llama.llama_get_logits(self.ptr)
                 outputs.append(np.ctypeslib.as_array(ptr, shape=(n, self.model.n_vocab)).copy())
@@ -116,6 +118,7 @@ class GGUFCache:
             if s != new_pos:
                 # Runs move left in order, so a moved run never lands on one still to move.
                 llama.llama_memory_seq_add(self.memory, MAIN, s, e, new_pos - s)
+                self._shift_pending = True
             new_pos += e - s
         self.offsets = self.offsets[keep]
         self.separators = self.separators[keep]
@@ -128,6 +131,12 @@ class GGUFCache:
 
     def snapshot(self) -> bytes:
         """The main sequence's KV state as llama.cpp serialises it."""
+        if self._shift_pending:
+            # llama.cpp re-rotates shifted keys only at the next decode, and a saved state would
+            # carry new positions with keys still rotated for the old ones. One throwaway token
+            # on the scratch sequence applies the shift.
+            self._decode(np.array([max(self.model.bos, 0)]), 0, SCRATCH, "none")
+            self.drop_scratch()
         size = llama.llama_state_seq_get_size(self.ptr, MAIN)
         buf = (ctypes.c_uint8 * size)()
         written = llama.llama_state_seq_get_data(self.ptr, buf, size, MAIN)
