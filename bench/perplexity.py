@@ -8,6 +8,10 @@ capacity gives the same *average* number of attended keys per token (found by si
 one policy implementation on the text's own separator flags). Prints one JSON object.
 
     python bench/perplexity.py [--tokens 8000] [--texts gpl3,python_reference,bash_manual]
+
+``--ablation`` instead scores SepLLM variants that might explain a gap to StreamingLLM: the
+separator set without line breaks (hard-wrapped text has a "separator" every line), and other
+splits of the same capacity between separators and window.
 """
 
 from __future__ import annotations
@@ -56,17 +60,49 @@ def streaming_matching(target: float, separators: np.ndarray, initial: int, chun
     return Streaming(initial, lo)
 
 
+def punctuation_only(model) -> np.ndarray:
+    """The separator table minus tokens that are only line breaks and spaces."""
+    table = model.separator_ids.copy()
+    for token in np.flatnonzero(table):
+        if not model.pieces[token].strip(b" \t\n"):
+            table[token] = False
+    return table
+
+
+def ablation(model, args) -> list[dict]:
+    table = punctuation_only(model)
+    variants = {
+        "sepllm_4_64_256_800": (SepLLM(), None),
+        "sepllm_no_line_breaks": (SepLLM(), table),
+        "sepllm_4_32_384_800": (SepLLM(4, 32, 384, 800), None),
+        "sepllm_4_128_128_800": (SepLLM(4, 128, 128, 800), None),
+    }
+    rows = []
+    for name in args.texts.split(","):
+        tokens = model.tokenize(TEXTS[name]())[: args.tokens]
+        row = {"text": name, "tokens": len(tokens)}
+        for label, (policy, separators) in variants.items():
+            flags = None if separators is None else separators[tokens]
+            s = score(model, tokens, policy, separators=flags)
+            row[label] = {"policy": policy.describe(), "perplexity": round(s.perplexity(args.skip), 3),
+                          "average_kv": round(float(s.attended[args.skip:].mean()), 1)}
+            print(f"{name} {label}: {row[label]}", file=sys.stderr)
+        rows.append(row)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tokens", type=int, default=8000)
     parser.add_argument("--skip", type=int, default=1000)
     parser.add_argument("--texts", default="gpl3,python_reference,bash_manual,gnutls_news")
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--ablation", action="store_true")
     args = parser.parse_args()
     model = GGUFModel()
     sep = SepLLM()
-    results = []
-    for name in args.texts.split(","):
+    results = ablation(model, args) if args.ablation else []
+    for name in [] if args.ablation else args.texts.split(","):
         tokens = model.tokenize(TEXTS[name]())[: args.tokens]
         flags = model.separator_ids[tokens]
         sep_avg = simulated_average_kv(sep, flags, DEFAULT_CHUNK)
@@ -89,7 +125,7 @@ def main() -> None:
             print(f"{name} {label}: {row[label]}", file=sys.stderr)
         results.append(row)
     report = {
-        "benchmark": "perplexity",
+        "benchmark": "perplexity_ablation" if args.ablation else "perplexity",
         "method": __doc__.strip().splitlines()[2:9],
         "model": model.name,
         "machine": {"cpu_count": __import__("os").cpu_count(), "platform": platform.platform()},

@@ -30,9 +30,12 @@ def _log_softmax_at(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
     return logits[np.arange(len(targets)), targets] - log_norm
 
 
-def score(model, tokens: np.ndarray, policy: Policy, chunk: int = DEFAULT_CHUNK) -> Scores:
+def score(model, tokens: np.ndarray, policy: Policy, chunk: int = DEFAULT_CHUNK,
+          separators: np.ndarray | None = None) -> Scores:
+    """``separators`` overrides which tokens the policy treats as separators (for ablations)."""
     tokens = np.asarray(tokens, dtype=np.int32)
-    stream = TokenStream(tokens, model.separator_ids[tokens], 0, [0])
+    flags = model.separator_ids[tokens] if separators is None else np.asarray(separators, dtype=bool)
+    stream = TokenStream(tokens, flags, 0, [0])
     cache = model.new_cache(cache_size(model, policy, len(stream), notes=False), policy.max_chunk(chunk))
     logprobs = np.empty(len(tokens) - 1, dtype=np.float64)
     attended = np.empty(len(tokens), dtype=np.int64)
