@@ -7,6 +7,7 @@ so the CLI can draw a bar and the window can run it in a worker thread with a Ca
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from engine.memory import Memory
 from engine.policy import make_policy, policy_key
 from engine.reader import read
 from engine.summary import summarize_notes
-from storage.library import Library
+from storage.library import Library, document_id
 
 Progress = Callable[[int, int], None]
 
@@ -56,17 +57,21 @@ class Comma:
         document = read_document(path)
         chosen = make_policy(policy, cache)
         model = self.model
-        doc_id = self.library.add_document(document)
+        doc_id = document_id(document)
         key = policy_key(chosen)
         existing = self.library.find_memory(doc_id, model.fingerprint, model.backend, key)
         if existing and not force and Path(existing["path"]).is_file():
+            self.library.add_document(document)  # the file may have moved since
             return self._ingest_report(doc_id, document, existing, time.perf_counter() - started, reused=True)
         result = read(model, document, chosen, notes=notes, progress=progress, cancelled=cancelled)
         target = self.library.memory_path(doc_id, key, model.fingerprint, model.backend)
         size = result.memory.save(target)
+        # The library learns of the document only once its memory is on disk: a cancelled or
+        # failed read, or a full disk, leaves no trace.
+        self.library.add_document(document)
         record = {
             "doc_id": doc_id, "model_fingerprint": model.fingerprint, "model_name": model.name,
-            "backend": model.backend, "policy_key": key, "policy": str(chosen.describe()),
+            "backend": model.backend, "policy_key": key, "policy": json.dumps(chosen.describe()),
             "path": str(target), "bytes": size, "document_tokens": result.memory.header["document_tokens"],
             "kept_tokens": result.memory.kept_tokens, "seconds": result.seconds,
         }

@@ -17,6 +17,13 @@ import numpy as np
 from engine.memory_file import pack_offsets, read_memory, unpack_offsets, write_memory
 
 
+def page_of(page_token_starts: list[int], prompt_tokens: int, offset: int) -> int | None:
+    """1-based page of a token-stream offset; None for the prompt before the document."""
+    if offset < prompt_tokens:
+        return None
+    return bisect_right(page_token_starts, int(offset))
+
+
 @dataclass
 class Memory:
     header: dict
@@ -29,16 +36,11 @@ class Memory:
     def kept_tokens(self) -> int:
         return len(self.offsets)
 
-    def page_of_offset(self, offset: int) -> int | None:
-        """1-based page of a token-stream offset; None for the prompt before the document."""
-        if offset < self.header["prompt_tokens"]:
-            return None
-        return bisect_right(self.header["page_token_starts"], int(offset))
-
     def pages(self, slots: np.ndarray | None = None) -> list[int]:
         """The pages that the given kept slots (all by default) came from, ascending."""
         offsets = self.offsets if slots is None else self.offsets[slots]
-        pages = {self.page_of_offset(o) for o in offsets.tolist()}
+        starts, prompt = self.header["page_token_starts"], self.header["prompt_tokens"]
+        pages = {page_of(starts, prompt, o) for o in offsets.tolist()}
         pages.discard(None)
         return sorted(pages)
 

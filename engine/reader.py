@@ -18,7 +18,7 @@ import numpy as np
 
 from engine.errors import Cancelled, CommaError
 from engine.generate import Sampling, Utf8Stream, generate
-from engine.memory import Memory
+from engine.memory import Memory, page_of
 from engine.policy import Full, Policy
 from engine.prompts import document_prefix, note_suffix
 
@@ -42,6 +42,9 @@ class TokenStream:
 
     def __len__(self) -> int:
         return len(self.tokens)
+
+    def page_of(self, offset: int) -> int | None:
+        return page_of(self.page_token_starts, self.prompt_tokens, offset)
 
 
 @dataclass
@@ -86,9 +89,13 @@ def cache_size(model, policy: Policy, stream_len: int, notes: bool) -> int:
 
 def prefill(cache, stream: TokenStream, policy: Policy, chunk: int, *,
             after_chunk: Callable[[int], None] | None = None,
-            logits: str = "none", progress: Progress | None = None,
-            cancelled: Callable[[], bool] | None = None):
-    """Feed the stream through ``cache`` under ``policy``; yields each chunk's logits if asked."""
+            on_logits: Callable[[int, np.ndarray], None] | None = None,
+            progress: Progress | None = None, cancelled: Callable[[], bool] | None = None) -> None:
+    """Feed the stream through ``cache`` under ``policy``, chunk by chunk.
+
+    ``on_logits(start, logits)`` receives every position's logits when given (scoring);
+    reading asks for none, which spares llama.cpp the output projection.
+    """
     chunk = policy.max_chunk(chunk)
     total = len(stream)
     for start in range(0, total, chunk):
@@ -98,9 +105,10 @@ def prefill(cache, stream: TokenStream, policy: Policy, chunk: int, *,
         keep = policy.keep(cache.separators, end - start)
         if keep is not None:
             cache.evict(keep)
-        out = cache.append(stream.tokens[start:end], np.arange(start, end), stream.separators[start:end], logits)
-        if logits != "none":
-            yield start, out
+        out = cache.append(stream.tokens[start:end], np.arange(start, end), stream.separators[start:end],
+                           "all" if on_logits else "none")
+        if on_logits is not None:
+            on_logits(start, out)
         if after_chunk is not None:
             after_chunk(end)
         if progress is not None:
@@ -110,8 +118,8 @@ def prefill(cache, stream: TokenStream, policy: Policy, chunk: int, *,
 class NoteTaker:
     """Writes a one-sentence note on the passage read since the last note, on the scratch branch."""
 
-    def __init__(self, model, cache, stream: TokenStream, page_of: Callable[[int], int | None]):
-        self.model, self.cache, self.stream, self.page_of = model, cache, stream, page_of
+    def __init__(self, model, cache, stream: TokenStream):
+        self.model, self.cache, self.stream = model, cache, stream
         doc_tokens = len(stream) - stream.prompt_tokens
         self.interval = max(NOTE_MIN_INTERVAL, -(-doc_tokens // NOTE_MAX_COUNT))
         self.request = model.tokenize(note_suffix(model), special=True)
@@ -142,8 +150,8 @@ class NoteTaker:
             tokens.append(token)
             pieces.append(text.push(self.model.pieces[token]))
         cache.drop_scratch()
-        first = self.page_of(self.last) or 1
-        last = self.page_of(done - 1) or first
+        first = self.stream.page_of(self.last) or 1
+        last = self.stream.page_of(done - 1) or first
         note = "".join(pieces).strip()
         if note:
             self.notes.append(Note(first, last, note))
@@ -167,10 +175,8 @@ def read(model, document, policy: Policy, *, notes: bool = True, chunk: int = DE
         "prompt_tokens": stream.prompt_tokens,
         "page_token_starts": stream.page_token_starts,
     }
-    probe = Memory(header, np.zeros(0), np.zeros(0), np.zeros(0), b"")
-    taker = NoteTaker(model, cache, stream, probe.page_of_offset) if notes else None
-    for _ in prefill(cache, stream, policy, chunk, after_chunk=taker, progress=progress, cancelled=cancelled):
-        pass
+    taker = NoteTaker(model, cache, stream) if notes else None
+    prefill(cache, stream, policy, chunk, after_chunk=taker, progress=progress, cancelled=cancelled)
     header["kept_tokens"] = cache.length
     memory = Memory(header, stream.tokens[cache.offsets], cache.offsets.copy(), cache.separators.copy(),
                     cache.snapshot())

@@ -39,9 +39,12 @@ def score(model, tokens: np.ndarray, policy: Policy, chunk: int = DEFAULT_CHUNK,
     cache = model.new_cache(cache_size(model, policy, len(stream), notes=False), policy.max_chunk(chunk))
     logprobs = np.empty(len(tokens) - 1, dtype=np.float64)
     attended = np.empty(len(tokens), dtype=np.int64)
-    for start, logits in prefill(cache, stream, policy, chunk, logits="all"):
+
+    def collect(start: int, logits: np.ndarray) -> None:
         n = len(logits)
         attended[start:start + n] = cache.length - n + np.arange(1, n + 1)
         targets = tokens[start + 1:start + n + 1]
         logprobs[start:start + len(targets)] = _log_softmax_at(logits[:len(targets)], targets)
+
+    prefill(cache, stream, policy, chunk, on_logits=collect)
     return Scores(logprobs, attended)

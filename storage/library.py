@@ -26,6 +26,11 @@ def data_folder() -> Path:
     return Path(home).expanduser() if home else Path(platformdirs.user_data_dir("comma", appauthor=False))
 
 
+def document_id(document) -> str:
+    """A document's id: the start of the SHA-256 of its bytes."""
+    return document.sha256[:DOC_ID_LENGTH]
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -68,7 +73,7 @@ class Library:
     # documents -------------------------------------------------------------------------------
 
     def add_document(self, document) -> str:
-        doc_id = document.sha256[:DOC_ID_LENGTH]
+        doc_id = document_id(document)
         existing = self.db["documents"].rows_where("id = ?", [doc_id])
         if next(existing, None) is None:
             self.db["documents"].insert({

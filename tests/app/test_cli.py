@@ -264,3 +264,20 @@ def test_model_whose_cache_cannot_be_evicted_is_refused(monkeypatch):
                         else real_meta(self, key))
     with pytest.raises(ModelError, match="cannot be partially removed"):
         GGUFModel()
+
+
+@pytest.mark.model
+def test_cancelled_reading_saves_nothing(tmp_path):
+    from app.actions import Comma
+    from engine.errors import Cancelled
+    from storage.library import Library
+
+    doc = tmp_path / "a.txt"
+    doc.write_text(GPL3.read_text()[:4000] if GPL3.exists() else "Words. " * 800)
+    library = Library(tmp_path / "home")
+    seen = []
+    with pytest.raises(Cancelled):
+        Comma(library).ingest(doc, progress=lambda done, total: seen.append(done),
+                              cancelled=lambda: len(seen) >= 1)
+    assert seen and library.documents() == []
+    assert list(library.memories_folder.iterdir()) == []
