@@ -142,11 +142,18 @@ class GGUFModel:
             role, content = m["role"].encode(), m["content"].encode()
             keep += [role, content]
             slot.role, slot.content = role, content
-        tmpl = (self.chat_template or "chatml").encode()
-        size = 4096 + 2 * sum(len(b) for b in keep)
-        buf = ctypes.create_string_buffer(size)
-        n = llama.llama_chat_apply_template(tmpl, chat, len(messages), add_assistant, buf, size)
+
+        def render(template: bytes) -> int:
+            nonlocal buf
+            n = llama.llama_chat_apply_template(template, chat, len(messages), add_assistant, buf, len(buf))
+            if n > len(buf):
+                buf = ctypes.create_string_buffer(n)
+                n = llama.llama_chat_apply_template(template, chat, len(messages), add_assistant, buf, n)
+            return n
+
+        buf = ctypes.create_string_buffer(4096 + 2 * sum(len(b) for b in keep))
+        n = render((self.chat_template or "chatml").encode())
         if n < 0:
             # A template llama.cpp does not recognise: ChatML is the most widely trained fallback.
-            n = llama.llama_chat_apply_template(b"chatml", chat, len(messages), add_assistant, buf, size)
+            n = render(b"chatml")
         return buf.raw[:n].decode("utf-8")
