@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -29,6 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.report import emit  # noqa: E402
 from bench.texts import gpl3, long_text  # noqa: E402
 from engine.documents import read_document  # noqa: E402
 from engine.gguf.model import GGUFModel  # noqa: E402
@@ -83,11 +82,7 @@ def main() -> None:
         sizes[str(tokens)] = json.loads(out.strip().splitlines()[-1])
         print(tokens, sizes[str(tokens)], file=sys.stderr)
     short, long = sizes["8000"], sizes[str(args.long)]
-    report = {
-        "benchmark": "ingest_speed",
-        "method": __doc__.strip().splitlines()[2:11],
-        "model": model.name,
-        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()},
+    figures = {
         "ratio": {
             "document": "GPL-3", "tokens": runs["full"][0]["tokens"],
             "full_tokens_per_s": [round(r["tokens_per_s"], 1) for r in runs["full"]],
@@ -102,10 +97,7 @@ def main() -> None:
             "targets": {"tokens_per_s": ">= 0.9", "peak_rss": "<= 1.1"},
         },
     }
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    emit("ingest_speed", __doc__, model, figures, args.out)
 
 
 if __name__ == "__main__":

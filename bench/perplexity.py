@@ -17,8 +17,6 @@ splits of the same capacity between separators and window.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -27,6 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.report import emit  # noqa: E402
 from bench.texts import TEXTS  # noqa: E402
 from engine.gguf.model import GGUFModel  # noqa: E402
 from engine.policy import Full, SepLLM, Streaming  # noqa: E402
@@ -124,17 +123,7 @@ def main() -> None:
             }
             print(f"{name} {label}: {row[label]}", file=sys.stderr)
         results.append(row)
-    report = {
-        "benchmark": "perplexity_ablation" if args.ablation else "perplexity",
-        "method": __doc__.strip().splitlines()[2:9],
-        "model": model.name,
-        "machine": {"cpu_count": __import__("os").cpu_count(), "platform": platform.platform()},
-        "results": results,
-    }
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    emit("perplexity_ablation" if args.ablation else "perplexity", __doc__, model, {"results": results}, args.out)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -27,6 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.report import emit  # noqa: E402
 from bench.texts import long_text  # noqa: E402
 from engine.gguf.model import GGUFModel  # noqa: E402
 
@@ -65,11 +65,7 @@ def main() -> None:
     header_bytes_per_token = ingest["memory_bytes"] / ingest["kept_tokens"]
     full_kv = header_bytes_per_token * ingest["tokens"]
     median = statistics.median(ttfb)
-    report = {
-        "benchmark": "resume",
-        "method": __doc__.strip().splitlines()[2:9],
-        "model": model.name,
-        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()},
+    figures = {
         "document_tokens": ingest["tokens"],
         "ingest_seconds": ingest["seconds"],
         "fresh_process_first_byte_s": [round(t, 3) for t in ttfb],
@@ -82,10 +78,7 @@ def main() -> None:
         "targets": {"speedup": ">= 100", "first_byte_s": "< 2", "memory_share": "< 0.05"},
         "answer": in_process["answer"],
     }
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    emit("resume", __doc__, model, figures, args.out)
 
 
 if __name__ == "__main__":
