@@ -45,6 +45,9 @@ class GGUFCache:
         self.offsets = np.zeros(0, dtype=np.int64)
         self.separators = np.zeros(0, dtype=bool)
         self._shift_pending = False
+        # Prompt and answer tokens after the document slots: counted, not tracked per slot, so
+        # generating a token does not grow two arrays.
+        self._tail = 0
 
     def __del__(self):
         if getattr(self, "ptr", None):
@@ -54,7 +57,7 @@ class GGUFCache:
 
     @property
     def length(self) -> int:
-        return len(self.offsets)
+        return len(self.offsets) + self._tail
 
     def _decode(self, tokens: np.ndarray, start_pos: int, seq: int, want_logits: str) -> np.ndarray | None:
         """Decode ``tokens`` at positions ``start_pos..``; return logits per ``want_logits``.
@@ -128,6 +131,7 @@ class GGUFCache:
         llama.llama_memory_seq_rm(self.memory, MAIN, length, -1)
         self.offsets = self.offsets[:length]
         self.separators = self.separators[:length]
+        self._tail = max(0, length - len(self.offsets))
 
     def snapshot(self) -> bytes:
         """The main sequence's KV state as llama.cpp serialises it."""
@@ -155,6 +159,7 @@ class GGUFCache:
                 f"the memory's KV state did not load into this model (expected {len(offsets)} "
                 f"tokens, found {pos_max + 1}); read the document again with --force"
             )
+        self._tail = 0
         self.offsets = np.asarray(offsets, dtype=np.int64)
         self.separators = np.asarray(separators, dtype=bool)
 
@@ -172,5 +177,9 @@ class GGUFCache:
 
     def decode_main_tail(self, tokens: np.ndarray) -> np.ndarray:
         """Decode prompt or answer tokens after the memory; they carry no document offsets."""
-        n = len(tokens)
-        return self.append(tokens, np.full(n, -1), np.zeros(n, dtype=bool), logits="last")
+        if self.length + len(tokens) > self.n_ctx:
+            raise CommaError(f"the conversation would need {self.length + len(tokens)} cache slots; "
+                             f"this cache has {self.n_ctx}")
+        logits = self._decode(np.asarray(tokens), self.length, MAIN, "last")
+        self._tail += len(tokens)
+        return logits
