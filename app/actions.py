@@ -40,14 +40,15 @@ class Comma:
 
     library: Library = field(default_factory=Library)
     model_path: str | Path | None = None
+    backend: str = "auto"
     _model: object = None
 
     @property
     def model(self):
         if self._model is None:
-            from engine.gguf.model import GGUFModel  # llama.cpp loads only when a model is needed
+            from engine.backends import load_model  # the engine loads only when a model is needed
 
-            self._model = GGUFModel(self.model_path)
+            self._model = load_model(self.backend, self.model_path)
         return self._model
 
     def ingest(self, path: str | Path, policy: str = "sepllm", cache: int | None = None, force: bool = False,

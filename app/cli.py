@@ -23,7 +23,12 @@ def build_parser() -> argparse.ArgumentParser:
     def common(p, model=True):
         p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
         if model:
-            p.add_argument("--model", metavar="GGUF", help="a GGUF model file (default: the bundled SmolLM2)")
+            p.add_argument("--model", metavar="PATH",
+                           help="a GGUF file, or for --backend torch also a Hugging Face model folder "
+                                "(default: the bundled SmolLM2)")
+            p.add_argument("--backend", choices=["auto", "gguf", "torch"], default="auto",
+                           help="gguf: llama.cpp on the CPU; torch: transformers with Comma's kernels "
+                                "(CUDA, or the CPU); auto: torch when CUDA is present, else gguf")
 
     p = sub.add_parser("ingest", help="read a document into a memory on disk")
     p.add_argument("path")
@@ -96,7 +101,7 @@ def _dispatch(args) -> int:
 
     from app.actions import Comma
 
-    comma = Comma(model_path=getattr(args, "model", None))
+    comma = Comma(model_path=getattr(args, "model", None), backend=getattr(args, "backend", "auto"))
     if args.command == "ingest":
         with progress_bar(_show_bars(args), "tok", "reading") as bar:
             report = comma.ingest(args.path, args.policy, args.cache, args.force, notes=not args.no_notes,
