@@ -3,6 +3,11 @@
 A SQLite database (through sqlite-utils) and a folder of memory files, both under the data
 folder: ``COMMA_HOME`` when set, else the platform's user data folder. A document's id is the
 start of the SHA-256 of its bytes, so reading the same file again finds the same entry.
+
+The schema carries a version (SQLite's ``user_version``); opening an older database migrates it
+in place, keeping every row. Version 1 added page text with full-text
+search (what the window's viewer and search read), session ``updated`` times (the sessions list
+is newest first) and the time each answer took.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import sqlite_utils
 from engine.errors import LibraryError
 
 DOC_ID_LENGTH = 12
+SCHEMA_VERSION = 1
 
 
 def data_folder() -> Path:
@@ -32,7 +38,7 @@ def document_id(document) -> str:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
 class Library:
@@ -43,6 +49,35 @@ class Library:
         self.db = sqlite_utils.Database(self.folder / "library.db")
         self.db.execute("PRAGMA foreign_keys = ON")
         self._create_tables()
+        self._migrate()
+
+    @property
+    def schema_version(self) -> int:
+        return self.db.execute("PRAGMA user_version").fetchone()[0]
+
+    def _migrate(self) -> None:
+        """Bring the schema up to SCHEMA_VERSION one step at a time. Each step only adds (tables,
+        columns, an index) and checks what is already there, and the version is recorded after it
+        completes, so a step that was interrupted simply runs again on the next open."""
+        steps = {1: self._migrate_to_1}
+        for version in range(self.schema_version + 1, SCHEMA_VERSION + 1):
+            with self.db.conn:
+                steps[version]()
+                self.db.execute(f"PRAGMA user_version = {version}")
+
+    def _migrate_to_1(self) -> None:
+        db = self.db
+        db["pages"].create({"doc_id": str, "page": int, "text": str}, pk=("doc_id", "page"),
+                           foreign_keys=[("doc_id", "documents")], if_not_exists=True)
+        if not db["pages_fts"].exists():
+            db["pages"].enable_fts(["text"], fts_version="FTS5", create_triggers=True, tokenize="porter")
+        if "updated" not in db["sessions"].columns_dict:
+            db["sessions"].add_column("updated", str)
+        db.execute("""update sessions set updated = coalesce(
+                          (select max(created) from messages where messages.session_id = sessions.id), created)
+                      where updated is null""")
+        if "seconds" not in db["messages"].columns_dict:
+            db["messages"].add_column("seconds", float)
 
     def _create_tables(self) -> None:
         db = self.db
@@ -75,15 +110,92 @@ class Library:
     def add_document(self, document) -> str:
         doc_id = document_id(document)
         existing = self.db["documents"].rows_where("id = ?", [doc_id])
-        if next(existing, None) is None:
-            self.db["documents"].insert({
-                "id": doc_id, "sha256": document.sha256, "title": document.title,
-                "path": str(document.path), "kind": document.kind, "pages": document.pages,
-                "chars": len(document.text), "added": _now(),
-            })
-        else:
-            self.db["documents"].update(doc_id, {"path": str(document.path)})
+        with self.db.conn:
+            if next(existing, None) is None:
+                self.db["documents"].insert({
+                    "id": doc_id, "sha256": document.sha256, "title": document.title,
+                    "path": str(document.path), "kind": document.kind, "pages": document.pages,
+                    "chars": len(document.text), "added": _now(),
+                })
+            else:
+                self.db["documents"].update(doc_id, {"path": str(document.path)})
+            if hasattr(document, "page_text") and not self.has_pages(doc_id):
+                self._insert_pages(doc_id, document)
         return doc_id
+
+    def _insert_pages(self, doc_id: str, document) -> None:
+        self.db["pages"].insert_all(
+            {"doc_id": doc_id, "page": p, "text": document.page_text(p)} for p in range(1, document.pages + 1)
+        )
+
+    def has_pages(self, doc_id: str) -> bool:
+        return self.db.execute("select 1 from pages where doc_id = ? limit 1", [doc_id]).fetchone() is not None
+
+    def ensure_pages(self, doc_id: str) -> bool:
+        """Fill in the page text of a document added before the library kept it (schema 0), from
+        its file when that is still there and unchanged. True when the pages are there now."""
+        if self.has_pages(doc_id):
+            return True
+        from engine.documents import read_document
+        from engine.errors import CommaError
+
+        doc = self.document(doc_id)
+        try:
+            document = read_document(doc["path"])
+        except CommaError:
+            return False
+        if document.sha256 != doc["sha256"]:
+            return False
+        with self.db.conn:
+            self._insert_pages(doc_id, document)
+        return True
+
+    def page_texts(self, doc_id: str) -> list[str]:
+        """The text of every page, in order (empty when the library has none for it)."""
+        rows = self.db.execute("select text from pages where doc_id = ? order by page", [doc_id]).fetchall()
+        return [r[0] for r in rows]
+
+    def page_text(self, doc_id: str, page: int) -> str:
+        row = self.db.execute("select text from pages where doc_id = ? and page = ?", [doc_id, page]).fetchone()
+        return row[0] if row else ""
+
+    def search(self, query: str, doc_id: str | None = None, limit: int = 50) -> list[dict]:
+        """Pages whose text holds every word of ``query`` (stemmed), best first, with a snippet
+        where the matches are wrapped in [ and ]."""
+        words = query.split()
+        if not words:
+            return []
+        match = " ".join('"' + w.replace('"', '""') + '"' for w in words)
+        sql = """select pages.doc_id, pages.page, documents.title,
+                        snippet(pages_fts, 0, '[', ']', '…', 12) as snippet
+                 from pages_fts join pages on pages.rowid = pages_fts.rowid
+                 join documents on documents.id = pages.doc_id
+                 where pages_fts match ?"""
+        args: list = [match]
+        if doc_id is not None:
+            sql += " and pages.doc_id = ?"
+            args.append(doc_id)
+        sql += " order by rank, pages.page limit ?"
+        args.append(limit)
+        cursor = self.db.execute(sql, args)
+        names = [c[0] for c in cursor.description]
+        return [dict(zip(names, row)) for row in cursor.fetchall()]
+
+    def remove_document(self, doc_id: str) -> None:
+        """Forget a document: its pages, memories (and their files), notes, summaries, sessions."""
+        doc = self.document(doc_id)
+        memories = self.memories(doc["id"])
+        with self.db.conn:
+            for m in memories:
+                self.db["notes"].delete_where("memory_id = ?", [m["id"]])
+                self.db["summaries"].delete_where("memory_id = ?", [m["id"]])
+            self.db.execute("delete from messages where session_id in (select id from sessions where doc_id = ?)",
+                            [doc["id"]])
+            for table in ("sessions", "memories", "pages"):
+                self.db[table].delete_where("doc_id = ?", [doc["id"]])
+            self.db["documents"].delete_where("id = ?", [doc["id"]])
+        for m in memories:
+            Path(m["path"]).unlink(missing_ok=True)
 
     def document(self, doc_id: str) -> dict:
         rows = list(self.db["documents"].rows_where("id = ? or id like ?", [doc_id, f"{doc_id}%"]))
@@ -150,8 +262,28 @@ class Library:
 
     def new_session(self, doc_id: str, title: str) -> str:
         session_id = uuid.uuid4().hex[:12]
-        self.db["sessions"].insert({"id": session_id, "doc_id": doc_id, "title": title[:80], "created": _now()})
+        now = _now()
+        self.db["sessions"].insert({"id": session_id, "doc_id": doc_id, "title": " ".join(title.split())[:80],
+                                    "created": now, "updated": now})
         return session_id
+
+    def sessions(self, doc_id: str) -> list[dict]:
+        """A document's conversations, the most recently active first, with their message counts."""
+        cursor = self.db.execute(
+            """select sessions.*, (select count(*) from messages where session_id = sessions.id) as messages
+               from sessions where doc_id = ? order by updated desc, created desc, rowid desc""", [doc_id])
+        names = [c[0] for c in cursor.description]
+        return [dict(zip(names, row)) for row in cursor.fetchall()]
+
+    def rename_session(self, session_id: str, title: str) -> None:
+        self.session(session_id)
+        self.db["sessions"].update(session_id, {"title": " ".join(title.split())[:80]})
+
+    def remove_session(self, session_id: str) -> None:
+        self.session(session_id)
+        with self.db.conn:
+            self.db["messages"].delete_where("session_id = ?", [session_id])
+            self.db["sessions"].delete_where("id = ?", [session_id])
 
     def session(self, session_id: str) -> dict:
         rows = list(self.db["sessions"].rows_where("id = ?", [session_id]))
@@ -159,9 +291,13 @@ class Library:
             raise LibraryError(f"session {session_id!r} is not in the library")
         return rows[0]
 
-    def add_message(self, session_id: str, role: str, content: str, pages: list[int] | None = None) -> None:
-        self.db["messages"].insert({"session_id": session_id, "role": role, "content": content,
-                                    "pages": json.dumps(pages or []), "created": _now()})
+    def add_message(self, session_id: str, role: str, content: str, pages: list[int] | None = None,
+                    seconds: float | None = None) -> None:
+        now = _now()
+        with self.db.conn:
+            self.db["messages"].insert({"session_id": session_id, "role": role, "content": content,
+                                        "pages": json.dumps(pages or []), "created": now, "seconds": seconds})
+            self.db["sessions"].update(session_id, {"updated": now})
 
     def messages(self, session_id: str) -> list[dict]:
         rows = self.db["messages"].rows_where("session_id = ?", [session_id], order_by="id")

@@ -69,3 +69,129 @@ def test_sessions_keep_messages_in_order(tmp_path):
     assert Library(tmp_path).session(session)["doc_id"] == doc_id
     with pytest.raises(LibraryError, match="not in the library"):
         lib.session("nope")
+
+
+# --- schema 1: page text and search, session order, migration from schema 0 ---------------------
+
+PAGES = ("The licensee may copy the Program.", "", "Termination ends your rights.")
+
+
+@dataclass
+class PagedDoc(Doc):
+    pages: int = len(PAGES)
+    text: str = "".join(PAGES)
+
+    def page_text(self, page):
+        return PAGES[page - 1]
+
+
+def test_pages_are_kept_and_searchable(tmp_path):
+    lib = Library(tmp_path)
+    doc_id = lib.add_document(PagedDoc(Path("/a.txt"), "12" * 32))
+    assert lib.page_texts(doc_id) == ["The licensee may copy the Program.", "", "Termination ends your rights."]
+    assert lib.page_text(doc_id, 3).startswith("Termination")
+    hits = lib.search("terminated")  # stemmed: terminated ~ termination
+    assert [(h["doc_id"], h["page"]) for h in hits] == [(doc_id, 3)]
+    assert "[Termination]" in hits[0]["snippet"] and hits[0]["title"] == "A title"
+    assert lib.search('copy "program') and lib.search("copy", doc_id="nope") == []
+    assert lib.search("   ") == []
+    lib.add_document(PagedDoc(Path("/moved.txt"), "12" * 32))  # added again: pages not doubled
+    assert len(lib.page_texts(doc_id)) == 3
+
+
+def test_sessions_newest_first_renamed_and_removed(tmp_path):
+    lib = Library(tmp_path)
+    doc_id = lib.add_document(Doc(Path("/a.txt"), "34" * 32))
+    first = lib.new_session(doc_id, "First   question\nwith a line break")
+    second = lib.new_session(doc_id, "Second")
+    lib.add_message(first, "user", "again?", seconds=None)
+    lib.add_message(first, "assistant", "yes", [1], seconds=0.5)
+    sessions = lib.sessions(doc_id)
+    assert [s["id"] for s in sessions] == [first, second]
+    assert sessions[0]["title"] == "First question with a line break" and sessions[0]["messages"] == 2
+    assert lib.messages(first)[1]["seconds"] == 0.5
+    lib.rename_session(second, "Renamed")
+    assert lib.session(second)["title"] == "Renamed"
+    lib.remove_session(first)
+    assert [s["id"] for s in lib.sessions(doc_id)] == [second]
+    assert lib.db["messages"].count == 0
+
+
+def test_removing_a_document_forgets_everything_about_it(tmp_path):
+    lib = Library(tmp_path)
+    doc_id = lib.add_document(PagedDoc(Path("/a.txt"), "56" * 32))
+    record = memory_record(doc_id)
+    mem = tmp_path / "m.mem"
+    mem.write_bytes(b"x")
+    memory_id = lib.save_memory({**record, "path": str(mem)}, [Note(1, 2, "n")])
+    lib.save_summary(memory_id, "s", [1])
+    session = lib.new_session(doc_id, "q")
+    lib.add_message(session, "user", "q")
+    lib.remove_document(doc_id)
+    assert lib.documents() == [] and not mem.exists() and lib.search("licensee") == []
+    for table in ("pages", "memories", "notes", "summaries", "sessions", "messages"):
+        assert lib.db[table].count == 0, table
+
+
+SCHEMA_0 = """
+CREATE TABLE [documents] ([id] TEXT PRIMARY KEY, [sha256] TEXT, [title] TEXT, [path] TEXT, [kind] TEXT,
+    [pages] INTEGER, [chars] INTEGER, [added] TEXT);
+CREATE TABLE [memories] ([id] INTEGER PRIMARY KEY, [doc_id] TEXT REFERENCES [documents]([id]),
+    [model_fingerprint] TEXT, [model_name] TEXT, [backend] TEXT, [policy_key] TEXT, [policy] TEXT, [path] TEXT,
+    [bytes] INTEGER, [document_tokens] INTEGER, [kept_tokens] INTEGER, [seconds] FLOAT, [created] TEXT);
+CREATE UNIQUE INDEX [idx_memories_doc_id_model_fingerprint_backend_policy_key]
+    ON [memories] ([doc_id], [model_fingerprint], [backend], [policy_key]);
+CREATE TABLE [notes] ([memory_id] INTEGER REFERENCES [memories]([id]), [idx] INTEGER, [first_page] INTEGER,
+    [last_page] INTEGER, [text] TEXT, PRIMARY KEY ([memory_id], [idx]));
+CREATE TABLE [summaries] ([memory_id] INTEGER PRIMARY KEY REFERENCES [memories]([id]), [text] TEXT,
+    [pages] TEXT, [created] TEXT);
+CREATE TABLE [sessions] ([id] TEXT PRIMARY KEY, [doc_id] TEXT REFERENCES [documents]([id]), [title] TEXT,
+    [created] TEXT);
+CREATE TABLE [messages] ([id] INTEGER PRIMARY KEY, [session_id] TEXT REFERENCES [sessions]([id]), [role] TEXT,
+    [content] TEXT, [pages] TEXT, [created] TEXT);
+INSERT INTO documents VALUES ('abababababab', '{sha}', 'Old doc', '{path}', 'txt', 1, 20, '2026-01-01T00:00:00+00:00');
+INSERT INTO memories VALUES (1, 'abababababab', 'ff', 'M', 'gguf', 'sepllm', '{{}}', '/x.mem', 10, 100, 50, 1.0,
+    '2026-01-01T00:00:00+00:00');
+INSERT INTO notes VALUES (1, 0, 1, 1, 'a note');
+INSERT INTO summaries VALUES (1, 'a summary', '[1]', '2026-01-01T00:00:00+00:00');
+INSERT INTO sessions VALUES ('s1', 'abababababab', 'Old question', '2026-01-01T00:00:00+00:00');
+INSERT INTO sessions VALUES ('s2', 'abababababab', 'Older question', '2025-12-01T00:00:00+00:00');
+INSERT INTO messages VALUES (1, 's2', 'user', 'Older question', '[]', '2026-02-01T00:00:00+00:00');
+INSERT INTO messages VALUES (2, 's2', 'assistant', 'An answer.', '[1]', '2026-02-01T00:00:05+00:00');
+"""
+
+
+def test_a_schema_0_library_opens_migrated_with_its_data(tmp_path):
+    import hashlib
+    import sqlite3
+
+    source = tmp_path / "old.txt"
+    source.write_text("Old text about copying.")
+    sha = hashlib.sha256(source.read_bytes()).hexdigest()
+    with sqlite3.connect(tmp_path / "library.db") as conn:
+        conn.executescript(SCHEMA_0.format(sha=sha, path=source))
+    lib = Library(tmp_path)
+    assert lib.schema_version == 1
+    assert [d["title"] for d in lib.documents()] == ["Old doc"]
+    assert lib.documents()[0]["memories"][0]["kept_tokens"] == 50
+    assert [n["text"] for n in lib.notes(1)] == ["a note"] and lib.summary(1)["text"] == "a summary"
+    # sessions get an "updated" time from their last message, so the active one comes first
+    assert [s["id"] for s in lib.sessions("abababababab")] == ["s2", "s1"]
+    assert [m["content"] for m in lib.messages("s2")] == ["Older question", "An answer."]
+    # page text arrives from the file when first needed, and is then searchable
+    assert lib.page_texts("abababababab") == []
+    assert lib.ensure_pages("abababababab")
+    assert lib.search("copying")[0]["page"] == 1
+    lib.add_message("s1", "user", "new")
+    assert [s["id"] for s in Library(tmp_path).sessions("abababababab")] == ["s1", "s2"]
+    assert Library(tmp_path).schema_version == 1  # opening again changes nothing
+
+
+def test_pages_of_a_changed_file_are_not_taken(tmp_path):
+    lib = Library(tmp_path)
+    source = tmp_path / "a.txt"
+    source.write_text("Original.")
+    doc_id = lib.add_document(Doc(source, "00" * 32))  # Doc has no page_text: like schema 0
+    assert not lib.ensure_pages(doc_id)
+    source.unlink()
+    assert not lib.ensure_pages(doc_id)
