@@ -80,6 +80,7 @@ def compact_(kv: torch.Tensor, keep: torch.Tensor, counts: torch.Tensor) -> None
     if planes == 0:
         return
     block_d = triton.next_power_of_2(D)
-    block_s = 16 if INTERPRETING else max(1, 8192 // block_d)
+    # 4096 elements a block: a tile of 8192 needs ~190 registers a thread (its int64 addresses).
+    block_s = 16 if INTERPRETING else max(1, 4096 // block_d)
     _compact_kernel[(planes,)](kv, keep, counts, keep.stride(0), B, Hkv, cap, D,
                                BLOCK_S=block_s, BLOCK_D=block_d, num_warps=1 if INTERPRETING else 4)

@@ -127,11 +127,15 @@ def _sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def _config(head_dim: int) -> tuple[int, int, int]:
-    """(BLOCK_N, num_warps, num_stages); small blocks keep the interpreter quick."""
+def _config(head_dim: int, dtype: torch.dtype) -> tuple[int, int, int]:
+    """(BLOCK_N, num_warps, num_stages); small blocks keep the interpreter quick.
+
+    Three stages of 16-bit K, V and the float32 rope rows take 88 KB of shared memory at head dim
+    128; float32 K and V would need 232 KB, more than an H100 has, so they get two stages.
+    """
     if INTERPRETING:
         return 16, 1, 1
-    return 64, 4 if head_dim <= 64 else 8, 3
+    return 64, 4 if head_dim <= 64 else 8, 2 if dtype == torch.float32 else 3
 
 
 def default_splits(batch: int, kv_heads: int, capacity: int, block_n: int, device: torch.device) -> int:
@@ -177,7 +181,7 @@ def decode_attention(q, k, v, lengths, cos, sin, scale: float, *, num_splits: in
     _check(q, k, v, lengths, cos, sin)
     B, H, _, D = q.shape
     Hkv, S = k.shape[1], k.shape[2]
-    block_n, warps, stages = _config(D)
+    block_n, warps, stages = _config(D, q.dtype)
     splits = default_splits(B, Hkv, S, block_n, q.device) if num_splits is None else num_splits
     if splits < 1:
         raise ValueError(f"num_splits must be ≥ 1, got {splits}")
