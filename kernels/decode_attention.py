@@ -106,21 +106,28 @@ def _decode_split_kernel(q_ptr, k_ptr, v_ptr, len_ptr, cos_ptr, sin_ptr,
 
 @triton.jit
 def _decode_reduce_kernel(m_ptr, l_ptr, acc_ptr, o_ptr, stride_ob, stride_oh, H, NUM_SPLITS,
-                          HEAD_DIM: tl.constexpr, SPLITS_P2: tl.constexpr):
+                          HEAD_DIM: tl.constexpr, BLOCK_S: tl.constexpr):
     b = tl.program_id(0) // H
     h = tl.program_id(0) % H
-    s = tl.arange(0, SPLITS_P2)
-    s_ok = s < NUM_SPLITS
-    head_split = tl.program_id(0).to(tl.int64) * NUM_SPLITS + s
-    m = tl.load(m_ptr + head_split, mask=s_ok, other=float("-inf"))
-    l_part = tl.load(l_ptr + head_split, mask=s_ok, other=0.0)
+    first = tl.program_id(0).to(tl.int64) * NUM_SPLITS
+    # Two passes over the partials in tiles of BLOCK_S, so any split count fits in registers:
+    # the common max first (finite: split 0 always holds slot 0), then the rescaled sums, in
+    # which empty splits (max -inf) weigh 0.
+    m_max = float("-inf")
+    for s0 in range(0, NUM_SPLITS, BLOCK_S):
+        s = s0 + tl.arange(0, BLOCK_S)
+        m_max = tl.maximum(m_max, tl.max(tl.load(m_ptr + first + s, mask=s < NUM_SPLITS, other=float("-inf")), 0))
     d = tl.arange(0, HEAD_DIM)
-    acc = tl.load(acc_ptr + head_split[:, None] * HEAD_DIM + d[None, :], mask=s_ok[:, None], other=0.0)
-    # Split 0 always holds slot 0 (lengths ≥ 1), so the max is finite; empty splits weigh 0.
-    m_max = tl.max(m, 0)
-    w = tl.exp2(m - m_max)
-    out = tl.sum(acc * w[:, None], 0) / tl.sum(l_part * w, 0)
-    tl.store(o_ptr + b * stride_ob + h * stride_oh + d, out.to(o_ptr.dtype.element_ty))
+    out = tl.zeros([HEAD_DIM], dtype=tl.float32)
+    total = 0.0
+    for s0 in range(0, NUM_SPLITS, BLOCK_S):
+        s = s0 + tl.arange(0, BLOCK_S)
+        s_ok = s < NUM_SPLITS
+        w = tl.exp2(tl.load(m_ptr + first + s, mask=s_ok, other=float("-inf")) - m_max)
+        total += tl.sum(tl.load(l_ptr + first + s, mask=s_ok, other=0.0) * w, 0)
+        acc = tl.load(acc_ptr + (first + s)[:, None] * HEAD_DIM + d[None, :], mask=s_ok[:, None], other=0.0)
+        out += tl.sum(acc * w[:, None], 0)
+    tl.store(o_ptr + b * stride_ob + h * stride_oh + d, (out / total).to(o_ptr.dtype.element_ty))
 
 
 def _sm_count(device: torch.device) -> int:
@@ -203,6 +210,6 @@ def decode_attention(q, k, v, lengths, cos, sin, scale: float, *, num_splits: in
     out = torch.empty(B, 1, H, D, dtype=q.dtype, device=q.device)
     _decode_reduce_kernel[(B * H,)](
         m, l_part, acc, out, out.stride(0), out.stride(2), H, splits,
-        HEAD_DIM=D, SPLITS_P2=triton.next_power_of_2(splits), num_warps=1 if INTERPRETING else 4,
+        HEAD_DIM=D, BLOCK_S=min(32, triton.next_power_of_2(splits)), num_warps=1 if INTERPRETING else 4,
     )
     return out.transpose(1, 2)

@@ -18,6 +18,7 @@ CASES = {
     "group of 1": (1, 3, 3, 33, 64, [33], None),
     "more splits than key blocks": (2, 4, 2, 20, 64, [20, 5], 8),
     "one split walks every block": (1, 4, 1, 64, 64, [61], 1),
+    "more splits than one reduce tile": (1, 4, 2, 600, 64, [571], 40),
     "head dim 128": (1, 8, 2, 40, 128, [37], None),
 }
 
