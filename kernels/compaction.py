@@ -73,7 +73,11 @@ def _check(kv, keep, counts) -> None:
 
 
 def compact_(kv: torch.Tensor, keep: torch.Tensor, counts: torch.Tensor) -> None:
-    """Gather ``keep[b, :counts[b]]`` to the front of every plane of row ``b``, in place, one launch."""
+    """Gather ``keep[b, :counts[b]]`` to the front of every plane of row ``b``, in place, one launch.
+
+    ``counts[b] ≤ Kmax`` and ``keep[b, i] < Cap`` are the caller's to keep: checking them would
+    read them back from the GPU.
+    """
     _check(kv, keep, counts)
     n_layers, _, B, Hkv, cap, D = kv.shape
     planes = n_layers * 2 * B * Hkv
