@@ -64,3 +64,26 @@ def fingerprint(path: Path) -> str:
             f.seek(size * i // _SAMPLES)
             h.update(f.read(_SAMPLE_BYTES))
     return h.hexdigest()
+
+
+def resolve_model_source(path: str | os.PathLike | None) -> tuple[Path, str | None]:
+    """For the torch backend: a GGUF file (returned with its file name) or a Hugging Face folder."""
+    if path is not None and Path(path).expanduser().is_dir():
+        folder = Path(path).expanduser()
+        if not (folder / "config.json").is_file():
+            raise ModelError(f"{folder} is not a Hugging Face model folder (it has no config.json)")
+        return folder, None
+    gguf = resolve_model_path(path)
+    return gguf, gguf.name
+
+
+def model_fingerprint(path: Path) -> str:
+    """``fingerprint`` of a file; for a folder, of its config and weight files together."""
+    if not path.is_dir():
+        return fingerprint(path)
+    h = hashlib.sha256()
+    for f in sorted(path.iterdir()):
+        if f.suffix in {".json", ".safetensors"} and f.is_file():
+            h.update(f.name.encode())
+            h.update(fingerprint(f).encode())
+    return h.hexdigest()

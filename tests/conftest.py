@@ -9,7 +9,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
-from engine.backends import cuda_available  # noqa: E402  (needs the path above)
+from engine.backends import cuda_available
 
 if not cuda_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")

@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-
 from kernel_cases import DEVICE, DTYPES, TOLERANCE, randn, relative_error, rope
+
 from kernels.chunk_attention import chunk_attention, reference
 
 # (batch, heads, kv heads, chunk, capacity, head dim, lengths per row)
@@ -57,11 +57,11 @@ def test_moving_keys_to_new_slots_needs_no_rerotation():
 
 
 @pytest.mark.parametrize("bad, message", [
-    (dict(q=randn(1, 3, 4, 64), k=randn(1, 2, 8, 64)), "cannot share"),
-    (dict(k=randn(1, 2, 64, 8).transpose(2, 3)), "contiguous"),
+    ({"q": randn(1, 3, 4, 64), "k": randn(1, 2, 8, 64)}, "cannot share"),
+    ({"k": randn(1, 2, 64, 8).transpose(2, 3)}, "contiguous"),
 ])
 def test_rejects_bad_arguments(bad, message):
-    args = dict(q=randn(1, 2, 4, 64), k=randn(1, 2, 8, 64), v=randn(1, 2, 8, 64))
+    args = {"q": randn(1, 2, 4, 64), "k": randn(1, 2, 8, 64), "v": randn(1, 2, 8, 64)}
     args.update(bad)
     if "v" not in bad and args["k"].shape[1] != 2:
         args["v"] = randn(*args["k"].shape)

@@ -1,0 +1,1 @@
+"""The torch backend: transformers model definitions with Comma's cache and Triton kernels."""

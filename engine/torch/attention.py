@@ -1,0 +1,81 @@
+"""How Comma's attention plugs into transformers: the supported way, no copied model files.
+
+Three hooks, all public transformers extension points or plain module composition:
+
+* an attention function registered in ``AttentionInterface`` under ``"comma"``: it receives the
+  layer's queries and the full slot buffers the cache's ``update`` returned, and runs the chunk
+  or decode kernel (CUDA) or their PyTorch reference (CPU), rotating by slot on the fly;
+* a mask function registered in ``AttentionMaskInterface`` that builds no mask, because the
+  kernels mask causally by slot themselves (a dense mask for a 4M-token stream would be waste);
+* the model's rotary module swapped for one that rotates nothing, so keys reach the cache
+  before RoPE. The original module is kept to build the slot tables (it knows every RoPE
+  scaling variant transformers supports).
+
+The forward pass gets the cache's per-row lengths and tables through the ``comma_slots``
+keyword, which transformers passes down to every attention call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import AttentionInterface
+from transformers.masking_utils import AttentionMaskInterface
+
+from kernels.chunk_attention import reference
+
+NAME = "comma"
+
+
+@dataclass
+class Slots:
+    """What the attention kernels need besides q, k, v: valid slots per row and RoPE tables."""
+
+    lengths: torch.Tensor  # int32 [B], including the tokens of this forward pass
+    cos: torch.Tensor
+    sin: torch.Tensor
+
+
+def _attend(q, k, v, slots: Slots, scale: float) -> torch.Tensor:
+    if not q.is_cuda:
+        return reference(q, k, v, slots.lengths, slots.cos, slots.sin, scale)
+    if q.shape[2] == 1:
+        from kernels.decode_attention import decode_attention
+
+        return decode_attention(q, k, v, slots.lengths, slots.cos, slots.sin, scale)
+    from kernels.chunk_attention import chunk_attention
+
+    return chunk_attention(q, k, v, slots.lengths, slots.cos, slots.sin, scale)
+
+
+def comma_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
+                    comma_slots: Slots | None = None, **kwargs):
+    if comma_slots is None:
+        raise RuntimeError("the 'comma' attention runs only inside a Comma cache's forward pass")
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    out = _attend(query, key, value, comma_slots, scale)
+    # transformers wants [B, L, H, D]; the kernels already write that layout.
+    return out.transpose(1, 2), None
+
+
+def no_mask(*args, **kwargs):
+    return None
+
+
+class PreRoPE(nn.Module):
+    """Stands in for a model's rotary module: cos 1 and sin 0 leave queries and keys unrotated."""
+
+    def forward(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        shape = (*position_ids.shape, self.head_dim)
+        return (torch.ones(shape, dtype=x.dtype, device=x.device),
+                torch.zeros(shape, dtype=x.dtype, device=x.device))
+
+    def __init__(self, head_dim: int):
+        super().__init__()
+        self.head_dim = head_dim
+
+
+AttentionInterface.register(NAME, comma_attention)
+AttentionMaskInterface.register(NAME, no_mask)

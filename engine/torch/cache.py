@@ -1,0 +1,237 @@
+"""A compacted KV cache in one tensor, as a transformers ``Cache``: append, evict, snapshot, restore.
+
+Every layer's keys and values live in one ``[layers, 2, rows, kv_heads, capacity, head_dim]``
+tensor, keys before RoPE. Row ``b`` holds its valid slots at ``0..length[b]-1``; a forward pass
+writes its tokens after them (``update`` is what the model's attention layers call) and the
+attention kernels rotate by slot. Evicting gathers the surviving slots of all layers into place
+in one kernel launch, and since keys were cached unrotated, nothing has to be re-rotated: the
+cache after an eviction is exactly the cache those tokens would have had at their new slots.
+
+One row is a document being read or asked about. Several rows are independent chunks read
+side by side (parallel chunks). A scratch branch for section notes is simply the room after
+row 0's slots: notes are written there and forgotten by resetting the length, with no copy.
+
+It offers the same methods as the gguf backend's cache, so ``engine.reader`` and
+``engine.conversation`` drive either one.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save as save_tensors
+from transformers.cache_utils import Cache, CacheLayerMixin
+
+from engine.errors import CommaError, MemoryFileError
+from engine.torch.attention import Slots
+
+
+class SlotLayer(CacheLayerMixin):
+    """One model layer's view of the shared slot tensor."""
+
+    is_sliding = False
+
+    def __init__(self, cache: SlotCache, index: int):
+        super().__init__()
+        self.cache, self.index = cache, index
+        self.is_initialized = True
+
+    def lazy_initialization(self, key_states, value_states) -> None:
+        return None
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        return self.cache.write(self.index, key_states, value_states)
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.cache.capacity, 0
+
+    def get_seq_length(self) -> int:
+        return int(self.cache.lengths.max())
+
+    def get_max_length(self) -> int:
+        return self.cache.capacity
+
+
+class SlotCache(Cache):
+    def __init__(self, model, capacity: int, rows: int = 1):
+        self.model = model
+        cfg = model.shape
+        super().__init__(layers=[SlotLayer(self, i) for i in range(cfg.layers)])
+        self.capacity, self.rows = capacity, rows
+        try:
+            self.kv = torch.empty(cfg.layers, 2, rows, cfg.kv_heads, capacity, cfg.head_dim,
+                                  dtype=model.dtype, device=model.device)
+        except torch.OutOfMemoryError as exc:
+            raise CommaError(f"not enough GPU memory for a cache of {capacity} tokens × {rows} rows; "
+                             "use a smaller --cache") from exc
+        self.lengths = np.zeros(rows, dtype=np.int64)  # valid slots per row, before a forward's tokens
+        self._write_at = self.lengths
+        self._row_offsets = [np.zeros(0, dtype=np.int64) for _ in range(rows)]
+        self._row_separators = [np.zeros(0, dtype=bool) for _ in range(rows)]
+        self._tail = 0  # prompt/answer slots after row 0's document slots
+        self._scratch_base: int | None = None
+
+    # -- what transformers calls --------------------------------------------------------------
+
+    def write(self, layer: int, keys: torch.Tensor, values: torch.Tensor):
+        """Store a forward pass's keys and values after each row's slots; return the full buffers."""
+        n = keys.shape[2]
+        starts = self._write_at
+        if (starts == starts[0]).all():
+            s = int(starts[0])
+            self.kv[layer, 0, :, :, s:s + n] = keys
+            self.kv[layer, 1, :, :, s:s + n] = values
+        else:
+            for b, s in enumerate(starts.tolist()):
+                self.kv[layer, 0, b, :, s:s + n] = keys[b]
+                self.kv[layer, 1, b, :, s:s + n] = values[b]
+        return self.kv[layer, 0], self.kv[layer, 1]
+
+    # -- the forward pass ---------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def forward(self, tokens: np.ndarray, logits: str = "none") -> np.ndarray | None:
+        """Run ``tokens [rows, n]`` after every row's slots; ``logits``: "none", "last" or "all"."""
+        tokens = np.atleast_2d(np.asarray(tokens))
+        n = tokens.shape[1]
+        if int(self.lengths.max()) + n > self.capacity:
+            raise CommaError(f"the cache would hold {int(self.lengths.max()) + n} tokens but has room "
+                             f"for {self.capacity}")
+        after = self.lengths + n
+        slots = Slots(torch.as_tensor(after, dtype=torch.int32, device=self.model.device),
+                      *self.model.rope(self.capacity))
+        ids = torch.as_tensor(tokens, dtype=torch.long, device=self.model.device)
+        positions = torch.as_tensor(self.lengths[:, None] + np.arange(n), device=self.model.device)
+        self._write_at = self.lengths
+        try:
+            with self.model.out_of_memory_message():
+                if logits == "none":
+                    self.model.hf.model(input_ids=ids, position_ids=positions, past_key_values=self,
+                                        use_cache=True, comma_slots=slots)
+                    out = None
+                else:
+                    result = self.model.hf(input_ids=ids, position_ids=positions, past_key_values=self,
+                                           use_cache=True, logits_to_keep=1 if logits == "last" else 0,
+                                           comma_slots=slots)
+                    out = result.logits.float().cpu().numpy()
+        finally:
+            self._write_at = self.lengths
+        self.lengths = after
+        self._write_at = self.lengths
+        if out is not None and self.rows == 1:
+            return out[0]
+        return out
+
+    # -- the reader's and conversation's interface (row 0) ----------------------------------
+
+    @property
+    def length(self) -> int:
+        return int(self.lengths[0])
+
+    @property
+    def offsets(self) -> np.ndarray:
+        return self._row_offsets[0]
+
+    @property
+    def separators(self) -> np.ndarray:
+        return self._row_separators[0]
+
+    def append(self, tokens: np.ndarray, offsets: np.ndarray, separators: np.ndarray,
+               logits: str = "none") -> np.ndarray | None:
+        out = self.forward(np.asarray(tokens)[None], logits)
+        self._row_offsets[0] = np.concatenate([self.offsets, np.asarray(offsets, dtype=np.int64)])
+        self._row_separators[0] = np.concatenate([self.separators, np.asarray(separators, dtype=bool)])
+        return out
+
+    def evict(self, keep: np.ndarray) -> None:
+        self.evict_rows([keep])
+
+    def truncate(self, length: int) -> None:
+        self.lengths[0] = length
+        self._row_offsets[0] = self.offsets[:length]
+        self._row_separators[0] = self.separators[:length]
+        self._tail = max(0, length - len(self.offsets))
+
+    def fork_scratch(self) -> None:
+        self._scratch_base = self.length
+
+    def drop_scratch(self) -> None:
+        if self._scratch_base is not None:
+            self.lengths[0] = self._scratch_base
+            self._scratch_base = None
+
+    def decode_scratch(self, tokens: np.ndarray, start_pos: int) -> np.ndarray:
+        if start_pos != self.length:
+            raise CommaError(f"scratch tokens must follow the cache (slot {self.length}, not {start_pos})")
+        return self.forward(np.asarray(tokens)[None], "last")[-1]
+
+    def decode_main_tail(self, tokens: np.ndarray) -> np.ndarray:
+        out = self.forward(np.asarray(tokens)[None], "last")[-1:]
+        self._tail += len(tokens)
+        return out
+
+    # -- several rows (parallel chunks) --------------------------------------------------------
+
+    def append_rows(self, tokens: np.ndarray, offsets: np.ndarray, separators: np.ndarray,
+                    valid: np.ndarray) -> None:
+        """Append ``tokens [rows, n]``; row ``b`` keeps only its first ``valid[b]`` of them.
+
+        Rows shorter than ``n`` are padded at the end: causal attention keeps the padding out
+        of every real token's view, and dropping it from the length forgets it.
+        """
+        self.forward(tokens, "none")
+        self.lengths = self.lengths - tokens.shape[1] + np.asarray(valid)
+        self._write_at = self.lengths
+        for b, v in enumerate(np.asarray(valid).tolist()):
+            self._row_offsets[b] = np.concatenate([self._row_offsets[b], offsets[b, :v]])
+            self._row_separators[b] = np.concatenate([self._row_separators[b], separators[b, :v]])
+
+    def row(self, b: int) -> tuple[np.ndarray, np.ndarray]:
+        return self._row_offsets[b], self._row_separators[b]
+
+    def evict_rows(self, keeps: list[np.ndarray | None]) -> None:
+        """Keep only the slots ``keeps[b]`` (ascending) of each row; None keeps a row whole."""
+        keeps = [np.arange(self.lengths[b]) if k is None else np.asarray(k, dtype=np.int64)
+                 for b, k in enumerate(keeps)]
+        counts = np.array([len(k) for k in keeps], dtype=np.int64)
+        table = np.zeros((self.rows, max(1, int(counts.max()))), dtype=np.int64)
+        for b, k in enumerate(keeps):
+            table[b, :len(k)] = k
+        compact = self.model.compaction()
+        compact(self.kv, torch.as_tensor(table, device=self.model.device),
+                torch.as_tensor(counts, dtype=torch.int32, device=self.model.device))
+        for b, k in enumerate(keeps):
+            self._row_offsets[b] = self._row_offsets[b][k]
+            self._row_separators[b] = self._row_separators[b][k]
+        self.lengths = counts
+        self._write_at = self.lengths
+
+    # -- memories ----------------------------------------------------------------------------
+
+    def snapshot(self) -> bytes:
+        """Every row's kept slots as safetensors: ``kv`` ``[layers, 2, kv_heads, slots, head_dim]``
+        with the rows' slots one after another (``row_lengths`` in the memory header)."""
+        parts = [self.kv[:, :, b, :, :int(self.lengths[b])] for b in range(self.rows)]
+        return save_tensors({"kv": torch.cat(parts, dim=3).contiguous().cpu()})
+
+    def restore(self, state: bytes, offsets: np.ndarray, separators: np.ndarray) -> None:
+        """Load a snapshot into row 0 (rows saved side by side become one row, in order)."""
+        try:
+            kv = load_tensors(state)["kv"]
+        except Exception as exc:  # safetensors raises its own error types for damaged bytes
+            raise MemoryFileError(f"the memory's tensors cannot be read ({exc}); read the document "
+                                  "again with --force") from exc
+        cfg = self.model.shape
+        expected = (cfg.layers, 2, cfg.kv_heads, len(offsets), cfg.head_dim)
+        if tuple(kv.shape) != expected:
+            raise MemoryFileError(f"the memory's tensors have shape {tuple(kv.shape)}, but this model "
+                                  f"needs {expected}; read the document again with --force")
+        n = len(offsets)
+        if n > self.capacity:
+            raise CommaError(f"the memory holds {n} tokens; this cache has room for {self.capacity}")
+        self.kv[:, :, 0, :, :n] = kv.to(self.kv.device, self.kv.dtype)
+        self.lengths[0] = n
+        self._tail = 0
+        self._row_offsets[0] = np.asarray(offsets, dtype=np.int64)
+        self._row_separators[0] = np.asarray(separators, dtype=bool)

@@ -1,0 +1,184 @@
+"""A transformers model loaded for Comma: from a GGUF file (dequantized) or a local folder.
+
+bf16 on CUDA, float32 on the CPU. Its vocabulary, tokenizer and chat template come from the
+same source through transformers. The model's attention is Comma's (``engine.torch.attention``)
+and its caches are ``SlotCache``s. The methods mirror the gguf backend's model, so the reader,
+the conversation and the summary run unchanged on either.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.convert_slow_tokenizer import bytes_to_unicode
+from transformers.utils import logging as hf_logging
+
+from engine.errors import CommaError, ModelError
+from engine.models import model_fingerprint, resolve_model_source
+from engine.separators import separator_table
+from engine.torch import attention
+
+# Families whose attention is plain multi-head or grouped-query attention with one rotary
+# module: the cache can be compacted and the keys rotated by slot.
+SUPPORTED_FAMILIES = frozenset({"llama", "mistral", "qwen2", "qwen3"})
+
+
+@contextlib.contextmanager
+def _quiet_tqdm():
+    """transformers' GGUF loader draws its own tqdm bar; the CLI's stderr is for the person."""
+    before = os.environ.get("TQDM_DISABLE")
+    os.environ["TQDM_DISABLE"] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["TQDM_DISABLE"]
+        else:
+            os.environ["TQDM_DISABLE"] = before
+
+
+@dataclass(frozen=True)
+class CacheShape:
+    layers: int
+    kv_heads: int
+    head_dim: int
+
+
+class TorchModel:
+    backend = "torch"
+
+    def __init__(self, path: str | os.PathLike | None = None, device: str | None = None):
+        self.path, gguf_file = resolve_model_source(path)
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ModelError("CUDA was requested but no CUDA GPU is available; use --backend gguf or auto")
+        self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        folder = str(self.path.parent if gguf_file else self.path)
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+        try:
+            with _quiet_tqdm():
+                self.tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
+                hf = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=self.dtype,
+                                                          attn_implementation=attention.NAME)
+        except (OSError, ValueError, KeyError) as exc:
+            raise ModelError(f"transformers could not load {self.path}: {exc}") from exc
+        family = hf.config.model_type
+        if family not in SUPPORTED_FAMILIES:
+            raise ModelError(f"{self.path.name} is a {family!r} model; the torch backend reads "
+                             f"{', '.join(sorted(SUPPORTED_FAMILIES))} models")
+        self.hf = hf.to(self.device).eval()
+        self._rotary = self.hf.model.rotary_emb
+        cfg = self.hf.config
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        self.hf.model.rotary_emb = attention.PreRoPE(head_dim)
+        self.shape = CacheShape(cfg.num_hidden_layers, cfg.num_key_value_heads, head_dim)
+        self.name = Path(gguf_file).stem if gguf_file else self.path.name
+        self.n_vocab = len(self.tokenizer)
+        self.n_ctx_train = int(getattr(cfg, "max_position_embeddings", 0) or 0) or 1 << 30
+        self.n_layer = cfg.num_hidden_layers
+        self.bos = self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None else -1
+        self._tables: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def new_cache(self, n_ctx: int, n_batch: int = 512, rows: int = 1):
+        from engine.torch.cache import SlotCache  # the cache module builds on this one
+
+        return SlotCache(self, n_ctx, rows)
+
+    def rope(self, positions: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Half cos/sin tables for slots ``0..positions-1`` (grown on demand, never shrunk)."""
+        if self._tables is None or self._tables[0].shape[0] < positions:
+            size = max(positions, 1024)
+            ids = torch.arange(size, device=self.device)[None]
+            probe = torch.zeros(1, dtype=torch.float32, device=self.device)
+            cos, sin = self._rotary(probe, ids)
+            half = cos.shape[-1] // 2
+            self._tables = (cos[0, :, :half].float().contiguous(), sin[0, :, :half].float().contiguous())
+        return self._tables
+
+    def compaction(self):
+        """The in-place slot gather: the Triton kernel on CUDA, its PyTorch reference elsewhere."""
+        from kernels import compaction
+
+        return compaction.compact_ if self.device.type == "cuda" else compaction.reference_
+
+    @contextlib.contextmanager
+    def out_of_memory_message(self):
+        try:
+            yield
+        except torch.OutOfMemoryError as exc:
+            torch.cuda.empty_cache()
+            raise CommaError("the GPU ran out of memory while reading; nothing was saved. Try a smaller "
+                             "--cache, or --backend gguf") from exc
+
+    @cached_property
+    def fingerprint(self) -> str:
+        return model_fingerprint(self.path)
+
+    @cached_property
+    def chat_template(self) -> str | None:
+        return self.tokenizer.chat_template
+
+    @cached_property
+    def pieces(self) -> list[bytes]:
+        """The raw bytes of every token id; control tokens print as nothing."""
+        byte_of = {ch: b for b, ch in bytes_to_unicode().items()}
+        special = set(self.tokenizer.all_special_ids)
+        byte_level = "ByteLevel" in type(self.tokenizer.backend_tokenizer.decoder).__name__
+        out = []
+        for token, text in enumerate(self.tokenizer.convert_ids_to_tokens(list(range(self.n_vocab)))):
+            if token in special or text is None:
+                out.append(b"")
+            elif byte_level and all(ch in byte_of for ch in text):
+                out.append(bytes(byte_of[ch] for ch in text))
+            elif text.startswith("<0x") and text.endswith(">") and len(text) == 6:
+                out.append(bytes([int(text[3:5], 16)]))
+            else:
+                out.append(text.replace("\u2581", " ").encode("utf-8"))
+        return out
+
+    @cached_property
+    def piece_lengths(self) -> np.ndarray:
+        return np.array([len(p) for p in self.pieces], dtype=np.int64)
+
+    @cached_property
+    def separator_ids(self) -> np.ndarray:
+        return separator_table(self.pieces)
+
+    @cached_property
+    def _end_ids(self) -> frozenset[int]:
+        ids = {self.tokenizer.eos_token_id}
+        generation = getattr(self.hf, "generation_config", None)
+        eos = getattr(generation, "eos_token_id", None)
+        ids.update(eos if isinstance(eos, list) else [eos])
+        for token in ("<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "<|endoftext|>"):
+            token_id = self.tokenizer.convert_tokens_to_ids(token)
+            if isinstance(token_id, int) and token_id != self.tokenizer.unk_token_id:
+                ids.add(token_id)
+        ids.discard(None)
+        return frozenset(ids)
+
+    def is_end_of_generation(self, token: int) -> bool:
+        return token in self._end_ids
+
+    def tokenize(self, text: str, *, special: bool = False, add_bos: bool = False) -> np.ndarray:
+        """Token ids of ``text``; without ``special`` a document cannot smuggle in control tokens."""
+        ids = self.tokenizer(text, add_special_tokens=False, split_special_tokens=not special)["input_ids"]
+        if add_bos and self.bos >= 0 and getattr(self.tokenizer, "add_bos_token", False):
+            ids = [self.bos, *ids]
+        return np.asarray(ids, dtype=np.int32)
+
+    def detokenize(self, tokens) -> bytes:
+        return b"".join(self.pieces[int(t)] for t in tokens)
+
+    def apply_chat_template(self, messages: list[dict[str, str]], add_assistant: bool) -> str:
+        if not self.chat_template:
+            raise CommaError(f"{self.name} has no chat template; use an instruction-tuned model")
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_assistant)

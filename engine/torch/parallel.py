@@ -1,0 +1,86 @@
+"""Parallel chunks (ParallelComp): a document read as many independent chunks in one batch.
+
+The document is cut into chunks of ``chunk_tokens``; each becomes one row of the cache, with
+the reading prompt in front so every row has the same attention sinks, and all rows are read
+side by side under the policy, each evicting on its own separators. Positions are reused:
+every row's slots start at 0, so the batch needs no more positions than one chunk, and the GPU
+does one large forward pass per step instead of many small ones.
+
+The result is one compressed memory per chunk. The memory file keeps them in document order
+(``chunks`` in the header gives each one's slot count); the prompt's slots are kept once, in
+the first chunk, since every row computed the very same ones. Section notes need a sequential
+reading, so a parallel reading has none.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from engine.errors import Cancelled, CommaError
+from engine.memory import Memory
+from engine.policy import Policy
+from engine.reader import DEFAULT_CHUNK, Progress, ReadResult, token_stream
+
+
+def chunk_rows(stream_len: int, prompt: int, chunk_tokens: int) -> list[np.ndarray]:
+    """Stream offsets of each row: the prompt, then that row's chunk of the document."""
+    head = np.arange(prompt)
+    starts = range(prompt, stream_len, chunk_tokens)
+    return [np.concatenate([head, np.arange(s, min(s + chunk_tokens, stream_len))]) for s in starts]
+
+
+def read_parallel(model, document, policy: Policy, chunk_tokens: int, *, chunk: int = DEFAULT_CHUNK,
+                  progress: Progress | None = None, cancelled: Callable[[], bool] | None = None) -> ReadResult:
+    started = time.perf_counter()
+    stream = token_stream(model, document)
+    rows = chunk_rows(len(stream), stream.prompt_tokens, chunk_tokens)
+    if not rows:
+        raise CommaError("the document has no text to read")
+    step = policy.max_chunk(chunk)
+    longest = max(len(r) for r in rows)
+    # A policy's capacity leaves room for a row's own incoming tokens; the padding of rows
+    # shorter than the step needs room too.
+    capacity = min(policy.capacity, longest) if policy.capacity else longest
+    cache = model.new_cache(capacity + step, rows=len(rows))
+    total = sum(len(r) for r in rows)
+    done = 0
+    for start in range(0, longest, step):
+        if cancelled is not None and cancelled():
+            raise Cancelled("reading cancelled; nothing was saved")
+        pieces = [r[start:start + step] for r in rows]
+        valid = np.array([len(p) for p in pieces])
+        keeps = [policy.keep(cache.row(b)[1], int(v)) if v else None for b, v in enumerate(valid)]
+        if any(k is not None for k in keeps):
+            cache.evict_rows(keeps)
+        offsets = np.zeros((len(rows), step), dtype=np.int64)
+        for b, p in enumerate(pieces):
+            offsets[b, :len(p)] = p
+        width = int(valid.max())
+        offsets = offsets[:, :width]
+        cache.append_rows(stream.tokens[offsets], offsets, stream.separators[offsets], valid)
+        done += int(valid.sum())
+        if progress is not None:
+            progress(done, total)
+    # Every row computed the prompt's slots identically; keep them once, in the first chunk.
+    cache.evict_rows([None] + [np.flatnonzero(cache.row(b)[0] >= stream.prompt_tokens)
+                               for b in range(1, len(rows))])
+    offsets = np.concatenate([cache.row(b)[0] for b in range(len(rows))])
+    separators = np.concatenate([cache.row(b)[1] for b in range(len(rows))])
+    header = {
+        "model_fingerprint": model.fingerprint,
+        "model_name": model.name,
+        "backend": model.backend,
+        "policy": policy.describe(),
+        "document_sha256": document.sha256,
+        "document_tokens": len(stream) - stream.prompt_tokens,
+        "prompt_tokens": stream.prompt_tokens,
+        "page_token_starts": stream.page_token_starts,
+        "kept_tokens": len(offsets),
+        "parallel_chunk_tokens": chunk_tokens,
+        "chunks": [int(n) for n in cache.lengths],
+    }
+    memory = Memory(header, stream.tokens[offsets], offsets, separators, cache.snapshot())
+    return ReadResult(memory, [], time.perf_counter() - started)

@@ -1,0 +1,134 @@
+"""The torch backend on the CPU: its cache and attention against the model's own transformers
+forward pass, eviction, memories, parallel chunks, and its error paths."""
+
+import contextlib
+
+import numpy as np
+import pytest
+import torch
+
+from engine.errors import MemoryFileError, ModelError
+from engine.models import resolve_model_source
+from engine.policy import Full, SepLLM
+from engine.scoring import score
+
+GPL3 = "/usr/share/common-licenses/GPL-3"
+
+
+@pytest.fixture(scope="module")
+def model():
+    from engine.torch.model import TorchModel
+
+    return TorchModel(device="cpu")
+
+
+@pytest.fixture(scope="module")
+def tokens(model):
+    return model.tokenize(open(GPL3).read()[:4000])[:400]
+
+
+@contextlib.contextmanager
+def plain_transformers(model):
+    """The same weights with transformers' own rotary embedding and SDPA attention."""
+    comma_rotary = model.hf.model.rotary_emb
+    model.hf.model.rotary_emb = model._rotary
+    model.hf.config._attn_implementation = "sdpa"
+    try:
+        yield model.hf
+    finally:
+        model.hf.model.rotary_emb = comma_rotary
+        model.hf.config._attn_implementation = "comma"
+
+
+@pytest.mark.model
+def test_full_policy_chunked_ingest_matches_the_models_own_forward(model, tokens):
+    ours = score(model, tokens, Full(), chunk=96).logprobs
+    with plain_transformers(model) as hf, torch.inference_mode():
+        logits = hf(torch.as_tensor(tokens[None].astype(np.int64))).logits[0].float()
+    theirs = torch.log_softmax(logits, -1)[torch.arange(len(tokens) - 1), torch.as_tensor(tokens[1:].astype(np.int64))]
+    # float32 on the CPU: the two differ only in summation order.
+    assert np.abs(ours - theirs.numpy()).max() < 1e-3
+
+
+@pytest.mark.model
+def test_sepllm_on_a_text_shorter_than_its_capacity_equals_full(model, tokens):
+    full = score(model, tokens, Full(), chunk=128).logprobs
+    sep = score(model, tokens, SepLLM(capacity=800), chunk=128).logprobs
+    assert np.abs(full - sep).max() < 1e-5
+
+
+@pytest.mark.model
+def test_evicting_keeps_perplexity_close_to_full(model, tokens):
+    full = score(model, tokens, Full(), chunk=64)
+    sep = score(model, tokens, SepLLM(initial=4, separators=16, window=48, capacity=160), chunk=64)
+    assert sep.attended.max() <= 160
+    assert full.perplexity() <= sep.perplexity() < 1.3 * full.perplexity()
+
+
+@pytest.mark.model
+def test_a_restored_memory_is_bit_exact(model, tokens):
+    policy = SepLLM(initial=4, separators=16, window=48, capacity=160)
+    cache = model.new_cache(160 + 8)
+    for start in range(0, 300, 64):
+        keep = policy.keep(cache.separators, min(64, 300 - start))
+        if keep is not None:
+            cache.evict(keep)
+        cache.append(tokens[start:start + 64][: 300 - start], np.arange(start, min(start + 64, 300)),
+                     model.separator_ids[tokens[start:min(start + 64, 300)]])
+    state = cache.snapshot()
+    restored = model.new_cache(160 + 8)
+    restored.restore(state, cache.offsets, cache.separators)
+    probe = tokens[300:305]
+    assert np.array_equal(cache.decode_main_tail(probe), restored.decode_main_tail(probe))
+
+
+@pytest.mark.model
+def test_a_memory_of_another_shape_is_refused(model):
+    from safetensors.torch import save
+
+    wrong = save({"kv": torch.zeros(2, 2, 3, 5, 64)})
+    with pytest.raises(MemoryFileError, match="shape"):
+        model.new_cache(16).restore(wrong, np.arange(5), np.zeros(5, dtype=bool))
+    with pytest.raises(MemoryFileError, match="cannot be read"):
+        model.new_cache(16).restore(b"not tensors", np.arange(5), np.zeros(5, dtype=bool))
+
+
+@pytest.mark.model
+def test_parallel_chunks_read_each_chunk_as_its_own_memory(model, tmp_path):
+    from engine.conversation import Conversation
+    from engine.documents import read_document
+    from engine.torch.parallel import read_parallel
+
+    path = tmp_path / "gpl.txt"
+    path.write_text(open(GPL3).read()[:3000])
+    document = read_document(path)
+    policy = SepLLM(initial=4, separators=16, window=48, capacity=160)
+    result = read_parallel(model, document, policy, chunk_tokens=200, chunk=64)
+    memory = result.memory
+    chunks = memory.header["chunks"]
+    prompt = memory.header["prompt_tokens"]
+    assert len(chunks) == -(-memory.header["document_tokens"] // 200) and sum(chunks) == memory.kept_tokens
+    assert all(n <= 160 for n in chunks)
+    # What survives of the prompt is kept once, in the first chunk; every chunk's slots come
+    # from its own stretch of the document, in order.
+    bounds = np.cumsum([0, *chunks])
+    assert memory.offsets[0] == 0 and memory.offsets[:bounds[1]].max() < prompt + 200
+    for i in range(1, len(chunks)):
+        part = memory.offsets[bounds[i]:bounds[i + 1]]
+        assert part.min() >= prompt + 200 * i and part.max() < prompt + 200 * (i + 1)
+    answer = "".join(Conversation(model, memory).ask("What is this text?"))
+    assert answer.strip()
+
+
+def test_cuda_requested_without_a_gpu_is_a_clear_error():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    from engine.torch.model import TorchModel
+
+    with pytest.raises(ModelError, match="CUDA"):
+        TorchModel(device="cuda")
+
+
+def test_a_folder_without_config_is_not_a_model(tmp_path):
+    with pytest.raises(ModelError, match="config.json"):
+        resolve_model_source(tmp_path)
