@@ -18,6 +18,9 @@ from engine.errors import CommaError
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="comma", description="Read a long document once; ask it anything.")
     parser.add_argument("--open", metavar="FILE", help="open the window and read FILE")
+    parser.add_argument("--screenshot", metavar="OUT.png",
+                        help="with no command: open the window offscreen (reading --open FILE if given), "
+                             "save a picture of it to OUT.png once the reading ends, and exit")
     sub = parser.add_subparsers(dest="command")
 
     def common(p, model=True):
@@ -97,7 +100,7 @@ def _dispatch(args) -> int:
     if args.command is None:
         from app.window import open_window
 
-        return open_window(args.open)
+        return open_window(args.open, args.screenshot)
 
     from app.actions import Comma
 

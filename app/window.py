@@ -1,99 +1,454 @@
-"""A first, minimal window: the library's documents and a drop target that reads a document.
+"""The main window: the library on the left, the document in the middle, the conversation on the
+right. It joins the panels to the engine's worker lanes (app/workers.py) and to the library;
+all model work runs in those workers and comes back by signals, so the window never waits.
 
-The full desktop application (viewer, conversation, sessions) comes later; this window already
-follows the rule it will keep: reading runs in a worker thread and reports by signals.
+Problems a person can act on (a bad file, a mismatched memory, a missing model) come back as
+messages: shown in a banner at the top and where they happened (the reading's entry, the
+answer), never as a crash. The library only changes when work succeeds.
 """
 
 from __future__ import annotations
 
+import os
 import sys
+from pathlib import Path
 
-from PySide6.QtCore import QObject, QThread, Signal
-from PySide6.QtWidgets import (QApplication, QLabel, QListWidget, QMainWindow, QProgressBar, QVBoxLayout,
-                               QWidget)
+from PySide6.QtCore import Qt, QTimer
+from PySide6.QtGui import QAction, QKeySequence
+from PySide6.QtWidgets import (
+    QApplication,
+    QFileDialog,
+    QFrame,
+    QHBoxLayout,
+    QLabel,
+    QMainWindow,
+    QMessageBox,
+    QPushButton,
+    QSplitter,
+    QVBoxLayout,
+    QWidget,
+)
 
-from app.actions import Comma
+from app import settings as settings_store
+from app.conversation_panel import ConversationPanel
+from app.export import session_markdown
+from app.library_panel import LibraryPanel
+from app.settings import Settings, SettingsDialog
+from app.viewer import Viewer
+from app.workers import Engine, Job
+from engine.documents import SUPPORTED_SUFFIXES
 from engine.errors import CommaError
+from storage.library import Library
+
+OPEN_FILTER = "Documents (*.pdf *.txt *.md *.markdown *.docx);;All files (*)"
 
 
-class ReadWorker(QObject):
-    progress = Signal(int, int)
-    finished = Signal(dict)
-    failed = Signal(str)
+class Banner(QFrame):
+    """A message across the top of the window that stays until dismissed or replaced."""
 
-    def __init__(self, comma: Comma, path: str):
+    def __init__(self):
         super().__init__()
-        self.comma, self.path = comma, path
+        self.setObjectName("banner")
+        self.label = QLabel()
+        self.label.setWordWrap(True)
+        self.label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        close = QPushButton("Dismiss")
+        close.clicked.connect(self.hide)
+        row = QHBoxLayout(self)
+        row.setContentsMargins(10, 6, 10, 6)
+        row.addWidget(self.label, 1)
+        row.addWidget(close)
+        self.hide()
 
-    def run(self) -> None:
-        try:
-            self.finished.emit(self.comma.ingest(self.path, progress=self.progress.emit))
-        except CommaError as exc:
-            self.failed.emit(str(exc))
+    def show_message(self, text: str, error: bool = True) -> None:
+        colour = "#fde7e9; color: #7a0010" if error else "#e8f1fd; color: #0b3d91"
+        self.setStyleSheet(f"QFrame#banner {{ background: {colour}; border-radius: 4px; }}")
+        self.label.setText(text)
+        self.show()
+
+    def text(self) -> str:
+        return self.label.text() if self.isVisible() else ""
 
 
 class MainWindow(QMainWindow):
-    def __init__(self, comma: Comma):
+    def __init__(self, settings: Settings | None = None):
         super().__init__()
-        self.comma = comma
         self.setWindowTitle("Comma")
         self.setAcceptDrops(True)
-        self.status = QLabel("Drop a PDF, TXT, MD or DOCX file here to read it.")
-        self.bar = QProgressBar()
-        self.bar.hide()
-        self.documents = QListWidget()
-        layout = QVBoxLayout()
-        for w in (self.status, self.bar, self.documents):
-            layout.addWidget(w)
-        central = QWidget()
-        central.setLayout(layout)
-        self.setCentralWidget(central)
-        self.resize(720, 480)
-        self.refresh()
+        self.settings = settings or settings_store.load()
+        self.library = Library(self.settings.library_folder())
+        self.engine = Engine(self.settings)
+        self.doc: dict | None = None
+        self.reading: Job | None = None  # the reading shown in the progress bar
+        self.asking: Job | None = None
 
-    def refresh(self) -> None:
-        self.documents.clear()
-        for d in self.comma.list():
-            kept = ", ".join(f"{m['policy_key']}: {m['kept_tokens']} tokens" for m in d["memories"])
-            self.documents.addItem(f"{d['title']}  ({d['pages']} pages)  {kept or 'not read'}")
+        self.banner = Banner()
+        self.library_panel = LibraryPanel()
+        self.viewer = Viewer()
+        self.conversation = ConversationPanel()
+        splitter = QSplitter()
+        splitter.addWidget(self.library_panel)
+        splitter.addWidget(self.viewer)
+        splitter.addWidget(self.conversation)
+        splitter.setStretchFactor(0, 2)
+        splitter.setStretchFactor(1, 5)
+        splitter.setStretchFactor(2, 3)
+        splitter.setSizes([280, 640, 420])
+        self.splitter = splitter
+        central = QWidget()
+        layout = QVBoxLayout(central)
+        layout.setContentsMargins(4, 4, 4, 4)
+        layout.addWidget(self.banner)
+        layout.addWidget(splitter, 1)
+        self.setCentralWidget(central)
+        self._menus()
+        self._connect()
+        self.resize(1360, 820)
+        self.refresh_library()
+        last = settings_store.recall("document")
+        if last and last in self.library_panel.doc_ids():
+            self.library_panel.select(last)
+        elif self.library_panel.doc_ids():
+            self.library_panel.select(self.library_panel.doc_ids()[0])
+        self.statusBar().showMessage(f"Library: {self.library.folder}")
+
+    # building --------------------------------------------------------------------------------
+
+    def _menus(self) -> None:
+        file = self.menuBar().addMenu("&File")
+        self.open_action = QAction("&Open…", self, shortcut=QKeySequence.StandardKey.Open, triggered=self.choose_files)
+        file.addAction(self.open_action)
+        self.recent_menu = file.addMenu("Open &Recent")
+        self.recent_menu.aboutToShow.connect(self._fill_recent)
+        file.addSeparator()
+        self.export_action = QAction("&Export Conversation…", self, shortcut="Ctrl+E", triggered=self.export_session)
+        file.addAction(self.export_action)
+        file.addAction(QAction("&Settings…", self, shortcut=QKeySequence.StandardKey.Preferences,
+                               triggered=self.edit_settings))
+        file.addSeparator()
+        file.addAction(QAction("&Quit", self, shortcut=QKeySequence.StandardKey.Quit, triggered=self.close))
+        doc = self.menuBar().addMenu("&Document")
+        doc.addAction(QAction("&Summarize", self, triggered=lambda: self.summarize()))
+        doc.addAction(QAction("Summarize &Again", self, triggered=lambda: self.summarize(force=True)))
+        doc.addAction(QAction("&Read Again", self, triggered=lambda: self.doc and self.read_again(self.doc["id"])))
+        doc.addAction(QAction("&Find…", self, shortcut=QKeySequence.StandardKey.Find,
+                              triggered=lambda: self.viewer.find_edit.setFocus()))
+
+    def _connect(self) -> None:
+        lp, conv = self.library_panel, self.conversation
+        lp.documentSelected.connect(self.open_document)
+        lp.hitChosen.connect(self._open_hit)
+        lp.search_edit.textChanged.connect(self.search)
+        lp.cancelRequested.connect(lambda job: job.cancel())
+        lp.dismissRequested.connect(lp.remove_pending)
+        lp.readAgainRequested.connect(self.read_again)
+        lp.removeRequested.connect(self.remove_document)
+        lp.progress.cancelRequested.connect(self.cancel_reading)
+        conv.askRequested.connect(self.ask)
+        conv.stopRequested.connect(self.stop_answer)
+        conv.sessionChosen.connect(self.choose_session)
+        conv.summarizeRequested.connect(self.summarize)
+        conv.exportRequested.connect(self.export_session)
+        conv.citationClicked.connect(self.viewer.show_citation)
+
+    def error(self, message: str) -> None:
+        self.banner.show_message(message, error=True)
+
+    def inform(self, message: str) -> None:
+        self.banner.show_message(message, error=False)
+
+    # library ---------------------------------------------------------------------------------
+
+    def refresh_library(self, select: str | None = None) -> None:
+        self.library_panel.set_documents(self.library.documents(), select)
+
+    def open_document(self, doc_id: str) -> None:
+        try:
+            doc = self.library.document(doc_id)
+        except CommaError as exc:
+            self.error(str(exc))
+            return
+        self.doc = doc
+        if not self.library.ensure_pages(doc_id):
+            self.statusBar().showMessage(f"{doc['path']} is gone or changed; showing what the library keeps")
+        self.viewer.show_document(doc, self.library.page_texts(doc_id))
+        self.conversation.set_document(doc, self.library.sessions(doc_id), self._summary(doc_id))
+        self.choose_session(self.conversation.session_id)
+        settings_store.remember("document", doc_id)
+        self.setWindowTitle(f"{doc['title']} — Comma")
+
+    def _summary(self, doc_id: str) -> dict | None:
+        for memory in reversed(self.library.memories(doc_id)):
+            summary = self.library.summary(memory["id"])
+            if summary:
+                return summary
+        return None
+
+    def choose_session(self, session_id: str | None) -> None:
+        self.conversation.show_messages(self.library.messages(session_id) if session_id else [])
+
+    def search(self, query: str) -> None:
+        self.library_panel.show_hits(query, self.library.search(query) if query.strip() else [])
+
+    def _open_hit(self, doc_id: str, page: int, query: str) -> None:
+        if self.doc is None or self.doc["id"] != doc_id:
+            self.library_panel.select(doc_id)
+        self.viewer.find_edit.setText(query)
+        self.viewer.find(query)
+        self.viewer.view.go_to(page, self.viewer.view.source.find(page - 1, query) if self.viewer.view.source else [])
+
+    def remove_document(self, doc_id: str) -> None:
+        doc = self.library.document(doc_id)
+        answer = QMessageBox.question(self, "Remove from library",
+                                      f"Forget “{doc['title']}”, its memories and its conversations? "
+                                      "The file itself stays where it is.")
+        if answer == QMessageBox.StandardButton.Yes:
+            self.library.remove_document(doc_id)
+            if self.doc and self.doc["id"] == doc_id:
+                self.doc = None
+                self.viewer.show_document(None, [])
+                self.conversation.set_document(None, [], None)
+                self.conversation.show_messages([])
+            self.refresh_library()
+
+    # reading ---------------------------------------------------------------------------------
 
     def dragEnterEvent(self, event) -> None:
         if event.mimeData().hasUrls():
             event.acceptProposedAction()
 
     def dropEvent(self, event) -> None:
-        for url in event.mimeData().urls():
-            self.read(url.toLocalFile())
+        paths = [url.toLocalFile() for url in event.mimeData().urls() if url.isLocalFile()]
+        if paths:
+            event.acceptProposedAction()
+            self.read_files(paths)
 
-    def read(self, path: str) -> None:
-        self.status.setText(f"Reading {path} …")
-        self.bar.show()
-        self.thread = QThread()
-        self.worker = ReadWorker(self.comma, path)
-        self.worker.moveToThread(self.thread)
-        self.thread.started.connect(self.worker.run)
-        self.worker.progress.connect(lambda done, total: (self.bar.setMaximum(total), self.bar.setValue(done)))
-        self.worker.finished.connect(self._read_done)
-        self.worker.failed.connect(self._read_failed)
-        for signal in (self.worker.finished, self.worker.failed):
-            signal.connect(self.thread.quit)
-        self.thread.start()
+    def choose_files(self) -> None:
+        paths, _ = QFileDialog.getOpenFileNames(self, "Open documents", "", OPEN_FILTER)
+        self.read_files(paths)
 
-    def _read_done(self, report: dict) -> None:
-        self.bar.hide()
-        self.status.setText(f"Read {report['title']}: {report['tokens']} tokens, memory of "
-                            f"{report['kept_tokens']} tokens.")
-        self.refresh()
+    def _fill_recent(self) -> None:
+        self.recent_menu.clear()
+        files = settings_store.recent_files()
+        for path in files:
+            self.recent_menu.addAction(path, lambda p=path: self.read_files([p]))
+        if not files:
+            self.recent_menu.addAction("(none yet)").setEnabled(False)
 
-    def _read_failed(self, message: str) -> None:
-        self.bar.hide()
-        self.status.setText(f"Could not read it: {message}")
+    def read_files(self, paths: list[str], force: bool = False) -> list[Job]:
+        jobs = []
+        for path in paths:
+            path = str(Path(path).expanduser())
+            if Path(path).is_dir():
+                inner = sorted(str(p) for p in Path(path).iterdir() if p.suffix.lower() in SUPPORTED_SUFFIXES)
+                jobs += self.read_files(inner, force) if inner else []
+                if not inner:
+                    self.error(f"{path} holds no PDF, TXT, MD or DOCX files.")
+                continue
+            settings_store.add_recent(path)
+            job = self.engine.read(path, force)
+            name = Path(path).name
+            self.library_panel.add_pending(job, name)
+            job.started.connect(lambda job=job: self._reading_started(job))
+            job.described.connect(lambda info, job=job: self._reading_described(job, info))
+            job.progress.connect(lambda done, total, job=job: self._reading_progress(job, done, total))
+            job.finished.connect(lambda report, job=job: self._reading_done(job, report))
+            job.failed.connect(lambda message, job=job: self._reading_failed(job, message))
+            job.cancelled.connect(lambda message, job=job: self._reading_cancelled(job, message))
+            jobs.append(job)
+        return jobs
+
+    def read_again(self, doc_id: str) -> None:
+        doc = self.library.document(doc_id)
+        self.read_files([doc["path"]], force=True)
+
+    def cancel_reading(self) -> None:
+        if self.reading is not None:
+            self.reading.cancel()
+            self.library_panel.progress.cancel.setEnabled(False)
+            self.library_panel.progress.detail.setText("cancelling at the next chunk…")
+
+    def _reading_started(self, job: Job) -> None:
+        self.reading = job
+        name = self.library_panel.pending_name(job)
+        self.library_panel.progress.start(name)
+        self.library_panel.set_pending(job, name, "reading…")
+
+    def _reading_described(self, job: Job, info: dict) -> None:
+        self.library_panel.progress.describe(info)
+        self.library_panel.set_pending(job, info["title"], f"{info['pages']} pages · loading the model…")
+
+    def _reading_progress(self, job: Job, done: int, total: int) -> None:
+        text = self.library_panel.progress.update_progress(done, total)
+        self.library_panel.set_pending(job, self.library_panel.pending_name(job),
+                                       f"reading {100 * done // max(total, 1)}% · {text}")
+
+    def _reading_finished(self, job: Job) -> None:
+        if self.reading is job:
+            self.reading = None
+            self.library_panel.progress.finish()
+
+    def _reading_done(self, job: Job, report: dict) -> None:
+        self._reading_finished(job)
+        self.library_panel.remove_pending(job)
+        select = report["doc_id"] if self.doc is None or self.doc["id"] == report["doc_id"] else None
+        self.refresh_library(select)
+        if select and (self.doc is None or self.doc["id"] != select):
+            self.open_document(select)
+        reused = " (already read: its memory was reused)" if report["reused"] else ""
+        self.statusBar().showMessage(
+            f"Read {report['title']}: {report['pages']} pages, {report['tokens']:,} tokens → memory of "
+            f"{report['kept_tokens']:,} tokens, {report['memory_bytes'] / 1e6:.1f} MB, in {report['seconds']:.1f} s"
+            f"{reused}")
+
+    def _reading_failed(self, job: Job, message: str) -> None:
+        self._reading_finished(job)
+        name = self.library_panel.pending_name(job) or Path(job.info["path"]).name
+        self.library_panel.set_pending(job, name, f"could not read: {message}", failed=True)
+        self.error(f"Could not read {name}: {message}")
+
+    def _reading_cancelled(self, job: Job, message: str) -> None:
+        self._reading_finished(job)
+        name = self.library_panel.pending_name(job)
+        self.library_panel.remove_pending(job)
+        self.statusBar().showMessage(f"Reading {name} cancelled; nothing was saved.")
+
+    # asking ----------------------------------------------------------------------------------
+
+    def ask(self, question: str) -> Job | None:
+        if self.doc is None or self.conversation.streaming:
+            return None
+        job = self.engine.ask(self.doc["id"], question, self.conversation.session_id)
+        self.asking = job
+        self.conversation.begin_answer(question)
+        job.text.connect(self.conversation.append_text)
+        job.finished.connect(lambda result, job=job: self._answered(job, result))
+        job.failed.connect(lambda message, job=job: self._not_answered(job, message))
+        job.cancelled.connect(lambda message, job=job: self._not_answered(job, message))
+        return job
+
+    def stop_answer(self) -> None:
+        if self.asking is not None:
+            self.asking.cancel()
+
+    def _answered(self, job: Job, result: dict) -> None:
+        self.asking = None
+        if self.doc is None or self.doc["id"] != result["doc_id"]:
+            return  # the person moved on to another document; the answer is saved in its session
+        self.conversation.end_answer(result)
+        self.conversation.set_sessions(self.library.sessions(result["doc_id"]), result["session_id"])
+
+    def _not_answered(self, job: Job, message: str) -> None:
+        self.asking = None
+        self.conversation.fail_answer(message)
+        self.error(message)
+
+    def summarize(self, force: bool = False) -> Job | None:
+        if self.doc is None:
+            return None
+        doc = self.doc
+        job = self.engine.summarize(doc["id"], force)
+        self.conversation.summarize_button.setEnabled(False)
+        self.conversation.status.setText("Summarising the whole document…")
+        job.progress.connect(lambda done, total: self.conversation.status.setText(
+            f"Summarising: part {done} of {total}…"))
+
+        def done(result: dict) -> None:
+            self.conversation.summarize_button.setEnabled(True)
+            if self.doc and self.doc["id"] == result["doc_id"]:
+                self.conversation.set_summary({"text": result["summary"], "pages": result["pages"]})
+                self.conversation.status.setText(f"Summary ready in {result['seconds']:.1f} s.")
+
+        def failed(message: str) -> None:
+            self.conversation.summarize_button.setEnabled(True)
+            self.conversation.status.setText("")
+            self.error(f"No summary: {message}")
+
+        job.finished.connect(done)
+        job.failed.connect(failed)
+        return job
+
+    # sessions and settings -------------------------------------------------------------------
+
+    def export_session(self, path: str | None = None) -> str | None:
+        session_id = self.conversation.session_id
+        if session_id is None:
+            self.error("There is no saved conversation to export yet: ask a question first.")
+            return None
+        if path is None:
+            title = self.library.session(session_id)["title"]
+            safe = "".join(c if c.isalnum() or c in " -_" else "_" for c in title).strip()[:60] or "conversation"
+            path, _ = QFileDialog.getSaveFileName(self, "Export conversation", f"{safe}.md", "Markdown (*.md)")
+            if not path:
+                return None
+        try:
+            Path(path).write_text(session_markdown(self.library, session_id), encoding="utf-8")
+        except OSError as exc:
+            self.error(f"Could not write {path}: {exc.strerror or exc}")
+            return None
+        self.statusBar().showMessage(f"Conversation saved to {path}")
+        return path
+
+    def edit_settings(self) -> None:
+        dialog = SettingsDialog(self.settings, self)
+        if dialog.exec():
+            self.apply_settings(dialog.result_settings())
+
+    def apply_settings(self, new: Settings) -> None:
+        try:
+            library = Library(new.library_folder())
+        except (OSError, CommaError) as exc:
+            self.error(f"Cannot use the data folder {new.library_folder()}: {exc}")
+            return
+        settings_store.save(new)
+        self.settings = new
+        self.engine.configure(new)
+        if library.folder != self.library.folder:
+            self.library = library
+            self.doc = None
+            self.viewer.show_document(None, [])
+            self.conversation.set_document(None, [], None)
+            self.refresh_library()
+        self.statusBar().showMessage("Settings saved.")
+
+    # closing ---------------------------------------------------------------------------------
+
+    def closeEvent(self, event) -> None:
+        self.engine.shutdown()
+        super().closeEvent(event)
 
 
-def open_window(path: str | None = None) -> int:
+def open_window(path: str | None = None, screenshot: str | None = None) -> int:
+    """Open the window (reading ``path`` if given). With ``screenshot``, run offscreen, wait for the
+    reading to end, save a picture of the window there and exit (status 1 if the reading failed)."""
+    if screenshot:
+        os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     app = QApplication.instance() or QApplication(sys.argv)
-    window = MainWindow(Comma())
+    app.setApplicationName("Comma")
+    window = MainWindow()
     window.show()
+    status = {"code": 0}
+
+    def shoot() -> None:
+        QApplication.processEvents()
+        if not window.grab().save(screenshot):
+            print(f"error: could not save the screenshot to {screenshot}", file=sys.stderr)
+            status["code"] = 2
+        window.close()
+        app.quit()
+
     if path:
-        window.read(path)
-    return app.exec()
+        jobs = window.read_files([path])
+        if screenshot:
+            def ended(failed: bool = False) -> None:
+                status["code"] = 1 if failed else 0
+                QTimer.singleShot(800, shoot)
+
+            for job in jobs:
+                job.finished.connect(lambda _: ended())
+                job.failed.connect(lambda _: ended(True))
+                job.cancelled.connect(lambda _: ended(True))
+    elif screenshot:
+        QTimer.singleShot(800, shoot)
+    code = app.exec()
+    return status["code"] if screenshot else code

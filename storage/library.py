@@ -299,6 +299,13 @@ class Library:
                                         "pages": json.dumps(pages or []), "created": now, "seconds": seconds})
             self.db["sessions"].update(session_id, {"updated": now})
 
+    def set_last_answer_seconds(self, session_id: str, seconds: float) -> None:
+        """Record how long the session's latest answer took (the window shows it)."""
+        self.db.execute("""update messages set seconds = ? where id = (
+                               select max(id) from messages where session_id = ? and role = 'assistant')""",
+                        [seconds, session_id])
+        self.db.conn.commit()
+
     def messages(self, session_id: str) -> list[dict]:
         rows = self.db["messages"].rows_where("session_id = ?", [session_id], order_by="id")
         return [{**r, "pages": json.loads(r["pages"])} for r in rows]

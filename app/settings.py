@@ -1,0 +1,176 @@
+"""Settings a person can change (model file, backend, memory budget, data folder), where they are
+kept, and the dialog that edits them.
+
+They are kept with QSettings: in ``$COMMA_HOME/settings.ini`` when ``COMMA_HOME`` is set (so a
+test or a portable install keeps everything in one folder), else in the platform's usual place.
+The recent-files list and the last document opened live there too.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from PySide6.QtCore import QSettings
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDialog,
+    QDialogButtonBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QSpinBox,
+    QWidget,
+)
+
+from storage.library import data_folder
+
+RECENT_LIMIT = 10
+
+
+@dataclass
+class Settings:
+    model_path: str = ""  # empty: the bundled SmolLM2-135M-Instruct
+    backend: str = "auto"  # auto | gguf | torch
+    policy: str = "sepllm"  # sepllm | streaming | full
+    cache: int = 0  # KV cache capacity in tokens; 0: the policy's default (800)
+    notes: bool = True  # section notes while reading, needed for whole-document summaries
+    data_folder: str = ""  # empty: COMMA_HOME, else the platform's user data folder
+
+    def library_folder(self) -> Path:
+        return Path(self.data_folder).expanduser() if self.data_folder else data_folder()
+
+
+def store() -> QSettings:
+    home = os.environ.get("COMMA_HOME")
+    if home:
+        return QSettings(str(Path(home).expanduser() / "settings.ini"), QSettings.Format.IniFormat)
+    return QSettings(QSettings.Format.IniFormat, QSettings.Scope.UserScope, "Comma", "Comma")
+
+
+def load(qs: QSettings | None = None) -> Settings:
+    qs = qs or store()
+    values = {}
+    for f in fields(Settings):
+        raw = qs.value(f"settings/{f.name}")
+        if raw is None:
+            continue
+        if f.type in ("bool", bool):
+            values[f.name] = str(raw).lower() in ("true", "1")
+        elif f.type in ("int", int):
+            try:
+                values[f.name] = max(0, int(raw))
+            except ValueError:
+                pass
+        else:
+            values[f.name] = str(raw)
+    return Settings(**values)
+
+
+def save(settings: Settings, qs: QSettings | None = None) -> None:
+    qs = qs or store()
+    for name, value in asdict(settings).items():
+        qs.setValue(f"settings/{name}", value)
+    qs.sync()
+
+
+def recent_files(qs: QSettings | None = None) -> list[str]:
+    value = (qs or store()).value("recent", [])
+    return [value] if isinstance(value, str) else list(value or [])
+
+
+def add_recent(path: str, qs: QSettings | None = None) -> list[str]:
+    qs = qs or store()
+    files = [path] + [p for p in recent_files(qs) if p != path]
+    qs.setValue("recent", files[:RECENT_LIMIT])
+    qs.sync()
+    return files[:RECENT_LIMIT]
+
+
+def remember(key: str, value: str | None, qs: QSettings | None = None) -> None:
+    qs = qs or store()
+    qs.setValue(f"last/{key}", value or "")
+    qs.sync()
+
+
+def recall(key: str, qs: QSettings | None = None) -> str:
+    return str((qs or store()).value(f"last/{key}", "") or "")
+
+
+def _bundled_model_label() -> str:
+    try:
+        from engine.models import bundled_model_path
+
+        return f"bundled: {bundled_model_path().name}"
+    except Exception as exc:  # the dialog still opens, and says why
+        return f"bundled model unavailable ({exc})"
+
+
+class SettingsDialog(QDialog):
+    """Edits a copy of the settings; ``result_settings()`` returns it after OK."""
+
+    def __init__(self, settings: Settings, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.setWindowTitle("Comma settings")
+        self.model = QLineEdit(settings.model_path)
+        self.model.setPlaceholderText(_bundled_model_label())
+        self.backend = QComboBox()
+        self.backend.addItems(["auto", "gguf", "torch"])
+        self.backend.setCurrentText(settings.backend)
+        self.policy = QComboBox()
+        self.policy.addItems(["sepllm", "streaming", "full"])
+        self.policy.setCurrentText(settings.policy)
+        self.cache = QSpinBox()
+        self.cache.setRange(0, 1_000_000)
+        self.cache.setSpecialValueText("default (800)")
+        self.cache.setSuffix(" tokens")
+        self.cache.setValue(settings.cache)
+        self.notes = QCheckBox("Take section notes while reading (needed for summaries)")
+        self.notes.setChecked(settings.notes)
+        self.folder = QLineEdit(settings.data_folder)
+        self.folder.setPlaceholderText(str(data_folder()))
+
+        form = QFormLayout(self)
+        form.addRow("Model file", self._with_browse(self.model, self._browse_model))
+        form.addRow("Backend", self.backend)
+        form.addRow("Memory policy", self.policy)
+        form.addRow("Cache size", self.cache)
+        form.addRow("", self.notes)
+        form.addRow("Data folder", self._with_browse(self.folder, self._browse_folder))
+        form.addRow(QLabel("A new model, backend or data folder applies to the next reading or question;\n"
+                           "policy and cache size apply to the next document read."))
+        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel)
+        buttons.accepted.connect(self.accept)
+        buttons.rejected.connect(self.reject)
+        form.addRow(buttons)
+
+    @staticmethod
+    def _with_browse(edit: QLineEdit, browse) -> QWidget:
+        box = QWidget()
+        row = QHBoxLayout(box)
+        row.setContentsMargins(0, 0, 0, 0)
+        row.addWidget(edit)
+        button = QPushButton("Browse…")
+        button.clicked.connect(browse)
+        row.addWidget(button)
+        return box
+
+    def _browse_model(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Model file", "", "GGUF models (*.gguf);;All files (*)")
+        if path:
+            self.model.setText(path)
+
+    def _browse_folder(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Data folder")
+        if path:
+            self.folder.setText(path)
+
+    def result_settings(self) -> Settings:
+        return Settings(model_path=self.model.text().strip(), backend=self.backend.currentText(),
+                        policy=self.policy.currentText(), cache=self.cache.value(),
+                        notes=self.notes.isChecked(), data_folder=self.folder.text().strip())

@@ -1,0 +1,219 @@
+"""Model work off the window's thread: jobs run on lanes (worker threads) and report by signals.
+
+Qt's worker-object pattern: a :class:`Lane` is a QObject moved into its own QThread; the window
+submits a :class:`Job` to it by a queued signal, so jobs on one lane run one after another in
+the order given (several dropped files queue up). There are two lanes, one for reading and one
+for asking and summarising, so a question can be answered while a long document is being read;
+both share one loaded model (llama.cpp serves several contexts from one set of weights).
+
+A job reports through its own signals (``progress``, ``text``, ``finished``, ``failed``,
+``cancelled``), which Qt delivers to the window on the window's thread. Cancelling a job sets a
+flag that the engine polls between chunks (reading) or tokens (answering); a job cancelled
+before it starts never runs. Each lane opens its own connection to the library, since a SQLite
+connection belongs to the thread that made it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from PySide6.QtCore import QObject, QThread, Signal, Slot
+
+from app.actions import Comma
+from app.settings import Settings
+from engine.errors import Cancelled, CommaError
+from storage.library import Library
+
+log = logging.getLogger(__name__)
+
+
+class SharedModel:
+    """One model for every lane, loaded on first use (in whichever worker needs it first)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._model = None
+        self._key = None
+
+    def get(self, backend: str, path) -> object:
+        key = (backend, str(path or ""))
+        with self._lock:
+            if self._model is None or self._key != key:
+                from engine.backends import load_model
+
+                self._model = None  # free the old weights before loading new ones
+                self._model = load_model(backend, path or None)
+                self._key = key
+            return self._model
+
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None
+
+
+@dataclass
+class SharedComma(Comma):
+    """Comma's actions, with the model taken from the shared holder instead of loaded per lane."""
+
+    shared: SharedModel = field(default_factory=SharedModel)
+
+    @property
+    def model(self):
+        return self.shared.get(self.backend, self.model_path)
+
+
+class Job(QObject):
+    """One piece of model work; its signals arrive on the thread of whoever connected to them."""
+
+    started = Signal()
+    described = Signal(dict)  # facts known early (a document's title and pages)
+    progress = Signal(int, int)  # done, total (tokens while reading, parts while summarising)
+    text = Signal(str)  # answer text as it streams
+    finished = Signal(object)
+    failed = Signal(str)
+    cancelled = Signal(str)
+
+    def __init__(self, kind: str, work: Callable[[Job, Comma], object], **info):
+        super().__init__()
+        self.kind, self.info, self._work = kind, info, work
+        self._stop = threading.Event()
+        self.state = "queued"  # queued → running → done | failed | cancelled
+
+    def cancel(self) -> None:
+        self._stop.set()
+
+    def is_cancelled(self) -> bool:
+        return self._stop.is_set()
+
+    def run(self, comma: Comma) -> None:
+        if self.is_cancelled():
+            self.state = "cancelled"
+            self.cancelled.emit("cancelled before it started")
+            return
+        self.state = "running"
+        self.started.emit()
+        try:
+            result = self._work(self, comma)
+        except Cancelled as exc:
+            self.state = "cancelled"
+            self.cancelled.emit(str(exc))
+        except CommaError as exc:
+            self.state = "failed"
+            self.failed.emit(str(exc))
+        except Exception as exc:  # a bug must not take the window down; say what happened
+            log.exception("%s job failed", self.kind)
+            self.state = "failed"
+            self.failed.emit(f"unexpected error ({type(exc).__name__}: {exc}); nothing was saved")
+        else:
+            self.state = "done"
+            self.finished.emit(result)
+
+
+class Lane(QObject):
+    """A worker thread that runs submitted jobs one at a time, in order."""
+
+    _submitted = Signal(object)
+
+    def __init__(self, name: str, make_comma: Callable[[], Comma]):
+        super().__init__()
+        self._make_comma = make_comma
+        self._comma: Comma | None = None
+        self._generation = 0  # bumped when settings change; the lane rebuilds its Comma
+        self._built = -1
+        self.thread = QThread()
+        self.thread.setObjectName(name)
+        self.moveToThread(self.thread)
+        self._submitted.connect(self._run)
+        self.thread.start()
+
+    def submit(self, job: Job) -> Job:
+        self._submitted.emit(job)
+        return job
+
+    def reconfigure(self) -> None:
+        self._generation += 1
+
+    @Slot(object)
+    def _run(self, job: Job) -> None:
+        if self._comma is None or self._built != self._generation:
+            self._built = self._generation
+            self._comma = None
+            try:
+                self._comma = self._make_comma()
+            except CommaError as exc:
+                job.state = "failed"
+                job.failed.emit(str(exc))
+                return
+        job.run(self._comma)
+
+    def stop(self, wait_ms: int = 60_000) -> None:
+        self.thread.quit()
+        self.thread.wait(wait_ms)
+
+
+class Engine(QObject):
+    """The window's gateway to model work: builds jobs and puts them on the right lane."""
+
+    def __init__(self, settings: Settings):
+        super().__init__()
+        self.settings = settings
+        self.shared = SharedModel()
+        self.jobs: list[Job] = []
+        self.reading = Lane("comma-reading", self._make_comma)
+        self.asking = Lane("comma-asking", self._make_comma)
+
+    def _make_comma(self) -> Comma:
+        s = self.settings
+        return SharedComma(library=Library(s.library_folder()), model_path=s.model_path or None,
+                           backend=s.backend, shared=self.shared)
+
+    def configure(self, settings: Settings) -> None:
+        self.settings = settings
+        for lane in (self.reading, self.asking):
+            lane.reconfigure()
+
+    def _submit(self, lane: Lane, job: Job) -> Job:
+        self.jobs = [j for j in self.jobs if j.state in ("queued", "running")] + [job]
+        return lane.submit(job)
+
+    def read(self, path: str, force: bool = False) -> Job:
+        s = self.settings
+
+        def work(job: Job, comma: Comma) -> dict:
+            from engine.documents import read_document
+
+            # Reading the file first reports a bad one at once, before any model is loaded.
+            document = read_document(path)
+            job.described.emit({"title": document.title, "pages": document.pages, "path": str(document.path)})
+            if job.is_cancelled():
+                raise Cancelled("reading cancelled; nothing was saved")
+            return comma.ingest(path, s.policy, s.cache or None, force=force, notes=s.notes,
+                                progress=job.progress.emit, cancelled=job.is_cancelled)
+
+        return self._submit(self.reading, Job("read", work, path=path))
+
+    def ask(self, doc_id: str, question: str, session_id: str | None) -> Job:
+        def work(job: Job, comma: Comma) -> dict:
+            result = comma.ask(doc_id, question, session_id, on_text=job.text.emit, should_stop=job.is_cancelled)
+            comma.library.set_last_answer_seconds(result.session_id, result.seconds)
+            return {**result.__dict__, "stopped": job.is_cancelled(), "doc_id": doc_id, "question": question}
+
+        return self._submit(self.asking, Job("ask", work, doc_id=doc_id, question=question, session_id=session_id))
+
+    def summarize(self, doc_id: str, force: bool = False) -> Job:
+        def work(job: Job, comma: Comma) -> dict:
+            return {**comma.summarize(doc_id, force, progress=job.progress.emit), "doc_id": doc_id}
+
+        return self._submit(self.asking, Job("summarize", work, doc_id=doc_id))
+
+    def busy(self) -> bool:
+        return any(j.state in ("queued", "running") for j in self.jobs)
+
+    def shutdown(self) -> None:
+        for job in self.jobs:
+            job.cancel()
+        for lane in (self.reading, self.asking):
+            lane.stop()
