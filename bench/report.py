@@ -6,8 +6,24 @@ import json
 import os
 import platform
 import sys
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+
+PACKAGES = ("llama-cpp-python", "torch", "triton", "transformers")
+
+
+def _versions() -> dict:
+    found = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    if "torch" in sys.modules and sys.modules["torch"].cuda.is_available():
+        torch = sys.modules["torch"]
+        found["cuda"] = torch.version.cuda
+        found["gpu"] = torch.cuda.get_device_name()
+    return found
 
 
 def emit(benchmark: str, method: str, model, figures: dict, out: Path | None) -> None:
@@ -19,7 +35,7 @@ def emit(benchmark: str, method: str, model, figures: dict, out: Path | None) ->
         "model": model.name,
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
                     "processor": platform.processor() or platform.machine()},
-        "versions": {"python": platform.python_version(), "llama-cpp-python": version("llama-cpp-python")},
+        "versions": _versions(),
         **figures,
     }
     text = json.dumps(report, indent=2, ensure_ascii=False)

@@ -64,12 +64,13 @@ def _rotated(ptr, rows, row_ok, stride_row, cos_ptr, sin_ptr, slots, HALF: tl.co
 @triton.jit
 def _attend_block(acc, m_i, l_i, q1, q2, k_ptr, v_ptr, stride_ks, stride_vs, cos_ptr, sin_ptr,
                   start, n, q_slots, MASKED: tl.constexpr, BLOCK_N: tl.constexpr,
-                  HALF: tl.constexpr, HEAD_DIM: tl.constexpr):
+                  HALF: tl.constexpr, HEAD_DIM: tl.constexpr, PRECISION: tl.constexpr):
     k_slots = start + tl.arange(0, BLOCK_N)
     k_ok = k_slots < n
     k1, k2 = _rotated(k_ptr, k_slots, k_ok, stride_ks, cos_ptr, sin_ptr, k_slots, HALF)
     # Scores in log2 units: the query was pre-scaled by softmax scale × log2(e).
-    s = tl.dot(q1, tl.trans(k1.to(q1.dtype))) + tl.dot(q2, tl.trans(k2.to(q2.dtype)))
+    s = tl.dot(q1, tl.trans(k1.to(q1.dtype)), input_precision=PRECISION) + \
+        tl.dot(q2, tl.trans(k2.to(q2.dtype)), input_precision=PRECISION)
     if MASKED:
         s = tl.where((k_slots[None, :] <= q_slots[:, None]) & k_ok[None, :], s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -78,7 +79,7 @@ def _attend_block(acc, m_i, l_i, q1, q2, k_ptr, v_ptr, stride_ks, stride_vs, cos
     l_i = l_i * alpha + tl.sum(p, 1)
     d = tl.arange(0, HEAD_DIM)
     vals = tl.load(v_ptr + k_slots[:, None] * stride_vs + d[None, :], mask=k_ok[:, None], other=0.0)
-    acc = acc * alpha[:, None] + tl.dot(p.to(vals.dtype), vals)
+    acc = acc * alpha[:, None] + tl.dot(p.to(vals.dtype), vals, input_precision=PRECISION)
     return acc, m_new, l_i
 
 
@@ -89,7 +90,7 @@ def _chunk_attention_kernel(q_ptr, k_ptr, v_ptr, o_ptr, len_ptr, cos_ptr, sin_pt
                             stride_vb, stride_vh, stride_vs,
                             stride_ob, stride_oh, stride_ol,
                             L, H: tl.constexpr, GROUPS: tl.constexpr, HEAD_DIM: tl.constexpr,
-                            BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                            BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr):
     HALF: tl.constexpr = HEAD_DIM // 2
     block = tl.program_id(0)
     b = tl.program_id(1) // H
@@ -119,10 +120,12 @@ def _chunk_attention_kernel(q_ptr, k_ptr, v_ptr, o_ptr, len_ptr, cos_ptr, sin_pt
     end = tl.minimum(n, block_first + BLOCK_M)
     for start in range(0, unmasked_end, BLOCK_N):
         acc, m_i, l_i = _attend_block(acc, m_i, l_i, q1, q2, k_ptr, v_ptr, stride_ks, stride_vs,
-                                      cos_ptr, sin_ptr, start, n, q_slots, False, BLOCK_N, HALF, HEAD_DIM)
+                                      cos_ptr, sin_ptr, start, n, q_slots, False, BLOCK_N, HALF, HEAD_DIM,
+                                      PRECISION)
     for start in range(unmasked_end, end, BLOCK_N):
         acc, m_i, l_i = _attend_block(acc, m_i, l_i, q1, q2, k_ptr, v_ptr, stride_ks, stride_vs,
-                                      cos_ptr, sin_ptr, start, n, q_slots, True, BLOCK_N, HALF, HEAD_DIM)
+                                      cos_ptr, sin_ptr, start, n, q_slots, True, BLOCK_N, HALF, HEAD_DIM,
+                                      PRECISION)
 
     out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
     d = tl.arange(0, HEAD_DIM)
@@ -161,6 +164,8 @@ def chunk_attention(q, k, v, lengths, cos, sin, scale: float) -> torch.Tensor:
         v.stride(0), v.stride(1), v.stride(2),
         out.stride(0), out.stride(2), out.stride(1),
         L, H=H, GROUPS=H // Hkv, HEAD_DIM=D, BLOCK_M=block_m, BLOCK_N=block_n,
+        # float32 callers (the CPU-equivalent path) want float32 products, not TF32.
+        PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         num_warps=warps, num_stages=stages,
     )
     return out.transpose(1, 2)

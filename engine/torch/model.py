@@ -44,6 +44,13 @@ def _quiet_tqdm():
             os.environ["TQDM_DISABLE"] = before
 
 
+def _device(name: str | None) -> torch.device:
+    device = torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ModelError("CUDA was requested but no CUDA GPU is available; use --backend gguf or auto")
+    return device
+
+
 @dataclass(frozen=True)
 class CacheShape:
     layers: int
@@ -56,35 +63,51 @@ class TorchModel:
 
     def __init__(self, path: str | os.PathLike | None = None, device: str | None = None):
         self.path, gguf_file = resolve_model_source(path)
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise ModelError("CUDA was requested but no CUDA GPU is available; use --backend gguf or auto")
-        self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        device = _device(device)
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
         folder = str(self.path.parent if gguf_file else self.path)
         hf_logging.disable_progress_bar()
         hf_logging.set_verbosity_error()
         try:
             with _quiet_tqdm():
-                self.tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
-                hf = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=self.dtype,
+                tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
+                hf = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=dtype,
                                                           attn_implementation=attention.NAME)
         except (OSError, ValueError, KeyError) as exc:
             raise ModelError(f"transformers could not load {self.path}: {exc}") from exc
+        self._attach(hf, tokenizer, device, Path(gguf_file).stem if gguf_file else self.path.name)
+
+    @classmethod
+    def from_module(cls, hf, device: str | None = None, name: str = "in-memory model") -> TorchModel:
+        """Wrap a model built in memory (random weights for benchmarks): no tokenizer, no file."""
+        model = cls.__new__(cls)
+        model.path = Path(name)
+        hf.config._attn_implementation = attention.NAME
+        model._attach(hf, None, _device(device), name)
+        model.fingerprint = f"in-memory:{name}"
+        return model
+
+    def _attach(self, hf, tokenizer, device: torch.device, name: str) -> None:
         family = hf.config.model_type
         if family not in SUPPORTED_FAMILIES:
-            raise ModelError(f"{self.path.name} is a {family!r} model; the torch backend reads "
+            raise ModelError(f"{name} is a {family!r} model; the torch backend reads "
                              f"{', '.join(sorted(SUPPORTED_FAMILIES))} models")
-        self.hf = hf.to(self.device).eval()
+        self.device, self.dtype = device, next(hf.parameters()).dtype
+        self.hf = hf.to(device).eval()
+        self.tokenizer = tokenizer
+        # The model's own rotary module builds the slot tables; a no-op one takes its place so
+        # that keys reach the cache unrotated.
         self._rotary = self.hf.model.rotary_emb
         cfg = self.hf.config
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         self.hf.model.rotary_emb = attention.PreRoPE(head_dim)
         self.shape = CacheShape(cfg.num_hidden_layers, cfg.num_key_value_heads, head_dim)
-        self.name = Path(gguf_file).stem if gguf_file else self.path.name
-        self.n_vocab = len(self.tokenizer)
+        self.name = name
+        self.n_vocab = len(tokenizer) if tokenizer is not None else cfg.vocab_size
         self.n_ctx_train = int(getattr(cfg, "max_position_embeddings", 0) or 0) or 1 << 30
         self.n_layer = cfg.num_hidden_layers
-        self.bos = self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None else -1
+        bos = tokenizer.bos_token_id if tokenizer is not None else None
+        self.bos = bos if bos is not None else -1
         self._tables: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def new_cache(self, n_ctx: int, n_batch: int = 512, rows: int = 1):

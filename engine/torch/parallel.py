@@ -22,7 +22,7 @@ import numpy as np
 from engine.errors import Cancelled, CommaError
 from engine.memory import Memory
 from engine.policy import Policy
-from engine.reader import DEFAULT_CHUNK, Progress, ReadResult, token_stream
+from engine.reader import DEFAULT_CHUNK, Progress, ReadResult, TokenStream, token_stream
 
 
 def chunk_rows(stream_len: int, prompt: int, chunk_tokens: int) -> list[np.ndarray]:
@@ -32,13 +32,9 @@ def chunk_rows(stream_len: int, prompt: int, chunk_tokens: int) -> list[np.ndarr
     return [np.concatenate([head, np.arange(s, min(s + chunk_tokens, stream_len))]) for s in starts]
 
 
-def read_parallel(model, document, policy: Policy, chunk_tokens: int, *, chunk: int = DEFAULT_CHUNK,
-                  progress: Progress | None = None, cancelled: Callable[[], bool] | None = None) -> ReadResult:
-    started = time.perf_counter()
-    stream = token_stream(model, document)
-    rows = chunk_rows(len(stream), stream.prompt_tokens, chunk_tokens)
-    if not rows:
-        raise CommaError("the document has no text to read")
+def prefill_rows(model, stream: TokenStream, policy: Policy, rows: list[np.ndarray], chunk: int = DEFAULT_CHUNK,
+                 progress: Progress | None = None, cancelled: Callable[[], bool] | None = None):
+    """Read each row (stream offsets) side by side under ``policy``; returns the cache."""
     step = policy.max_chunk(chunk)
     longest = max(len(r) for r in rows)
     # A policy's capacity leaves room for a row's own incoming tokens; the padding of rows
@@ -55,15 +51,24 @@ def read_parallel(model, document, policy: Policy, chunk_tokens: int, *, chunk: 
         keeps = [policy.keep(cache.row(b)[1], int(v)) if v else None for b, v in enumerate(valid)]
         if any(k is not None for k in keeps):
             cache.evict_rows(keeps)
-        offsets = np.zeros((len(rows), step), dtype=np.int64)
+        offsets = np.zeros((len(rows), int(valid.max())), dtype=np.int64)
         for b, p in enumerate(pieces):
             offsets[b, :len(p)] = p
-        width = int(valid.max())
-        offsets = offsets[:, :width]
         cache.append_rows(stream.tokens[offsets], offsets, stream.separators[offsets], valid)
         done += int(valid.sum())
         if progress is not None:
             progress(done, total)
+    return cache
+
+
+def read_parallel(model, document, policy: Policy, chunk_tokens: int, *, chunk: int = DEFAULT_CHUNK,
+                  progress: Progress | None = None, cancelled: Callable[[], bool] | None = None) -> ReadResult:
+    started = time.perf_counter()
+    stream = token_stream(model, document)
+    rows = chunk_rows(len(stream), stream.prompt_tokens, chunk_tokens)
+    if not rows:
+        raise CommaError("the document has no text to read")
+    cache = prefill_rows(model, stream, policy, rows, chunk, progress, cancelled)
     # Every row computed the prompt's slots identically; keep them once, in the first chunk.
     cache.evict_rows([None] + [np.flatnonzero(cache.row(b)[0] >= stream.prompt_tokens)
                                for b in range(1, len(rows))])

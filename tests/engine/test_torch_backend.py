@@ -132,3 +132,25 @@ def test_cuda_requested_without_a_gpu_is_a_clear_error():
 def test_a_folder_without_config_is_not_a_model(tmp_path):
     with pytest.raises(ModelError, match="config.json"):
         resolve_model_source(tmp_path)
+
+
+def test_a_random_llama_matches_transformers_on_this_device():
+    # No model file needed: on CUDA this runs the Triton kernels in bf16, on the CPU the reference.
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from engine.torch.model import TorchModel
+
+    cuda = torch.cuda.is_available()
+    dtype = torch.bfloat16 if cuda else torch.float32
+    config = LlamaConfig(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, head_dim=64, vocab_size=512, max_position_embeddings=2048)
+    torch.manual_seed(0)
+    model = TorchModel.from_module(LlamaForCausalLM(config).to(dtype), device="cuda" if cuda else "cpu")
+    tokens = np.random.default_rng(0).integers(0, 512, 300).astype(np.int32)
+    ours = score(model, tokens, Full(), chunk=96, separators=np.zeros(300, dtype=bool)).logprobs
+    with plain_transformers(model) as hf, torch.inference_mode():
+        logits = hf(torch.as_tensor(tokens[None].astype(np.int64), device=model.device)).logits[0].float()
+    theirs = torch.log_softmax(logits, -1)[torch.arange(299), torch.as_tensor(tokens[1:].astype(np.int64))]
+    # bf16 activations round differently along two summation orders; float32 agrees closely.
+    assert np.abs(ours - theirs.cpu().numpy()).max() < (0.1 if cuda else 1e-3)
+    assert np.abs(ours - theirs.cpu().numpy()).mean() < (0.02 if cuda else 1e-4)
