@@ -2,6 +2,7 @@
 forward pass, eviction, memories, parallel chunks, and its error paths."""
 
 import contextlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,7 +25,7 @@ def model():
 
 @pytest.fixture(scope="module")
 def tokens(model):
-    return model.tokenize(open(GPL3).read()[:4000])[:400]
+    return model.tokenize(Path(GPL3).read_text()[:4000])[:400]
 
 
 @contextlib.contextmanager
@@ -100,7 +101,7 @@ def test_parallel_chunks_read_each_chunk_as_its_own_memory(model, tmp_path):
     from engine.torch.parallel import read_parallel
 
     path = tmp_path / "gpl.txt"
-    path.write_text(open(GPL3).read()[:3000])
+    path.write_text(Path(GPL3).read_text()[:3000])
     document = read_document(path)
     policy = SepLLM(initial=4, separators=16, window=48, capacity=160)
     result = read_parallel(model, document, policy, chunk_tokens=200, chunk=64)
@@ -154,3 +155,33 @@ def test_a_random_llama_matches_transformers_on_this_device():
     # bf16 activations round differently along two summation orders; float32 agrees closely.
     assert np.abs(ours - theirs.cpu().numpy()).max() < (0.1 if cuda else 1e-3)
     assert np.abs(ours - theirs.cpu().numpy()).mean() < (0.02 if cuda else 1e-4)
+
+
+@pytest.mark.model
+def test_out_of_gpu_memory_while_reading_saves_nothing_and_the_next_read_works(model, tmp_path, monkeypatch):
+    from app.actions import Comma
+    from engine.errors import CommaError
+    from engine.memory import Memory
+    from storage.library import Library
+
+    path = tmp_path / "short.txt"
+    path.write_text(Path(GPL3).read_text()[:1500])
+    comma = Comma(library=Library(tmp_path / "home"), backend="torch")
+    comma._model = model
+
+    def exhausted(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(model.hf.model, "forward", exhausted)
+        with pytest.raises(CommaError, match="ran out of memory.*nothing was saved"):
+            comma.ingest(path, cache=320, notes=False)
+    assert comma.list() == []
+    assert not list((tmp_path / "home").rglob("*.mem"))
+
+    report = comma.ingest(path, cache=320, notes=False)
+    saved = Path(report["memory_path"])
+    assert Memory.load(saved, model_fingerprint=model.fingerprint, backend="torch").kept_tokens == report["kept_tokens"]
+    # A memory is tied to its backend: the gguf engine refuses this one with a reason.
+    with pytest.raises(MemoryFileError, match="'torch' backend"):
+        Memory.load(saved, model_fingerprint=model.fingerprint, backend="gguf")
