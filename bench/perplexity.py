@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.report import emit  # noqa: E402
 from bench.texts import TEXTS  # noqa: E402
-from engine.gguf.model import GGUFModel  # noqa: E402
+from engine.backends import load_model  # noqa: E402
 from engine.policy import Full, SepLLM, Streaming  # noqa: E402
 from engine.reader import DEFAULT_CHUNK  # noqa: E402
 from engine.scoring import score  # noqa: E402
@@ -97,8 +97,9 @@ def main() -> None:
     parser.add_argument("--texts", default="gpl3,python_reference,bash_manual,gnutls_news")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--ablation", action="store_true")
+    parser.add_argument("--backend", choices=["gguf", "torch"], default="gguf")
     args = parser.parse_args()
-    model = GGUFModel()
+    model = load_model(args.backend)
     sep = SepLLM()
     results = ablation(model, args) if args.ablation else []
     for name in [] if args.ablation else args.texts.split(","):

@@ -31,8 +31,9 @@ def _log_softmax_at(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
 
 
 def score(model, tokens: np.ndarray, policy: Policy, chunk: int = DEFAULT_CHUNK,
-          separators: np.ndarray | None = None) -> Scores:
-    """``separators`` overrides which tokens the policy treats as separators (for ablations)."""
+          separators: np.ndarray | None = None, progress=None) -> Scores:
+    """``separators`` overrides which tokens the policy treats as separators (for ablations);
+    ``progress(done, total)`` is called after every chunk."""
     tokens = np.asarray(tokens, dtype=np.int32)
     flags = model.separator_ids[tokens] if separators is None else np.asarray(separators, dtype=bool)
     stream = TokenStream(tokens, flags, 0, [0])
@@ -46,5 +47,5 @@ def score(model, tokens: np.ndarray, policy: Policy, chunk: int = DEFAULT_CHUNK,
         targets = tokens[start + 1:start + n + 1]
         logprobs[start:start + len(targets)] = _log_softmax_at(logits[:len(targets)], targets)
 
-    prefill(cache, stream, policy, chunk, on_logits=collect)
+    prefill(cache, stream, policy, chunk, on_logits=collect, progress=progress)
     return Scores(logprobs, attended)

@@ -32,16 +32,9 @@ SUPPORTED_FAMILIES = frozenset({"llama", "mistral", "qwen2", "qwen3"})
 
 @contextlib.contextmanager
 def _quiet_tqdm():
-    """transformers' GGUF loader draws its own tqdm bar; the CLI's stderr is for the person."""
-    before = os.environ.get("TQDM_DISABLE")
-    os.environ["TQDM_DISABLE"] = "1"
-    try:
+    """transformers' GGUF loader draws its own tqdm bar on stderr, which is the person's."""
+    with open(os.devnull, "w") as sink, contextlib.redirect_stderr(sink):
         yield
-    finally:
-        if before is None:
-            del os.environ["TQDM_DISABLE"]
-        else:
-            os.environ["TQDM_DISABLE"] = before
 
 
 def _device(name: str | None) -> torch.device:
