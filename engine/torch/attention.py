@@ -67,14 +67,14 @@ def no_mask(*args, **kwargs):
 class PreRoPE(nn.Module):
     """Stands in for a model's rotary module: cos 1 and sin 0 leave queries and keys unrotated."""
 
+    def __init__(self, head_dim: int):
+        super().__init__()
+        self.head_dim = head_dim
+
     def forward(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         shape = (*position_ids.shape, self.head_dim)
         return (torch.ones(shape, dtype=x.dtype, device=x.device),
                 torch.zeros(shape, dtype=x.dtype, device=x.device))
-
-    def __init__(self, head_dim: int):
-        super().__init__()
-        self.head_dim = head_dim
 
 
 AttentionInterface.register(NAME, comma_attention)

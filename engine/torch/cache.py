@@ -66,7 +66,6 @@ class SlotCache(Cache):
             raise CommaError(f"not enough GPU memory for a cache of {capacity} tokens × {rows} rows; "
                              "use a smaller --cache") from exc
         self.lengths = np.zeros(rows, dtype=np.int64)  # valid slots per row, before a forward's tokens
-        self._write_at = self.lengths
         self._row_offsets = [np.zeros(0, dtype=np.int64) for _ in range(rows)]
         self._row_separators = [np.zeros(0, dtype=bool) for _ in range(rows)]
         self._tail = 0  # prompt/answer slots after row 0's document slots
@@ -77,7 +76,7 @@ class SlotCache(Cache):
     def write(self, layer: int, keys: torch.Tensor, values: torch.Tensor):
         """Store a forward pass's keys and values after each row's slots; return the full buffers."""
         n = keys.shape[2]
-        starts = self._write_at
+        starts = self.lengths
         if (starts == starts[0]).all():
             s = int(starts[0])
             self.kv[layer, 0, :, :, s:s + n] = keys
@@ -103,22 +102,19 @@ class SlotCache(Cache):
                       *self.model.rope(self.capacity))
         ids = torch.as_tensor(tokens, dtype=torch.long, device=self.model.device)
         positions = torch.as_tensor(self.lengths[:, None] + np.arange(n), device=self.model.device)
-        self._write_at = self.lengths
-        try:
-            with self.model.out_of_memory_message():
-                if logits == "none":
-                    self.model.hf.model(input_ids=ids, position_ids=positions, past_key_values=self,
-                                        use_cache=True, comma_slots=slots)
-                    out = None
-                else:
-                    result = self.model.hf(input_ids=ids, position_ids=positions, past_key_values=self,
-                                           use_cache=True, logits_to_keep=1 if logits == "last" else 0,
-                                           comma_slots=slots)
-                    out = result.logits.float().cpu().numpy()
-        finally:
-            self._write_at = self.lengths
+        with self.model.out_of_memory_message():
+            if logits == "none":
+                # The base model alone: reading needs no output projection.
+                self.model.hf.model(input_ids=ids, position_ids=positions, past_key_values=self,
+                                    use_cache=True, comma_slots=slots)
+                out = None
+            else:
+                result = self.model.hf(input_ids=ids, position_ids=positions, past_key_values=self,
+                                       use_cache=True, logits_to_keep=1 if logits == "last" else 0,
+                                       comma_slots=slots)
+                out = result.logits.float().cpu().numpy()
+        # Only a forward that completed advances the rows; a failed one leaves them as they were.
         self.lengths = after
-        self._write_at = self.lengths
         if out is not None and self.rows == 1:
             return out[0]
         return out
@@ -182,7 +178,6 @@ class SlotCache(Cache):
         """
         self.forward(tokens, "none")
         self.lengths = self.lengths - tokens.shape[1] + np.asarray(valid)
-        self._write_at = self.lengths
         for b, v in enumerate(np.asarray(valid).tolist()):
             self._row_offsets[b] = np.concatenate([self._row_offsets[b], offsets[b, :v]])
             self._row_separators[b] = np.concatenate([self._row_separators[b], separators[b, :v]])
@@ -205,7 +200,6 @@ class SlotCache(Cache):
             self._row_offsets[b] = self._row_offsets[b][k]
             self._row_separators[b] = self._row_separators[b][k]
         self.lengths = counts
-        self._write_at = self.lengths
 
     # -- memories ----------------------------------------------------------------------------
 
