@@ -158,14 +158,9 @@ class NoteTaker:
         self.last = done
 
 
-def read(model, document, policy: Policy, *, notes: bool = True, chunk: int = DEFAULT_CHUNK,
-         progress: Progress | None = None, cancelled: Callable[[], bool] | None = None) -> ReadResult:
-    """Read ``document`` once under ``policy``; the result's memory is ready to save."""
-    started = time.perf_counter()
-    stream = token_stream(model, document)
-    n_ctx = cache_size(model, policy, len(stream), notes)
-    cache = model.new_cache(n_ctx, policy.max_chunk(chunk))
-    header = {
+def memory_header(model, document, stream: TokenStream, policy: Policy, kept_tokens: int) -> dict:
+    """What a memory file says about where it came from: model, backend, policy, document, pages."""
+    return {
         "model_fingerprint": model.fingerprint,
         "model_name": model.name,
         "backend": model.backend,
@@ -174,10 +169,19 @@ def read(model, document, policy: Policy, *, notes: bool = True, chunk: int = DE
         "document_tokens": len(stream) - stream.prompt_tokens,
         "prompt_tokens": stream.prompt_tokens,
         "page_token_starts": stream.page_token_starts,
+        "kept_tokens": kept_tokens,
     }
+
+
+def read(model, document, policy: Policy, *, notes: bool = True, chunk: int = DEFAULT_CHUNK,
+         progress: Progress | None = None, cancelled: Callable[[], bool] | None = None) -> ReadResult:
+    """Read ``document`` once under ``policy``; the result's memory is ready to save."""
+    started = time.perf_counter()
+    stream = token_stream(model, document)
+    n_ctx = cache_size(model, policy, len(stream), notes)
+    cache = model.new_cache(n_ctx, policy.max_chunk(chunk))
     taker = NoteTaker(model, cache, stream) if notes else None
     prefill(cache, stream, policy, chunk, after_chunk=taker, progress=progress, cancelled=cancelled)
-    header["kept_tokens"] = cache.length
-    memory = Memory(header, stream.tokens[cache.offsets], cache.offsets.copy(), cache.separators.copy(),
+    memory = Memory(memory_header(model, document, stream, policy, cache.length), stream.tokens[cache.offsets], cache.offsets.copy(), cache.separators.copy(),
                     cache.snapshot())
     return ReadResult(memory, taker.notes if taker else [], time.perf_counter() - started)

@@ -28,6 +28,7 @@ import triton.language as tl
 from kernels.rope import rotate
 
 INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"
+LOG2E = 1.4426950408889634  # the kernels use exp2; scores are scaled into log2 units
 
 
 def reference(q, k, v, lengths, cos, sin, scale: float) -> torch.Tensor:
@@ -158,7 +159,7 @@ def chunk_attention(q, k, v, lengths, cos, sin, scale: float) -> torch.Tensor:
     block_m, block_n, warps, stages = _blocks(L, D)
     grid = (triton.cdiv(L, block_m), B * H)
     _chunk_attention_kernel[grid](
-        q, k, v, out, lengths, cos, sin, scale * 1.4426950408889634,
+        q, k, v, out, lengths, cos, sin, scale * LOG2E,
         q.stride(0), q.stride(1), q.stride(2),
         k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2),

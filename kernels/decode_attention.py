@@ -25,32 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.chunk_attention import INTERPRETING, _rotated
-
-LOG2E = 1.4426950408889634
-
-
-@triton.jit
-def _attend_block(acc, m_i, l_i, q1, q2, k_ptr, v_ptr, stride_ks, stride_vs, cos_ptr, sin_ptr,
-                  start, n, MASKED: tl.constexpr, BLOCK_N: tl.constexpr, HALF: tl.constexpr,
-                  HEAD_DIM: tl.constexpr, PRECISION: tl.constexpr):
-    """One online-softmax step over keys ``start .. start + BLOCK_N`` (masked past ``n`` if MASKED)."""
-    k_slots = start + tl.arange(0, BLOCK_N)
-    k_ok = k_slots < n
-    k1, k2 = _rotated(k_ptr, k_slots, k_ok, stride_ks, cos_ptr, sin_ptr, k_slots, HALF)
-    # Scores in log2 units: the query was pre-scaled by softmax scale × log2(e).
-    s = (tl.dot(q1, tl.trans(k1.to(q1.dtype)), input_precision=PRECISION)
-         + tl.dot(q2, tl.trans(k2.to(q2.dtype)), input_precision=PRECISION))
-    if MASKED:
-        s = tl.where(k_ok[None, :], s, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(s, 1))
-    alpha = tl.exp2(m_i - m_new)
-    p = tl.exp2(s - m_new[:, None])
-    l_i = l_i * alpha + tl.sum(p, 1)
-    d = tl.arange(0, HEAD_DIM)
-    vals = tl.load(v_ptr + k_slots[:, None] * stride_vs + d[None, :], mask=k_ok[:, None], other=0.0)
-    acc = acc * alpha[:, None] + tl.dot(p.to(vals.dtype), vals, input_precision=PRECISION)
-    return acc, m_new, l_i
+from kernels.chunk_attention import INTERPRETING, LOG2E, _attend_block, _rotated
 
 
 @triton.jit
@@ -84,6 +59,9 @@ def _decode_split_kernel(q_ptr, k_ptr, v_ptr, len_ptr, cos_ptr, sin_ptr,
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
 
+    # The query sits at the last slot, so the causal mask is only "below n".
+    q_slots = tl.zeros([BLOCK_M], dtype=tl.int32) + n - 1
+
     # Whole key blocks are dealt out evenly, so only the split holding slot n - 1 needs a mask.
     per_split = tl.cdiv(tl.cdiv(n, BLOCK_N), NUM_SPLITS) * BLOCK_N
     lo = split * per_split
@@ -91,10 +69,12 @@ def _decode_split_kernel(q_ptr, k_ptr, v_ptr, len_ptr, cos_ptr, sin_ptr,
     full_end = tl.maximum(lo, lo + (hi - lo) // BLOCK_N * BLOCK_N)
     for start in range(lo, full_end, BLOCK_N):
         acc, m_i, l_i = _attend_block(acc, m_i, l_i, q1, q2, k_ptr, v_ptr, stride_ks, stride_vs,
-                                      cos_ptr, sin_ptr, start, n, False, BLOCK_N, HALF, HEAD_DIM, PRECISION)
+                                      cos_ptr, sin_ptr, start, n, q_slots, False, BLOCK_N, HALF, HEAD_DIM,
+                                      PRECISION)
     for start in range(full_end, hi, BLOCK_N):
         acc, m_i, l_i = _attend_block(acc, m_i, l_i, q1, q2, k_ptr, v_ptr, stride_ks, stride_vs,
-                                      cos_ptr, sin_ptr, start, n, True, BLOCK_N, HALF, HEAD_DIM, PRECISION)
+                                      cos_ptr, sin_ptr, start, n, q_slots, True, BLOCK_N, HALF, HEAD_DIM,
+                                      PRECISION)
 
     # Partials are laid out [B, H, NUM_SPLITS(, HEAD_DIM)], contiguous.
     head_split = (b * Hkv * GROUPS + first_head + r) * NUM_SPLITS + split

@@ -14,7 +14,7 @@ import numpy as np
 
 from engine.errors import ModelError
 from engine.models import fingerprint, resolve_model_path
-from engine.separators import separator_table
+from engine.vocabulary import PieceVocabulary
 
 try:
     import llama_cpp as llama
@@ -44,7 +44,7 @@ _LOG_CALLBACK = _silence_llama_log()
 llama.llama_backend_init()
 
 
-class GGUFModel:
+class GGUFModel(PieceVocabulary):
     """The weights and vocabulary of one GGUF file, shared by every context made from it."""
 
     backend = "gguf"
@@ -76,7 +76,9 @@ class GGUFModel:
             self.ptr = None
 
     def new_cache(self, n_ctx: int, n_batch: int):
-        from engine.gguf.context import GGUFCache  # the context module builds on this one
+        from engine.gguf.context import (
+            GGUFCache,  # the context module builds on this one
+        )
 
         return GGUFCache(self, n_ctx, n_batch)
 
@@ -104,14 +106,6 @@ class GGUFModel:
             out.append(buf.raw[: max(n, 0)])
         return out
 
-    @cached_property
-    def piece_lengths(self) -> np.ndarray:
-        return np.array([len(p) for p in self.pieces], dtype=np.int64)
-
-    @cached_property
-    def separator_ids(self) -> np.ndarray:
-        return separator_table(self.pieces)
-
     def is_end_of_generation(self, token: int) -> bool:
         return bool(llama.llama_vocab_is_eog(self.vocab, token))
 
@@ -130,9 +124,6 @@ class GGUFModel:
             buf = (llama.llama_token * capacity)()
             n = llama.llama_tokenize(self.vocab, data, len(data), buf, capacity, add_bos, special)
         return np.ctypeslib.as_array(buf)[:n].astype(np.int32)
-
-    def detokenize(self, tokens) -> bytes:
-        return b"".join(self.pieces[int(t)] for t in tokens)
 
     def apply_chat_template(self, messages: list[dict[str, str]], add_assistant: bool) -> str:
         """Render ``messages`` with the model's template (llama.cpp's built-in renderer)."""

@@ -22,8 +22,8 @@ from transformers.utils import logging as hf_logging
 
 from engine.errors import CommaError, ModelError
 from engine.models import model_fingerprint, resolve_model_source
-from engine.separators import separator_table
 from engine.torch import attention
+from engine.vocabulary import PieceVocabulary
 
 # Families whose attention is plain multi-head or grouped-query attention with one rotary
 # module: the cache can be compacted and the keys rotated by slot.
@@ -51,7 +51,7 @@ class CacheShape:
     head_dim: int
 
 
-class TorchModel:
+class TorchModel(PieceVocabulary):
     backend = "torch"
 
     def __init__(self, path: str | os.PathLike | None = None, device: str | None = None):
@@ -161,14 +161,6 @@ class TorchModel:
         return out
 
     @cached_property
-    def piece_lengths(self) -> np.ndarray:
-        return np.array([len(p) for p in self.pieces], dtype=np.int64)
-
-    @cached_property
-    def separator_ids(self) -> np.ndarray:
-        return separator_table(self.pieces)
-
-    @cached_property
     def _end_ids(self) -> frozenset[int]:
         ids = {self.tokenizer.eos_token_id}
         generation = getattr(self.hf, "generation_config", None)
@@ -190,9 +182,6 @@ class TorchModel:
         if add_bos and self.bos >= 0 and getattr(self.tokenizer, "add_bos_token", False):
             ids = [self.bos, *ids]
         return np.asarray(ids, dtype=np.int32)
-
-    def detokenize(self, tokens) -> bytes:
-        return b"".join(self.pieces[int(t)] for t in tokens)
 
     def apply_chat_template(self, messages: list[dict[str, str]], add_assistant: bool) -> str:
         if not self.chat_template:

@@ -22,7 +22,14 @@ import numpy as np
 from engine.errors import Cancelled, CommaError
 from engine.memory import Memory
 from engine.policy import Policy
-from engine.reader import DEFAULT_CHUNK, Progress, ReadResult, TokenStream, token_stream
+from engine.reader import (
+    DEFAULT_CHUNK,
+    Progress,
+    ReadResult,
+    TokenStream,
+    memory_header,
+    token_stream,
+)
 
 
 def chunk_rows(stream_len: int, prompt: int, chunk_tokens: int) -> list[np.ndarray]:
@@ -74,18 +81,7 @@ def read_parallel(model, document, policy: Policy, chunk_tokens: int, *, chunk: 
                                for b in range(1, len(rows))])
     offsets = np.concatenate([cache.row(b)[0] for b in range(len(rows))])
     separators = np.concatenate([cache.row(b)[1] for b in range(len(rows))])
-    header = {
-        "model_fingerprint": model.fingerprint,
-        "model_name": model.name,
-        "backend": model.backend,
-        "policy": policy.describe(),
-        "document_sha256": document.sha256,
-        "document_tokens": len(stream) - stream.prompt_tokens,
-        "prompt_tokens": stream.prompt_tokens,
-        "page_token_starts": stream.page_token_starts,
-        "kept_tokens": len(offsets),
-        "parallel_chunk_tokens": chunk_tokens,
-        "chunks": [int(n) for n in cache.lengths],
-    }
+    header = {**memory_header(model, document, stream, policy, len(offsets)),
+              "parallel_chunk_tokens": chunk_tokens, "chunks": [int(n) for n in cache.lengths]}
     memory = Memory(header, stream.tokens[offsets], offsets, separators, cache.snapshot())
     return ReadResult(memory, [], time.perf_counter() - started)
