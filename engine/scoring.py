@@ -24,7 +24,16 @@ class Scores:
         return float(np.exp(-self.logprobs[start:end].mean()))
 
 
-def _log_softmax_at(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
+def _log_softmax_at(logits, targets: np.ndarray) -> np.ndarray:
+    """log P(target) per row. The torch backend hands over its logits where they were computed
+    (on a GPU), so only one number per token crosses to the host, not a vocabulary's worth."""
+    logits = logits[:len(targets)]
+    if not isinstance(logits, np.ndarray):
+        import torch
+
+        index = torch.as_tensor(targets.astype(np.int64), device=logits.device)
+        rows = torch.arange(len(targets), device=logits.device)
+        return torch.log_softmax(logits.float(), dim=-1)[rows, index].double().cpu().numpy()
     peak = logits.max(axis=1, keepdims=True)
     log_norm = np.log(np.exp(logits - peak).sum(axis=1)) + peak[:, 0]
     return logits[np.arange(len(targets)), targets] - log_norm
@@ -45,7 +54,7 @@ def score(model, tokens: np.ndarray, policy: Policy, chunk: int = DEFAULT_CHUNK,
         n = len(logits)
         attended[start:start + n] = cache.length - n + np.arange(1, n + 1)
         targets = tokens[start + 1:start + n + 1]
-        logprobs[start:start + len(targets)] = _log_softmax_at(logits[:len(targets)], targets)
+        logprobs[start:start + len(targets)] = _log_softmax_at(logits, targets)
 
     prefill(cache, stream, policy, chunk, on_logits=collect, progress=progress)
     return Scores(logprobs, attended)

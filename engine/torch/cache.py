@@ -112,7 +112,9 @@ class SlotCache(Cache):
                 result = self.model.hf(input_ids=ids, position_ids=positions, past_key_values=self,
                                        use_cache=True, logits_to_keep=1 if logits == "last" else 0,
                                        comma_slots=slots)
-                out = result.logits.float().cpu().numpy()
+                # Every position's logits stay on the device (scoring reduces them there); the
+                # last position's go to the host for sampling.
+                out = result.logits if logits == "all" else result.logits.float().cpu().numpy()
         # Only a forward that completed advances the rows; a failed one leaves them as they were.
         self.lengths = after
         if out is not None and self.rows == 1:
