@@ -53,7 +53,7 @@ class Memory:
         })
 
     @classmethod
-    def load(cls, path: Path, *, model_fingerprint: str, backend: str) -> "Memory":
+    def load(cls, path: Path, *, model_fingerprint: str, backend: str) -> Memory:
         f = read_memory(path, model_fingerprint=model_fingerprint, backend=backend)
         s = f.sections
         return cls(

@@ -22,7 +22,7 @@ def _complete(model, prompt: str, max_tokens: int) -> str:
     cache = model.new_cache(len(tokens) + max_tokens + 8, 512)
     logits = cache.decode_main_tail(tokens)
     text = Utf8Stream()
-    step = lambda t: cache.decode_main_tail([t])  # noqa: E731 - one-line adapter for generate()
+    step = lambda t: cache.decode_main_tail([t])
     return "".join(text.push(model.pieces[t]) for t in generate(
         logits, step, model.is_end_of_generation, Sampling(max_tokens=max_tokens))).strip()
 
