@@ -185,3 +185,27 @@ def test_out_of_gpu_memory_while_reading_saves_nothing_and_the_next_read_works(m
     # A memory is tied to its backend: the gguf engine refuses this one with a reason.
     with pytest.raises(MemoryFileError, match="'torch' backend"):
         Memory.load(saved, model_fingerprint=model.fingerprint, backend="gguf")
+
+
+@pytest.mark.model
+def test_a_hugging_face_folder_loads_and_reads(model, tmp_path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from engine.documents import read_document
+    from engine.reader import read
+    from engine.torch.model import TorchModel
+
+    folder = tmp_path / "tiny-llama"
+    config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+                         num_key_value_heads=1, head_dim=32, vocab_size=model.n_vocab, max_position_embeddings=4096)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    model.tokenizer.save_pretrained(folder)
+    tiny = TorchModel(folder, device="cpu")
+    assert tiny.name == "tiny-llama" and tiny.shape.kv_heads == 1 and tiny.shape.head_dim == 32
+    assert tiny.fingerprint != model.fingerprint
+    assert np.array_equal(tiny.tokenize("Hello, world."), model.tokenize("Hello, world."))
+    path = tmp_path / "doc.txt"
+    path.write_text(Path(GPL3).read_text()[:2000])
+    memory = read(tiny, read_document(path), SepLLM(initial=4, separators=16, window=48, capacity=160),
+                  notes=False).memory
+    assert memory.header["backend"] == "torch" and memory.kept_tokens <= 160
