@@ -66,7 +66,8 @@ class TorchModel(PieceVocabulary):
                 tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
                 hf = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=dtype,
                                                           attn_implementation=attention.NAME)
-        except (OSError, ValueError, KeyError) as exc:
+        # A damaged file fails deep inside gguf or transformers, in many different ways.
+        except Exception as exc:
             raise ModelError(f"transformers could not load {self.path}: {exc}") from exc
         self._attach(hf, tokenizer, device, Path(gguf_file).stem if gguf_file else self.path.name)
 

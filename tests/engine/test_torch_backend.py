@@ -209,3 +209,15 @@ def test_a_hugging_face_folder_loads_and_reads(model, tmp_path):
     memory = read(tiny, read_document(path), SepLLM(initial=4, separators=16, window=48, capacity=160),
                   notes=False).memory
     assert memory.header["backend"] == "torch" and memory.kept_tokens <= 160
+
+
+@pytest.mark.model
+def test_a_truncated_gguf_is_a_clear_error(tmp_path):
+    from engine.models import bundled_model_path
+    from engine.torch.model import TorchModel
+
+    broken = tmp_path / "broken.gguf"
+    with bundled_model_path().open("rb") as f:
+        broken.write_bytes(f.read(3_000_000))
+    with pytest.raises(ModelError, match="could not load .*broken.gguf"):
+        TorchModel(broken, device="cpu")
