@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from PySide6.QtCore import Qt, QTimer
@@ -235,13 +236,16 @@ class MainWindow(QMainWindow):
         if not files:
             self.recent_menu.addAction("(none yet)").setEnabled(False)
 
-    def read_files(self, paths: list[str], force: bool = False) -> list[Job]:
+    def read_files(self, paths: list[str], force: bool = False,
+                   on_job: Callable[[Job], None] | None = None) -> list[Job]:
+        """Queue the readings of ``paths`` (a folder: its documents); ``on_job`` may connect to
+        each job's signals before it starts."""
         jobs = []
         for path in paths:
             path = str(Path(path).expanduser())
             if Path(path).is_dir():
                 inner = sorted(str(p) for p in Path(path).iterdir() if p.suffix.lower() in SUPPORTED_SUFFIXES)
-                jobs += self.read_files(inner, force) if inner else []
+                jobs += self.read_files(inner, force, on_job) if inner else []
                 if not inner:
                     self.error(f"{path} holds no PDF, TXT, MD or DOCX files.")
                 continue
@@ -255,7 +259,9 @@ class MainWindow(QMainWindow):
             job.finished.connect(lambda report, job=job: self._reading_done(job, report))
             job.failed.connect(lambda message, job=job: self._reading_failed(job, message))
             job.cancelled.connect(lambda message, job=job: self._reading_cancelled(job, message))
-            jobs.append(job)
+            if on_job is not None:
+                on_job(job)
+            jobs.append(self.engine.start(job))
         return jobs
 
     def read_again(self, doc_id: str) -> None:
@@ -324,8 +330,8 @@ class MainWindow(QMainWindow):
         job.text.connect(self.conversation.append_text)
         job.finished.connect(lambda result, job=job: self._answered(job, result))
         job.failed.connect(lambda message, job=job: self._not_answered(job, message))
-        job.cancelled.connect(lambda message, job=job: self._not_answered(job, message))
-        return job
+        job.cancelled.connect(lambda message, job=job: self._not_answered(job, message, stopped=True))
+        return self.engine.start(job)
 
     def stop_answer(self) -> None:
         if self.asking is not None:
@@ -338,10 +344,11 @@ class MainWindow(QMainWindow):
         self.conversation.end_answer(result)
         self.conversation.set_sessions(self.library.sessions(result["doc_id"]), result["session_id"])
 
-    def _not_answered(self, job: Job, message: str) -> None:
+    def _not_answered(self, job: Job, message: str, stopped: bool = False) -> None:
         self.asking = None
         self.conversation.fail_answer(message)
-        self.error(message)
+        if not stopped:  # a stop the person asked for is not an error
+            self.error(message)
 
     def summarize(self, force: bool = False) -> Job | None:
         if self.doc is None:
@@ -366,7 +373,7 @@ class MainWindow(QMainWindow):
 
         job.finished.connect(done)
         job.failed.connect(failed)
-        return job
+        return self.engine.start(job)
 
     # sessions and settings -------------------------------------------------------------------
 
@@ -437,17 +444,17 @@ def open_window(path: str | None = None, screenshot: str | None = None) -> int:
         window.close()
         app.quit()
 
-    if path:
-        jobs = window.read_files([path])
-        if screenshot:
-            def ended(failed: bool = False) -> None:
-                status["code"] = 1 if failed else 0
-                QTimer.singleShot(800, shoot)
+    def ended(failed: bool = False) -> None:
+        status["code"] = 1 if failed else 0
+        QTimer.singleShot(800, shoot)
 
-            for job in jobs:
-                job.finished.connect(lambda _: ended())
-                job.failed.connect(lambda _: ended(True))
-                job.cancelled.connect(lambda _: ended(True))
+    def watch(job: Job) -> None:
+        job.finished.connect(lambda _: ended())
+        job.failed.connect(lambda _: ended(True))
+        job.cancelled.connect(lambda _: ended(True))
+
+    if path:
+        window.read_files([path], on_job=watch if screenshot else None)
     elif screenshot:
         QTimer.singleShot(800, shoot)
     code = app.exec()

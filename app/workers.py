@@ -143,19 +143,24 @@ class Lane(QObject):
             self._comma = None
             try:
                 self._comma = self._make_comma()
-            except CommaError as exc:
+            except Exception as exc:  # e.g. a data folder that cannot be opened: the job says why
+                log.exception("could not prepare the %s lane", self.thread.objectName())
                 job.state = "failed"
-                job.failed.emit(str(exc))
+                job.failed.emit(str(exc) if isinstance(exc, CommaError) else
+                                f"could not open the library ({type(exc).__name__}: {exc})")
                 return
         job.run(self._comma)
 
-    def stop(self, wait_ms: int = 60_000) -> None:
+    def stop(self) -> None:
+        """Quit after the running job (cancel it first); waits, since a QThread must not be
+        destroyed while it runs."""
         self.thread.quit()
-        self.thread.wait(wait_ms)
+        self.thread.wait()
 
 
 class Engine(QObject):
-    """The window's gateway to model work: builds jobs and puts them on the right lane."""
+    """The window's gateway to model work: ``read``, ``ask`` and ``summarize`` build jobs,
+    ``start`` puts one on its lane (reading, or asking and summarising)."""
 
     def __init__(self, settings: Settings):
         super().__init__()
@@ -175,9 +180,11 @@ class Engine(QObject):
         for lane in (self.reading, self.asking):
             lane.reconfigure()
 
-    def _submit(self, lane: Lane, job: Job) -> Job:
+    def start(self, job: Job) -> Job:
+        """Queue a job on its lane. Connect to its signals first: a job may start, and even
+        finish, before the next line of the caller runs."""
         self.jobs = [j for j in self.jobs if j.state in ("queued", "running")] + [job]
-        return lane.submit(job)
+        return (self.reading if job.kind == "read" else self.asking).submit(job)
 
     def read(self, path: str, force: bool = False) -> Job:
         s = self.settings
@@ -193,7 +200,7 @@ class Engine(QObject):
             return comma.ingest(path, s.policy, s.cache or None, force=force, notes=s.notes,
                                 progress=job.progress.emit, cancelled=job.is_cancelled)
 
-        return self._submit(self.reading, Job("read", work, path=path))
+        return Job("read", work, path=path)
 
     def ask(self, doc_id: str, question: str, session_id: str | None) -> Job:
         def work(job: Job, comma: Comma) -> dict:
@@ -201,13 +208,13 @@ class Engine(QObject):
             comma.library.set_last_answer_seconds(result.session_id, result.seconds)
             return {**result.__dict__, "stopped": job.is_cancelled(), "doc_id": doc_id, "question": question}
 
-        return self._submit(self.asking, Job("ask", work, doc_id=doc_id, question=question, session_id=session_id))
+        return Job("ask", work, doc_id=doc_id, question=question, session_id=session_id)
 
     def summarize(self, doc_id: str, force: bool = False) -> Job:
         def work(job: Job, comma: Comma) -> dict:
             return {**comma.summarize(doc_id, force, progress=job.progress.emit), "doc_id": doc_id}
 
-        return self._submit(self.asking, Job("summarize", work, doc_id=doc_id))
+        return Job("summarize", work, doc_id=doc_id)
 
     def busy(self) -> bool:
         return any(j.state in ("queued", "running") for j in self.jobs)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,6 +26,7 @@ from engine.errors import LibraryError
 
 DOC_ID_LENGTH = 12
 SCHEMA_VERSION = 1
+BUSY_TIMEOUT_S = 30.0
 
 
 def data_folder() -> Path:
@@ -46,7 +48,10 @@ class Library:
         self.folder = Path(folder) if folder else data_folder()
         self.memories_folder = self.folder / "memories"
         self.memories_folder.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite_utils.Database(self.folder / "library.db")
+        # The window reads the library while its workers write it, each on its own connection:
+        # write-ahead logging lets readers go on during a write, and a writer waits its turn.
+        self.db = sqlite_utils.Database(sqlite3.connect(self.folder / "library.db", timeout=BUSY_TIMEOUT_S))
+        self.db.execute("PRAGMA journal_mode = WAL")
         self.db.execute("PRAGMA foreign_keys = ON")
         self._create_tables()
         self._migrate()

@@ -63,6 +63,18 @@ def spy(obj, name, seen):
     setattr(obj, name, wrapper)
 
 
+def wait_until(qtbot, condition, timeout=WAIT):
+    """qtbot.waitUntil, and on a timeout the stack of every thread (where did the work stop?)."""
+    import faulthandler
+    import sys
+
+    try:
+        qtbot.waitUntil(lambda: bool(condition()), timeout=timeout)
+    except Exception:
+        faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+        raise
+
+
 def make_window(qtbot, settings=SMALL):
     window = MainWindow(settings)
     qtbot.addWidget(window)
@@ -79,11 +91,11 @@ def test_drop_read_ask_stream_and_open_a_cited_page(qtbot, home, tmp_path):
 
     drop(window, [doc])
     assert "queued" in window.library_panel.pending_texts()[0] or window.library_panel.progress.isVisible()
-    qtbot.waitUntil(lambda: bool(progress), timeout=WAIT)
+    wait_until(qtbot, lambda: (progress))
     assert window.library_panel.progress.isVisible()
     assert "tokens" in window.library_panel.progress.detail.text()
     panel = window.library_panel
-    qtbot.waitUntil(lambda: bool(panel.doc_ids() and not panel.pending_texts()), timeout=WAIT)
+    wait_until(qtbot, lambda: (panel.doc_ids() and not panel.pending_texts()))
     done, total = progress[-1][1:]
     assert done == total > 1000
     assert not window.library_panel.progress.isVisible()
@@ -96,7 +108,7 @@ def test_drop_read_ask_stream_and_open_a_cited_page(qtbot, home, tmp_path):
     window.conversation.question.setPlainText("What does this license let me do with copies?")
     qtbot.mouseClick(window.conversation.ask_button, Qt.MouseButton.LeftButton)
     assert window.conversation.streaming and window.conversation.stop_button.isVisibleTo(window)
-    qtbot.waitUntil(lambda: not window.conversation.streaming, timeout=WAIT)
+    wait_until(qtbot, lambda: not window.conversation.streaming)
     assert window.banner.text() == ""
     answer = window.conversation.messages[-1]
     assert len(pieces) > 3 and "".join(p[0] for p in pieces).strip() == answer["content"]
@@ -126,9 +138,9 @@ def test_cancel_a_reading_saves_nothing(qtbot, home, tmp_path):
     spy(window, "_reading_progress", progress)
     spy(window, "_reading_cancelled", cancelled)
     drop(window, [doc])
-    qtbot.waitUntil(lambda: bool(progress), timeout=WAIT)
+    wait_until(qtbot, lambda: (progress))
     qtbot.mouseClick(window.library_panel.progress.cancel, Qt.MouseButton.LeftButton)
-    qtbot.waitUntil(lambda: bool(cancelled), timeout=WAIT)
+    wait_until(qtbot, lambda: (cancelled))
     assert progress[-1][1] < progress[-1][2], "stopped before the end"
     assert not window.library_panel.pending_texts() and not window.library_panel.progress.isVisible()
     assert "cancelled" in window.statusBar().currentMessage()
@@ -167,15 +179,26 @@ def test_restart_restores_the_session_and_answers_without_reading_again(qtbot, r
 
     job = window.ask("And may I change it?")
     assert job is not None
-    qtbot.waitUntil(lambda: not conv.streaming, timeout=WAIT)
+    wait_until(qtbot, lambda: not conv.streaming)
     assert window.banner.text() == "", window.banner.text()
     saved = window.library.messages(read_home["session"])
     assert [m["content"] for m in saved][::2] == ["Who publishes this license?", "And may I change it?"]
     assert saved[-1]["content"] == conv.messages[-1]["content"] != ""
     assert conv.session_id == read_home["session"] and "2 questions" in conv.sessions.currentText()
+    assert conv.sessions.count() == 2  # "New conversation" and this one
+
+    # Stop while the answer streams: what was said so far is kept
+    pieces = []
+    spy(conv, "append_text", pieces)
+    window.ask("Tell me everything about the conditions for conveying copies, in detail.")
+    wait_until(qtbot, lambda: (pieces))
+    qtbot.mouseClick(conv.stop_button, Qt.MouseButton.LeftButton)
+    wait_until(qtbot, lambda: not conv.streaming)
+    assert "(stopped)" in conv.status.text() and window.banner.text() == ""
+    assert window.library.messages(read_home["session"])[-1]["content"] == conv.messages[-1]["content"]
 
     window.summarize()
-    qtbot.waitUntil(lambda: conv.summary.isVisible(), timeout=WAIT)
+    wait_until(qtbot, lambda: conv.summary.isVisible())
     assert "Summary" in conv.summary.toPlainText() and window.banner.text() == ""
 
     # the summary is kept: a second window shows it at once
@@ -194,7 +217,7 @@ def test_bad_files_are_reported_and_the_library_is_unchanged(qtbot, home, tmp_pa
     spy(window, "_reading_failed", failed)
     drop(window, [empty, unknown])  # both queue up
     assert len(window.library_panel.pending_texts()) == 2
-    qtbot.waitUntil(lambda: len(failed) == 2, timeout=WAIT)
+    wait_until(qtbot, lambda: len(failed) == 2)
     texts = window.library_panel.pending_texts()
     assert "empty" in texts[0] and ".xyz" in texts[1]
     assert "Could not read notes.xyz" in window.banner.text()
@@ -214,7 +237,7 @@ def test_mismatched_memory_is_a_message_not_a_crash(qtbot, home, tmp_path):
     window = make_window(qtbot, Settings(model_path=str(tmp_path / "missing.gguf")))
     assert window.doc is not None
     window.ask("What is it?")
-    qtbot.waitUntil(lambda: not window.conversation.streaming, timeout=WAIT)
+    wait_until(qtbot, lambda: not window.conversation.streaming)
     assert "missing.gguf" in window.banner.text()
     assert window.conversation.messages == [] and window.conversation.question.toPlainText() == "What is it?"
     assert window.library.sessions(window.doc["id"]) == []
@@ -258,3 +281,24 @@ def test_screenshot_option_parses():
 
     args = build_parser().parse_args(["--open", "x.pdf", "--screenshot", "out.png"])
     assert args.command is None and args.open == "x.pdf" and args.screenshot == "out.png"
+
+
+@pytest.mark.model
+def test_a_damaged_memory_is_a_message_and_changes_nothing(qtbot, read_home, monkeypatch):
+    monkeypatch.setenv("COMMA_HOME", str(read_home["home"]))
+    window = make_window(qtbot)
+    memory = Path(window.library.memories(read_home["doc_id"])[0]["path"])
+    original = memory.read_bytes()
+    before = window.library.messages(read_home["session"])
+    try:
+        damaged = bytearray(original)
+        damaged[len(damaged) // 2] ^= 0xFF
+        memory.write_bytes(bytes(damaged))
+        window.ask("Is it still there?")
+        wait_until(qtbot, lambda: not window.conversation.streaming)
+        assert "altered" in window.banner.text()
+        assert window.library.messages(read_home["session"]) == before
+        assert window.conversation.question.toPlainText() == "Is it still there?"
+        assert memory.read_bytes() == bytes(damaged)
+    finally:
+        memory.write_bytes(original)
