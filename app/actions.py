@@ -15,7 +15,7 @@ from pathlib import Path
 
 from engine.conversation import Conversation
 from engine.documents import read_document
-from engine.errors import LibraryError
+from engine.errors import CommaError, LibraryError
 from engine.memory import Memory
 from engine.policy import make_policy, policy_key
 from engine.reader import read
@@ -53,18 +53,27 @@ class Comma:
 
     def ingest(self, path: str | Path, policy: str = "sepllm", cache: int | None = None, force: bool = False,
                notes: bool = True, progress: Progress | None = None,
-               cancelled: Callable[[], bool] | None = None) -> dict:
+               cancelled: Callable[[], bool] | None = None, parallel: int | None = None) -> dict:
+        """``parallel``: read as independent chunks of that many tokens side by side (torch only)."""
         started = time.perf_counter()
         document = read_document(path)
         chosen = make_policy(policy, cache)
         model = self.model
+        if parallel is not None and (model.backend != "torch" or parallel < 1):
+            raise CommaError("parallel reading needs --backend torch and a chunk of at least one token")
         doc_id = document_id(document)
-        key = policy_key(chosen)
+        # A parallel reading keeps other slots than a sequential one under the same policy.
+        key = policy_key(chosen) + (f"-parallel{parallel}" if parallel else "")
         existing = self.library.find_memory(doc_id, model.fingerprint, model.backend, key)
         if existing and not force and Path(existing["path"]).is_file():
             self.library.add_document(document)  # the file may have moved since
             return self._ingest_report(doc_id, document, existing, time.perf_counter() - started, reused=True)
-        result = read(model, document, chosen, notes=notes, progress=progress, cancelled=cancelled)
+        if parallel:
+            from engine.torch.parallel import read_parallel
+
+            result = read_parallel(model, document, chosen, parallel, progress=progress, cancelled=cancelled)
+        else:
+            result = read(model, document, chosen, notes=notes, progress=progress, cancelled=cancelled)
         target = self.library.memory_path(doc_id, key, model.fingerprint, model.backend)
         size = result.memory.save(target)
         # The library learns of the document only once its memory is on disk: a cancelled or

@@ -39,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", type=int, metavar="C", help="KV cache capacity in tokens (default 800)")
     p.add_argument("--force", action="store_true", help="read again even if a memory exists")
     p.add_argument("--no-notes", action="store_true", help="skip the section notes used for summaries")
+    p.add_argument("--parallel", type=int, metavar="TOKENS",
+                   help="read independent chunks of TOKENS tokens side by side, one memory each "
+                        "(torch backend; no section notes)")
     common(p)
 
     p = sub.add_parser("ask", help="ask a question about a document that was read")
@@ -108,7 +111,7 @@ def _dispatch(args) -> int:
     if args.command == "ingest":
         with progress_bar(_show_bars(args), "tok", "reading") as bar:
             report = comma.ingest(args.path, args.policy, args.cache, args.force, notes=not args.no_notes,
-                                  progress=bar)
+                                  progress=bar, parallel=args.parallel)
         _print(args, report, lambda r: (
             f"{r['doc_id']}  {r['title']}  {r['pages']} pages, {r['tokens']} tokens -> "
             f"{r['kept_tokens']} kept, {r['memory_bytes'] / 1e6:.1f} MB"

@@ -221,3 +221,24 @@ def test_a_truncated_gguf_is_a_clear_error(tmp_path):
         broken.write_bytes(f.read(3_000_000))
     with pytest.raises(ModelError, match="could not load .*broken.gguf"):
         TorchModel(broken, device="cpu")
+
+
+@pytest.mark.model
+def test_parallel_reading_from_the_actions_and_asking_it(model, tmp_path):
+    from app.actions import Comma
+    from engine.errors import CommaError
+    from storage.library import Library
+
+    path = tmp_path / "gpl.txt"
+    path.write_text(Path(GPL3).read_text()[:3000])
+    comma = Comma(library=Library(tmp_path / "home"), backend="torch")
+    comma._model = model
+    report = comma.ingest(path, cache=160, parallel=250)
+    sequential = comma.ingest(path, cache=160, notes=False)
+    # Both memories live side by side: a parallel reading keeps other slots than a sequential one.
+    assert not sequential["reused"] and report["memory_path"] != sequential["memory_path"]
+    assert report["kept_tokens"] > sequential["kept_tokens"]
+    assert comma.ask(report["doc_id"], "What is this?").answer
+    gguf = Comma(library=Library(tmp_path / "home"), backend="gguf")
+    with pytest.raises(CommaError, match="parallel reading needs --backend torch"):
+        gguf.ingest(path, parallel=250)
