@@ -117,6 +117,9 @@ class ConversationPanel(QWidget):
     # what is shown ----------------------------------------------------------------------------
 
     def set_document(self, doc: dict | None, sessions: list[dict], summary: dict | None) -> None:
+        if self._streaming:  # an answer about the previous document goes on into its session
+            self._streaming = False
+            self._idle()
         self.doc = doc
         self.title.setText(f"<b>{html.escape(doc['title'])}</b>" if doc else "<b>No document open</b>")
         for w in (self.sessions, self.summarize_button, self.question, self.ask_button):
@@ -160,10 +163,22 @@ class ConversationPanel(QWidget):
 
     @staticmethod
     def _page_links(pages: list[int], message_index: int) -> str:
+        """One link per page; a run of more than three pages is one link to its first page."""
         if not pages:
             return ""
-        links = " ".join(f'<a href="cite:{message_index}:{p}">p.&nbsp;{p}</a>' for p in pages)
-        return f'<span style="color:#555">Pages: {links}</span>'
+        runs: list[list[int]] = []
+        for p in sorted(set(pages)):
+            if runs and p == runs[-1][-1] + 1:
+                runs[-1].append(p)
+            else:
+                runs.append([p])
+        links = []
+        for run in runs:
+            shown = [run] if len(run) > 3 else [[p] for p in run]
+            for part in shown:
+                label = f"pp.&nbsp;{part[0]}–{part[-1]}" if len(part) > 1 else f"p.&nbsp;{part[0]}"
+                links.append(f'<a href="cite:{message_index}:{part[0]}">{label}</a>')
+        return f'<span style="color:#555">Pages: {" ".join(links)}</span>'
 
     def _render(self) -> None:
         parts = []

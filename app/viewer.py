@@ -14,7 +14,7 @@ from collections import OrderedDict
 from pathlib import Path
 
 import pymupdf
-from PySide6.QtCore import QPoint, QRectF, QSize, Qt, Signal
+from PySide6.QtCore import QRectF, QSize, Qt, Signal
 from PySide6.QtGui import QColor, QImage, QKeySequence, QPainter, QPen, QShortcut
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QLineEdit, QScrollArea, QSpinBox, QToolButton, QVBoxLayout, QWidget
 
@@ -433,6 +433,3 @@ class Viewer(QWidget):
         page = self._matches[self._match]
         self.view.go_to(page, self.view.source.find(page - 1, self._term))
         self.find_label.setText(f"page {page} · {self._match + 1} of {len(self._matches)} pages")
-
-    def visible_point(self) -> QPoint:  # for tests: where the current page is drawn
-        return self.view.canvas.mapTo(self, self.view.page_rect(self.view.current_page() - 1).center().toPoint())

@@ -346,6 +346,10 @@ class MainWindow(QMainWindow):
 
     def _not_answered(self, job: Job, message: str, stopped: bool = False) -> None:
         self.asking = None
+        if self.doc is None or self.doc["id"] != job.info["doc_id"]:
+            if not stopped:
+                self.error(f"The question “{job.info['question']}” got no answer: {message}")
+            return
         self.conversation.fail_answer(message)
         if not stopped:  # a stop the person asked for is not an error
             self.error(message)

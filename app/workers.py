@@ -216,9 +216,6 @@ class Engine(QObject):
 
         return Job("summarize", work, doc_id=doc_id)
 
-    def busy(self) -> bool:
-        return any(j.state in ("queued", "running") for j in self.jobs)
-
     def shutdown(self) -> None:
         for job in self.jobs:
             job.cancel()
