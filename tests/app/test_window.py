@@ -201,6 +201,16 @@ def test_restart_restores_the_session_and_answers_without_reading_again(qtbot, r
     wait_until(qtbot, lambda: conv.summary.isVisible())
     assert "Summary" in conv.summary.toPlainText() and window.banner.text() == ""
 
+    # a new conversation beside the restored one
+    conv.sessions.setCurrentIndex(0)
+    conv.sessions.activated.emit(0)
+    assert conv.session_id is None and conv.messages == []
+    window.ask("What is this text?")
+    wait_until(qtbot, lambda: not conv.streaming)
+    sessions = window.library.sessions(read_home["doc_id"])
+    assert len(sessions) == 2 and conv.session_id == sessions[0]["id"] != read_home["session"]
+    assert sessions[0]["title"] == "What is this text?"
+
     # the summary is kept: a second window shows it at once
     again = make_window(qtbot)
     assert again.conversation.summary.isVisible()
@@ -302,3 +312,39 @@ def test_a_damaged_memory_is_a_message_and_changes_nothing(qtbot, read_home, mon
         assert memory.read_bytes() == bytes(damaged)
     finally:
         memory.write_bytes(original)
+
+
+def test_settings_dialog_and_a_new_data_folder(qtbot, home, tmp_path):
+    from app.settings import SettingsDialog
+    from engine.documents import read_document
+    from storage.library import Library
+
+    Library(home).add_document(read_document(gpl_text(tmp_path, chars=2000)))
+    window = make_window(qtbot)
+    assert window.library_panel.doc_ids()
+    dialog = SettingsDialog(window.settings, window)
+    qtbot.addWidget(dialog)
+    dialog.backend.setCurrentText("gguf")
+    dialog.cache.setValue(400)
+    dialog.folder.setText(str(tmp_path / "elsewhere"))
+    chosen = dialog.result_settings()
+    assert (chosen.backend, chosen.cache, chosen.notes) == ("gguf", 400, False)
+    window.apply_settings(chosen)
+    assert window.library.folder == tmp_path / "elsewhere" and window.library_panel.doc_ids() == []
+    assert window.doc is None and window.engine.settings == chosen
+    assert settings_store.load() == chosen  # kept for the next start
+
+
+def test_recent_files_menu(qtbot, home, tmp_path):
+    window = make_window(qtbot)
+    settings_store.add_recent(str(tmp_path / "a.pdf"))
+    window._fill_recent()
+    assert [a.text() for a in window.recent_menu.actions()] == [str(tmp_path / "a.pdf")]
+
+
+def test_page_links_collapse_long_runs():
+    from app.conversation_panel import ConversationPanel
+
+    html = ConversationPanel._page_links([1, 2, 3, 4, 5, 9, 11, 12], 2)
+    assert html.count("<a ") == 4 and "cite:2:1" in html and "1–5" in html and "cite:2:12" in html
+    assert ConversationPanel._page_links([], 0) == ""
