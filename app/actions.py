@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.conversation import Conversation
+from engine.conversation import CONVERSATION_ROOM, Conversation
 from engine.documents import read_document
 from engine.errors import CommaError, LibraryError
 from engine.memory import Memory
@@ -46,7 +46,8 @@ class Comma:
     @property
     def model(self):
         if self._model is None:
-            from engine.backends import load_model  # the engine loads only when a model is needed
+            # The engine loads only when a model is needed.
+            from engine.backends import load_model
 
             self._model = load_model(self.backend, self.model_path)
         return self._model
@@ -122,7 +123,14 @@ class Comma:
         elif self.library.session(session_id)["doc_id"] != doc["id"]:
             raise LibraryError(f"session {session_id} belongs to another document")
         history = [{"role": m["role"], "content": m["content"]} for m in self.library.messages(session_id)]
-        conversation = Conversation(self.model, self.load_memory(record))
+        memory = self.load_memory(record)
+        if "chunks" in memory.header:
+            from engine.torch.parallel import select_chunks
+
+            # Slots sit at positions 0..n-1 when answering: keep n inside what the model was trained on.
+            budget = max(self.model.n_ctx_train - CONVERSATION_ROOM, memory.header["chunks"][0])
+            memory = select_chunks(self.model, memory, question, budget)
+        conversation = Conversation(self.model, memory)
         ttft = None
         parts = []
         for piece in conversation.ask(question, history, should_stop=should_stop):

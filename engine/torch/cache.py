@@ -187,6 +187,15 @@ class SlotCache(Cache):
     def row(self, b: int) -> tuple[np.ndarray, np.ndarray]:
         return self._row_offsets[b], self._row_separators[b]
 
+    def restore_rows(self, kv: torch.Tensor, sizes: np.ndarray) -> None:
+        """Load slots saved side by side (``kv [layers, 2, kv_heads, slots, head_dim]``), ``sizes[b]``
+        of them into row ``b``: each chunk of a parallel memory back in its own row."""
+        start = 0
+        for row, size in enumerate(np.asarray(sizes).tolist()):
+            self.kv[:, :, row, :, :size] = kv[:, :, :, start:start + size].to(self.kv.device, self.kv.dtype)
+            start += size
+        self.lengths = np.asarray(sizes, dtype=np.int64).copy()
+
     def evict_rows(self, keeps: list[np.ndarray | None]) -> None:
         """Keep only the slots ``keeps[b]`` (ascending) of each row; None keeps a row whole."""
         keeps = [np.arange(self.lengths[b]) if k is None else np.asarray(k, dtype=np.int64)

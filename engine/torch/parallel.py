@@ -18,6 +18,9 @@ import time
 from collections.abc import Callable
 
 import numpy as np
+import torch
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save as save_tensors
 
 from engine.errors import Cancelled, CommaError
 from engine.memory import Memory
@@ -85,3 +88,45 @@ def read_parallel(model, document, policy: Policy, chunk_tokens: int, *, chunk: 
               "parallel_chunk_tokens": chunk_tokens, "chunks": [int(n) for n in cache.lengths]}
     memory = Memory(header, stream.tokens[offsets], offsets, separators, cache.snapshot())
     return ReadResult(memory, [], time.perf_counter() - started)
+
+
+def chunk_bounds(memory: Memory) -> np.ndarray:
+    """Slot index where each chunk of a parallel memory starts, plus the end."""
+    return np.cumsum([0, *memory.header["chunks"]])
+
+
+def select_chunks(model, memory: Memory, question: str, budget: int) -> Memory:
+    """The chunks most relevant to ``question`` that fit ``budget`` slots, in document order.
+
+    A parallel memory can hold far more slots than the model was trained to attend over, so
+    before answering, every chunk is scored by how well it predicts the question (ParallelComp
+    ranks chunks by what the query sees in each): the question follows each chunk in its own
+    row of one batch, and the chunks whose rows give the question the lowest loss are kept,
+    the first chunk (it holds the reading prompt) always.
+    """
+    bounds = chunk_bounds(memory)
+    sizes = np.diff(bounds)
+    if bounds[-1] <= budget:
+        return memory
+    tokens = model.tokenize(question)
+    if len(tokens) < 2:
+        tokens = model.tokenize(f"Question: {question}")
+    kv = load_tensors(memory.state)["kv"]
+    cache = model.new_cache(int(sizes.max()) + len(tokens), rows=len(sizes))
+    cache.restore_rows(kv, sizes)
+    logits = cache.forward(np.tile(tokens, (len(sizes), 1)), "all")
+    loss = torch.nn.functional.cross_entropy(
+        logits[:, :-1].float().transpose(1, 2),
+        torch.as_tensor(tokens[1:].astype(np.int64), device=logits.device).expand(len(sizes), -1),
+        reduction="none").mean(dim=1).cpu().numpy()
+    chosen, used = [0], int(sizes[0])
+    for chunk in np.argsort(loss).tolist():
+        if chunk != 0 and used + sizes[chunk] <= budget:
+            chosen.append(chunk)
+            used += int(sizes[chunk])
+    chosen.sort()
+    slots = np.concatenate([np.arange(bounds[c], bounds[c + 1]) for c in chosen])
+    header = {**memory.header, "chunks": [int(sizes[c]) for c in chosen], "kept_tokens": len(slots),
+              "selected_chunks": chosen}
+    state = save_tensors({"kv": kv.index_select(3, torch.as_tensor(slots)).contiguous()})
+    return Memory(header, memory.token_ids[slots], memory.offsets[slots], memory.separators[slots], state)

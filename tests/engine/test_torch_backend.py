@@ -242,3 +242,23 @@ def test_parallel_reading_from_the_actions_and_asking_it(model, tmp_path):
     gguf = Comma(library=Library(tmp_path / "home"), backend="gguf")
     with pytest.raises(CommaError, match="parallel reading needs --backend torch"):
         gguf.ingest(path, parallel=250)
+
+
+@pytest.mark.model
+def test_answering_keeps_the_chunks_that_predict_the_question(model, tmp_path):
+    from engine.documents import read_document
+    from engine.torch.parallel import chunk_bounds, read_parallel, select_chunks
+
+    path = tmp_path / "gpl.txt"
+    path.write_text(Path(GPL3).read_text()[:5000])
+    memory = read_parallel(model, read_document(path), SepLLM(initial=4, separators=16, window=48, capacity=160),
+                           chunk_tokens=200, chunk=64).memory
+    bounds = chunk_bounds(memory)
+    # A question quoting the end of chunk 3 word for word: that chunk's window still holds it.
+    quote = model.detokenize(memory.token_ids[bounds[4] - 24:bounds[4]]).decode("utf-8", "replace")
+    budget = memory.header["chunks"][0] + memory.header["chunks"][3]
+    picked = select_chunks(model, memory, quote, budget)
+    assert picked.header["selected_chunks"] == [0, 3]
+    assert picked.kept_tokens == budget <= memory.kept_tokens
+    assert np.array_equal(picked.offsets, np.concatenate([memory.offsets[:bounds[1]], memory.offsets[bounds[3]:bounds[4]]]))
+    assert select_chunks(model, memory, quote, memory.kept_tokens) is memory
