@@ -401,8 +401,9 @@ class Viewer(QWidget):
         self.view.cited_page = index
         self.view.go_to(index + 1, marks)
 
-    def find(self, term: str) -> int:
-        """Pages holding ``term`` (case-insensitive); shows the first at or after the current page."""
+    def find(self, term: str, at_page: int | None = None) -> int:
+        """Pages holding ``term`` (case-insensitive); shows the first at or after ``at_page``
+        (default: the current page)."""
         term = " ".join(term.split())
         self._term = term
         source = self.view.source
@@ -418,10 +419,15 @@ class Viewer(QWidget):
         if not self._matches:
             self.find_label.setText("not found")
             return 0
-        current = self.view.current_page()
+        current = at_page or self.view.current_page()
         self._match = next((i for i, p in enumerate(self._matches) if p >= current), 0)
         self._show_match()
         return len(self._matches)
+
+    @property
+    def matches(self) -> list[int]:
+        """The pages the last find found, in order."""
+        return list(self._matches)
 
     def next_match(self, step: int) -> None:
         if not self._matches:

@@ -195,8 +195,9 @@ class MainWindow(QMainWindow):
         if self.doc is None or self.doc["id"] != doc_id:
             self.library_panel.select(doc_id)
         self.viewer.find_edit.setText(query)
-        self.viewer.find(query)
-        self.viewer.view.go_to(page, self.viewer.view.source.find(page - 1, query) if self.viewer.view.source else [])
+        self.viewer.find(query, at_page=page)
+        if page not in self.viewer.matches:  # the words are on the page, but not side by side
+            self.viewer.view.go_to(page, [])
 
     def remove_document(self, doc_id: str) -> None:
         doc = self.library.document(doc_id)

@@ -271,8 +271,12 @@ def test_viewer_find_and_library_search(qtbot, home, tmp_path):
     window.library_panel.search_edit.setText("warranty")
     hits = window.library_panel.hits
     assert hits.isVisible() and hits.count() >= 1
-    hits.itemClicked.emit(hits.item(hits.count() - 1))
-    assert "warranty" in window.viewer.page_text(window.viewer.view.current_page()).lower()
+    last = hits.item(hits.count() - 1)
+    hits.itemClicked.emit(last)
+    page = window.viewer.view.current_page()
+    assert last.text().startswith(f"p. {page} ")
+    assert "warranty" in window.viewer.page_text(page).lower() and window.viewer.view.marks.get(page - 1)
+    assert f"page {page}" in window.viewer.find_label.text()
 
 
 def test_settings_and_recent_files_persist(home):
