@@ -85,6 +85,30 @@ def _attend_block(acc, m_i, l_i, q1, q2, k_ptr, v_ptr, stride_ks, stride_vs, cos
 
 
 @triton.jit
+def _scaled_query(ptr, rows, row_ok, stride_row, cos_ptr, sin_ptr, slots, qk_scale, HALF: tl.constexpr):
+    """Rotated query halves, pre-scaled by softmax scale × log2(e), in the input's dtype."""
+    q1, q2 = _rotated(ptr, rows, row_ok, stride_row, cos_ptr, sin_ptr, slots, HALF)
+    dtype = ptr.dtype.element_ty
+    return (q1 * qk_scale).to(dtype), (q2 * qk_scale).to(dtype)
+
+
+@triton.jit
+def _attend_range(acc, m_i, l_i, q1, q2, k_ptr, v_ptr, stride_ks, stride_vs, cos_ptr, sin_ptr,
+                  lo, mask_from, hi, n, q_slots, BLOCK_N: tl.constexpr, HALF: tl.constexpr,
+                  HEAD_DIM: tl.constexpr, PRECISION: tl.constexpr):
+    """Online softmax over key slots ``lo .. hi``; only blocks from ``mask_from`` on need a mask."""
+    for start in range(lo, mask_from, BLOCK_N):
+        acc, m_i, l_i = _attend_block(acc, m_i, l_i, q1, q2, k_ptr, v_ptr, stride_ks, stride_vs,
+                                      cos_ptr, sin_ptr, start, n, q_slots, False, BLOCK_N, HALF, HEAD_DIM,
+                                      PRECISION)
+    for start in range(mask_from, hi, BLOCK_N):
+        acc, m_i, l_i = _attend_block(acc, m_i, l_i, q1, q2, k_ptr, v_ptr, stride_ks, stride_vs,
+                                      cos_ptr, sin_ptr, start, n, q_slots, True, BLOCK_N, HALF, HEAD_DIM,
+                                      PRECISION)
+    return acc, m_i, l_i
+
+
+@triton.jit
 def _chunk_attention_kernel(q_ptr, k_ptr, v_ptr, o_ptr, len_ptr, cos_ptr, sin_ptr, qk_scale,
                             stride_qb, stride_qh, stride_ql,
                             stride_kb, stride_kh, stride_ks,
@@ -103,11 +127,8 @@ def _chunk_attention_kernel(q_ptr, k_ptr, v_ptr, o_ptr, len_ptr, cos_ptr, sin_pt
     m = block * BLOCK_M + tl.arange(0, BLOCK_M)
     m_ok = m < L
     q_slots = first + m
-    q1, q2 = _rotated(q_ptr + b * stride_qb + h * stride_qh, m, m_ok, stride_ql, cos_ptr, sin_ptr,
-                      tl.where(m_ok, q_slots, 0), HALF)
-    dtype = q_ptr.dtype.element_ty
-    q1 = (q1 * qk_scale).to(dtype)
-    q2 = (q2 * qk_scale).to(dtype)
+    q1, q2 = _scaled_query(q_ptr + b * stride_qb + h * stride_qh, m, m_ok, stride_ql, cos_ptr, sin_ptr,
+                           tl.where(m_ok, q_slots, 0), qk_scale, HALF)
 
     k_ptr += b * stride_kb + kv_h * stride_kh
     v_ptr += b * stride_vb + kv_h * stride_vh
@@ -119,14 +140,8 @@ def _chunk_attention_kernel(q_ptr, k_ptr, v_ptr, o_ptr, len_ptr, cos_ptr, sin_pt
     block_first = first + block * BLOCK_M
     unmasked_end = (block_first // BLOCK_N) * BLOCK_N
     end = tl.minimum(n, block_first + BLOCK_M)
-    for start in range(0, unmasked_end, BLOCK_N):
-        acc, m_i, l_i = _attend_block(acc, m_i, l_i, q1, q2, k_ptr, v_ptr, stride_ks, stride_vs,
-                                      cos_ptr, sin_ptr, start, n, q_slots, False, BLOCK_N, HALF, HEAD_DIM,
-                                      PRECISION)
-    for start in range(unmasked_end, end, BLOCK_N):
-        acc, m_i, l_i = _attend_block(acc, m_i, l_i, q1, q2, k_ptr, v_ptr, stride_ks, stride_vs,
-                                      cos_ptr, sin_ptr, start, n, q_slots, True, BLOCK_N, HALF, HEAD_DIM,
-                                      PRECISION)
+    acc, m_i, l_i = _attend_range(acc, m_i, l_i, q1, q2, k_ptr, v_ptr, stride_ks, stride_vs, cos_ptr, sin_ptr,
+                                  0, unmasked_end, end, n, q_slots, BLOCK_N, HALF, HEAD_DIM, PRECISION)
 
     out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
     d = tl.arange(0, HEAD_DIM)

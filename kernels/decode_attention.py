@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.chunk_attention import INTERPRETING, LOG2E, _attend_block, _rotated
+from kernels.chunk_attention import INTERPRETING, LOG2E, _attend_range, _scaled_query
 
 
 @triton.jit
@@ -47,11 +47,8 @@ def _decode_split_kernel(q_ptr, k_ptr, v_ptr, len_ptr, cos_ptr, sin_ptr,
     r = tl.arange(0, BLOCK_M)
     r_ok = r < GROUPS
     first_head = kv_h * GROUPS
-    q1, q2 = _rotated(q_ptr + b * stride_qb + first_head * stride_qh, r, r_ok, stride_qh,
-                      cos_ptr, sin_ptr, tl.where(r_ok, n - 1, 0), HALF)
-    dtype = q_ptr.dtype.element_ty
-    q1 = (q1 * qk_scale).to(dtype)
-    q2 = (q2 * qk_scale).to(dtype)
+    q1, q2 = _scaled_query(q_ptr + b * stride_qb + first_head * stride_qh, r, r_ok, stride_qh,
+                           cos_ptr, sin_ptr, tl.where(r_ok, n - 1, 0), qk_scale, HALF)
 
     k_ptr += b * stride_kb + kv_h * stride_kh
     v_ptr += b * stride_vb + kv_h * stride_vh
@@ -67,14 +64,8 @@ def _decode_split_kernel(q_ptr, k_ptr, v_ptr, len_ptr, cos_ptr, sin_ptr,
     lo = split * per_split
     hi = tl.minimum(n, lo + per_split)
     full_end = tl.maximum(lo, lo + (hi - lo) // BLOCK_N * BLOCK_N)
-    for start in range(lo, full_end, BLOCK_N):
-        acc, m_i, l_i = _attend_block(acc, m_i, l_i, q1, q2, k_ptr, v_ptr, stride_ks, stride_vs,
-                                      cos_ptr, sin_ptr, start, n, q_slots, False, BLOCK_N, HALF, HEAD_DIM,
-                                      PRECISION)
-    for start in range(full_end, hi, BLOCK_N):
-        acc, m_i, l_i = _attend_block(acc, m_i, l_i, q1, q2, k_ptr, v_ptr, stride_ks, stride_vs,
-                                      cos_ptr, sin_ptr, start, n, q_slots, True, BLOCK_N, HALF, HEAD_DIM,
-                                      PRECISION)
+    acc, m_i, l_i = _attend_range(acc, m_i, l_i, q1, q2, k_ptr, v_ptr, stride_ks, stride_vs, cos_ptr, sin_ptr,
+                                  lo, full_end, hi, n, q_slots, BLOCK_N, HALF, HEAD_DIM, PRECISION)
 
     # Partials are laid out [B, H, NUM_SPLITS(, HEAD_DIM)], contiguous.
     head_split = (b * Hkv * GROUPS + first_head + r) * NUM_SPLITS + split
