@@ -352,3 +352,28 @@ def test_page_links_collapse_long_runs():
     html = ConversationPanel._page_links([1, 2, 3, 4, 5, 9, 11, 12], 2)
     assert html.count("<a ") == 4 and "cite:2:1" in html and "1–5" in html and "cite:2:12" in html
     assert ConversationPanel._page_links([], 0) == ""
+
+
+@pytest.mark.model
+def test_leaving_a_document_mid_answer_keeps_the_answer_in_its_own_session(qtbot, read_home, monkeypatch, tmp_path):
+    from engine.documents import read_document
+    from storage.library import Library
+
+    monkeypatch.setenv("COMMA_HOME", str(read_home["home"]))
+    other = Library(read_home["home"]).add_document(read_document(gpl_text(tmp_path, chars=1500, name="other.txt")))
+    window = make_window(qtbot)
+    window.library_panel.select(read_home["doc_id"])
+    conv = window.conversation
+    session = conv.session_id
+    before = len(window.library.messages(session))
+    pieces = []
+    spy(conv, "append_text", pieces)
+    job = window.ask("What does the preamble say about freedom?")
+    wait_until(qtbot, lambda: pieces)
+    window.library_panel.select(other)
+    assert window.doc["id"] == other and not conv.streaming and conv.messages == []
+    assert conv.ask_button.isEnabled()
+    wait_until(qtbot, lambda: job.state != "running")
+    assert conv.messages == [] and window.banner.text() == ""
+    saved = window.library.messages(session)
+    assert len(saved) == before + 2 and saved[-2]["content"] == "What does the preamble say about freedom?"
