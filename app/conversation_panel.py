@@ -15,9 +15,11 @@ from PySide6.QtWidgets import (
     QComboBox,
     QHBoxLayout,
     QLabel,
+    QMenu,
     QPlainTextEdit,
     QPushButton,
     QTextBrowser,
+    QToolButton,
     QVBoxLayout,
     QWidget,
 )
@@ -52,6 +54,8 @@ class ConversationPanel(QWidget):
     sessionChosen = Signal(object)  # a session id, or None for a new conversation
     summarizeRequested = Signal()
     exportRequested = Signal()
+    renameRequested = Signal()
+    deleteRequested = Signal()
     citationClicked = Signal(int, str)  # page, the answer that cited it
 
     def __init__(self):
@@ -64,9 +68,16 @@ class ConversationPanel(QWidget):
         self.summarize_button = QPushButton("Summarize")
         self.summarize_button.setToolTip("A summary of the whole document, from the notes taken while reading")
         self.summarize_button.clicked.connect(self.summarizeRequested)
-        self.export_button = QPushButton("Export…")
-        self.export_button.setToolTip("Save this conversation as Markdown")
+        self.export_button = QToolButton()
+        self.export_button.setText("Export…")
+        self.export_button.setToolTip("Save this conversation as Markdown (the arrow: rename or delete it)")
+        self.export_button.setPopupMode(QToolButton.ToolButtonPopupMode.MenuButtonPopup)
         self.export_button.clicked.connect(self.exportRequested)
+        menu = QMenu(self.export_button)
+        menu.addAction("Export as Markdown…", self.exportRequested.emit)
+        menu.addAction("Rename…", self.renameRequested.emit)
+        menu.addAction("Delete…", self.deleteRequested.emit)
+        self.export_button.setMenu(menu)
         self.summary = QTextBrowser()
         self.summary.setOpenLinks(False)
         self.summary.anchorClicked.connect(self._anchor)

@@ -21,6 +21,7 @@ from PySide6.QtWidgets import (
     QFileDialog,
     QFrame,
     QHBoxLayout,
+    QInputDialog,
     QLabel,
     QMainWindow,
     QMessageBox,
@@ -150,6 +151,8 @@ class MainWindow(QMainWindow):
         conv.sessionChosen.connect(self.choose_session)
         conv.summarizeRequested.connect(self.summarize)
         conv.exportRequested.connect(self.export_session)
+        conv.renameRequested.connect(self.rename_session)
+        conv.deleteRequested.connect(self.delete_session)
         conv.citationClicked.connect(self.viewer.show_citation)
 
     def error(self, message: str) -> None:
@@ -359,6 +362,12 @@ class MainWindow(QMainWindow):
         if self.doc is None:
             return None
         doc = self.doc
+        memories = self.library.memories(doc["id"])
+        if not force and self._summary(doc["id"]) is None and \
+                not any(self.library.notes(m["id"]) for m in memories):
+            self.error("This document was read without section notes, which a summary is made from: turn "
+                       "them on in File → Settings, then use Document → Read Again.")
+            return None
         job = self.engine.summarize(doc["id"], force)
         self.conversation.summarize_button.setEnabled(False)
         self.conversation.status.setText("Summarising the whole document…")
@@ -400,6 +409,32 @@ class MainWindow(QMainWindow):
             return None
         self.statusBar().showMessage(f"Conversation saved to {path}")
         return path
+
+    def rename_session(self, title: str | None = None) -> None:
+        session_id = self.conversation.session_id
+        if session_id is None or self.doc is None:
+            return
+        if title is None:
+            title, ok = QInputDialog.getText(self, "Rename conversation", "Title:",
+                                             text=self.library.session(session_id)["title"])
+            if not ok:
+                return
+        if title.strip():
+            self.library.rename_session(session_id, title)
+            self.conversation.set_sessions(self.library.sessions(self.doc["id"]), session_id)
+
+    def delete_session(self, confirm: bool = True) -> None:
+        session_id = self.conversation.session_id
+        if session_id is None or self.doc is None or self.conversation.streaming:
+            return
+        if confirm and QMessageBox.question(
+                self, "Delete conversation",
+                f"Delete “{self.library.session(session_id)['title']}” and its messages?"
+        ) != QMessageBox.StandardButton.Yes:
+            return
+        self.library.remove_session(session_id)
+        self.conversation.set_sessions(self.library.sessions(self.doc["id"]), None)
+        self.choose_session(None)
 
     def edit_settings(self) -> None:
         dialog = SettingsDialog(self.settings, self)

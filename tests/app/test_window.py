@@ -377,3 +377,28 @@ def test_leaving_a_document_mid_answer_keeps_the_answer_in_its_own_session(qtbot
     assert conv.messages == [] and window.banner.text() == ""
     saved = window.library.messages(session)
     assert len(saved) == before + 2 and saved[-2]["content"] == "What does the preamble say about freedom?"
+
+
+def test_sessions_renamed_and_deleted_and_summary_needs_notes(qtbot, home, tmp_path):
+    from engine.documents import read_document
+    from storage.library import Library
+
+    library = Library(home)
+    doc_id = library.add_document(read_document(gpl_text(tmp_path, chars=2000)))
+    older = library.new_session(doc_id, "First question")
+    library.add_message(older, "user", "First question")
+    newer = library.new_session(doc_id, "Second question")
+    library.add_message(newer, "user", "Second question")
+    library.add_message(newer, "assistant", "An answer.", [1])
+    window = make_window(qtbot)
+    conv = window.conversation
+    assert conv.session_id == newer and conv.sessions.count() == 3
+    window.rename_session("Renamed conversation")
+    assert library.session(newer)["title"] == "Renamed conversation"
+    assert conv.sessions.currentText().startswith("Renamed conversation")
+    window.delete_session(confirm=False)
+    assert [s["id"] for s in library.sessions(doc_id)] == [older] and conv.session_id is None
+    assert conv.messages == [] and library.messages(newer) == []
+
+    assert window.summarize() is None
+    assert "without section notes" in window.banner.text()
