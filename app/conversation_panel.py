@@ -24,6 +24,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app.qt import emit
+
 NEW_SESSION = "New conversation"
 
 
@@ -43,7 +45,7 @@ class QuestionBox(QPlainTextEdit):
     def keyPressEvent(self, event) -> None:
         if event.key() in (Qt.Key.Key_Return, Qt.Key.Key_Enter) and \
                 not event.modifiers() & Qt.KeyboardModifier.ShiftModifier:
-            self.submitted.emit()
+            emit(self.submitted)
             return
         super().keyPressEvent(event)
 
@@ -74,9 +76,9 @@ class ConversationPanel(QWidget):
         self.export_button.setPopupMode(QToolButton.ToolButtonPopupMode.MenuButtonPopup)
         self.export_button.clicked.connect(self.exportRequested)
         menu = QMenu(self.export_button)
-        menu.addAction("Export as Markdown…", self.exportRequested.emit)
-        menu.addAction("Rename…", self.renameRequested.emit)
-        menu.addAction("Delete…", self.deleteRequested.emit)
+        menu.addAction("Export as Markdown…", lambda: emit(self.exportRequested))
+        menu.addAction("Rename…", lambda: emit(self.renameRequested))
+        menu.addAction("Delete…", lambda: emit(self.deleteRequested))
         self.export_button.setMenu(menu)
         self.summary = QTextBrowser()
         self.summary.setOpenLinks(False)
@@ -156,7 +158,7 @@ class ConversationPanel(QWidget):
     def _session_activated(self, index: int) -> None:
         self.session_id = self.sessions.itemData(index)
         self.export_button.setEnabled(self.session_id is not None)
-        self.sessionChosen.emit(self.session_id)
+        emit(self.sessionChosen, self.session_id)
 
     def set_summary(self, summary: dict | None) -> None:
         if not summary:
@@ -215,7 +217,7 @@ class ConversationPanel(QWidget):
     def _ask(self) -> None:
         question = self.question.toPlainText().strip()
         if question and self.doc is not None and not self._streaming:
-            self.askRequested.emit(question)
+            emit(self.askRequested, question)
 
     def begin_answer(self, question: str) -> None:
         self._streaming = True
@@ -294,4 +296,4 @@ class ConversationPanel(QWidget):
         index = int(index)
         answer = self._summary_text if index < 0 else self.messages[index]["content"] if \
             0 <= index < len(self.messages) else ""
-        self.citationClicked.emit(int(page), answer)
+        emit(self.citationClicked, int(page), answer)

@@ -18,6 +18,8 @@ from PySide6.QtCore import QRectF, QSize, Qt, Signal
 from PySide6.QtGui import QColor, QImage, QKeySequence, QPainter, QPen, QShortcut
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QLineEdit, QScrollArea, QSpinBox, QToolButton, QVBoxLayout, QWidget
 
+from app.qt import emit
+
 GAP = 12  # pixels between pages and around them
 CACHE_PAGES = 12
 A4 = (595.0, 842.0)
@@ -204,7 +206,7 @@ class PageView(QScrollArea):
         self.setWidget(self.canvas)
         self.setWidgetResizable(False)
         self.setAlignment(Qt.AlignmentFlag.AlignHCenter)
-        self.verticalScrollBar().valueChanged.connect(lambda _: self.pageChanged.emit(self.current_page()))
+        self.verticalScrollBar().valueChanged.connect(lambda _: emit(self.pageChanged, self.current_page()))
         self._layout()
 
     def set_source(self, source: PageSource | None) -> None:
@@ -215,7 +217,7 @@ class PageView(QScrollArea):
         self._cache.clear()
         self._layout()
         self.verticalScrollBar().setValue(0)
-        self.pageChanged.emit(self.current_page())
+        emit(self.pageChanged, self.current_page())
 
     def set_zoom(self, zoom: float, fit_width: bool = False) -> None:
         page = self.current_page()
@@ -300,7 +302,7 @@ class PageView(QScrollArea):
             y = max(self._tops[index] + int(first * self.zoom) - self.viewport().height() // 3, y)
         self.verticalScrollBar().setValue(y)
         self.canvas.update()
-        self.pageChanged.emit(self.current_page())
+        emit(self.pageChanged, self.current_page())
 
 
 class Viewer(QWidget):

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from PySide6.QtCore import QObject, QThread, Signal, Slot
 
 from app.actions import Comma
+from app.qt import emit
 from app.settings import Settings
 from engine.errors import Cancelled, CommaError
 from storage.library import Library
@@ -88,28 +89,34 @@ class Job(QObject):
     def is_cancelled(self) -> bool:
         return self._stop.is_set()
 
+    def report_progress(self, done: int, total: int) -> None:
+        emit(self.progress, done, total)
+
+    def report_text(self, text: str) -> None:
+        emit(self.text, text)
+
     def run(self, comma: Comma) -> None:
         if self.is_cancelled():
             self.state = "cancelled"
-            self.cancelled.emit("cancelled before it started")
+            emit(self.cancelled, "cancelled before it started")
             return
         self.state = "running"
-        self.started.emit()
+        emit(self.started)
         try:
             result = self._work(self, comma)
         except Cancelled as exc:
             self.state = "cancelled"
-            self.cancelled.emit(str(exc))
+            emit(self.cancelled, str(exc))
         except CommaError as exc:
             self.state = "failed"
-            self.failed.emit(str(exc))
+            emit(self.failed, str(exc))
         except Exception as exc:  # a bug must not take the window down; say what happened
             log.exception("%s job failed", self.kind)
             self.state = "failed"
-            self.failed.emit(f"unexpected error ({type(exc).__name__}: {exc}); nothing was saved")
+            emit(self.failed, f"unexpected error ({type(exc).__name__}: {exc}); nothing was saved")
         else:
             self.state = "done"
-            self.finished.emit(result)
+            emit(self.finished, result)
 
 
 class Lane(QObject):
@@ -130,7 +137,7 @@ class Lane(QObject):
         self.thread.start()
 
     def submit(self, job: Job) -> Job:
-        self._submitted.emit(job)
+        emit(self._submitted, job)
         return job
 
     def reconfigure(self) -> None:
@@ -146,7 +153,7 @@ class Lane(QObject):
             except Exception as exc:  # e.g. a data folder that cannot be opened: the job says why
                 log.exception("could not prepare the %s lane", self.thread.objectName())
                 job.state = "failed"
-                job.failed.emit(str(exc) if isinstance(exc, CommaError) else
+                emit(job.failed, str(exc) if isinstance(exc, CommaError) else
                                 f"could not open the library ({type(exc).__name__}: {exc})")
                 return
         job.run(self._comma)
@@ -194,17 +201,17 @@ class Engine(QObject):
 
             # Reading the file first reports a bad one at once, before any model is loaded.
             document = read_document(path)
-            job.described.emit({"title": document.title, "pages": document.pages, "path": str(document.path)})
+            emit(job.described, {"title": document.title, "pages": document.pages, "path": str(document.path)})
             if job.is_cancelled():
                 raise Cancelled("reading cancelled; nothing was saved")
             return comma.ingest(path, s.policy, s.cache or None, force=force, notes=s.notes,
-                                progress=job.progress.emit, cancelled=job.is_cancelled)
+                                progress=job.report_progress, cancelled=job.is_cancelled)
 
         return Job("read", work, path=path)
 
     def ask(self, doc_id: str, question: str, session_id: str | None) -> Job:
         def work(job: Job, comma: Comma) -> dict:
-            result = comma.ask(doc_id, question, session_id, on_text=job.text.emit, should_stop=job.is_cancelled)
+            result = comma.ask(doc_id, question, session_id, on_text=job.report_text, should_stop=job.is_cancelled)
             comma.library.set_last_answer_seconds(result.session_id, result.seconds)
             return {**result.__dict__, "stopped": job.is_cancelled(), "doc_id": doc_id, "question": question}
 
@@ -212,7 +219,7 @@ class Engine(QObject):
 
     def summarize(self, doc_id: str, force: bool = False) -> Job:
         def work(job: Job, comma: Comma) -> dict:
-            return {**comma.summarize(doc_id, force, progress=job.progress.emit), "doc_id": doc_id}
+            return {**comma.summarize(doc_id, force, progress=job.report_progress), "doc_id": doc_id}
 
         return Job("summarize", work, doc_id=doc_id)
 

@@ -402,3 +402,16 @@ def test_sessions_renamed_and_deleted_and_summary_needs_notes(qtbot, home, tmp_p
 
     assert window.summarize() is None
     assert "without section notes" in window.banner.text()
+
+
+def test_emitting_signals_keeps_every_reference_to_true():
+    """PySide6 6.12.0 drops a reference to True on each emit(); app.qt.emit gives it back."""
+    import sys
+
+    from app.qt import _Probe, emit
+
+    probe = _Probe()
+    before = sys.getrefcount(True)
+    for _ in range(2000):  # more than True has references in a small program
+        emit(probe.ping)
+    assert abs(sys.getrefcount(True) - before) <= 4
