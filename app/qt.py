@@ -1,11 +1,16 @@
-"""``emit(signal, *args)``: emit a Qt signal from Python, safely on every PySide6 we run on.
+"""Guards against a PySide6 6.12.0 reference-counting bug; every app module imports this first.
 
-PySide6 6.12.0 on Python 3.11 returns ``True`` from ``SignalInstance.emit()`` without taking a
-reference to it, so every emit whose result is dropped takes one reference away from ``True``.
-A few hundred emits (answer tokens, reading progress, scrolling) and ``True`` is freed: Python
-aborts with "bool_dealloc: deallocating True or False". This module measures the loss once, at
-import, and gives the references back after each emit, so the app is right on fixed versions
-(which lose nothing, so nothing is given back) and on the broken one.
+On Python 3.11, PySide6 6.12.0 returns ``None`` from void methods (``setText``, ``setValue``,
+``processEvents``…) and ``True`` from ``SignalInstance.emit()`` without taking a reference, so
+each such call takes one reference away from ``None`` or ``True``. After a few hundred emits
+(answer tokens, reading progress, scrolling), or some tens of thousands of widget updates,
+Python frees the singleton and aborts ("bool_dealloc" / "none_dealloc: deallocating …").
+
+- ``make_singletons_immortal()`` (run at import) gives ``None``, ``True`` and ``False`` a
+  reference count no session can exhaust, which is what Python 3.12+ does for them anyway
+  (immortal objects); it does nothing on 3.12+ or other interpreters.
+- ``emit(signal, *args)`` emits and gives back what the emit took (measured once, at import:
+  nothing on fixed versions), so signals stay balanced even where the first guard is off.
 """
 
 from __future__ import annotations
@@ -14,6 +19,24 @@ import ctypes
 import sys
 
 from PySide6.QtCore import QObject, Signal
+
+
+_IMMORTAL_HEADROOM = 1 << 40
+
+
+def make_singletons_immortal() -> bool:
+    """Raise the reference counts of None, True and False far out of reach (CPython < 3.12)."""
+    if sys.implementation.name != "cpython" or sys.version_info >= (3, 12):
+        return False
+    for singleton in (None, True, False):
+        # ob_refcnt is the first field of every object in a release build of CPython 3.11.
+        refcount = ctypes.c_ssize_t.from_address(id(singleton))
+        if refcount.value < _IMMORTAL_HEADROOM // 2:
+            refcount.value += _IMMORTAL_HEADROOM
+    return True
+
+
+IMMORTAL = make_singletons_immortal()
 
 
 class _Probe(QObject):

@@ -12,6 +12,7 @@ import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+import app.qt  # noqa: F401  (first: guards against PySide6 6.12.0's reference-count bug)
 from PySide6.QtCore import QSettings
 from PySide6.QtWidgets import (
     QCheckBox,

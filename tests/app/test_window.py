@@ -415,3 +415,18 @@ def test_emitting_signals_keeps_every_reference_to_true():
     for _ in range(2000):  # more than True has references in a small program
         emit(probe.ping)
     assert abs(sys.getrefcount(True) - before) <= 4
+
+
+def test_widget_calls_cannot_exhaust_none():
+    """PySide6 6.12.0 also drops a reference to None on each void call (setText…)."""
+    import sys
+
+    from PySide6.QtWidgets import QLabel
+
+    import app.qt
+
+    label = QLabel()
+    for _ in range(1000):
+        label.setText("x")
+    if app.qt.IMMORTAL:
+        assert sys.getrefcount(None) > 1 << 39 and sys.getrefcount(True) > 1 << 39
