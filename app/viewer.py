@@ -10,6 +10,7 @@ are rendered, and a few recent renders are cached, so a 1,000-page PDF opens at 
 from __future__ import annotations
 
 import re
+from abc import ABC, abstractmethod
 from collections import OrderedDict
 from pathlib import Path
 
@@ -34,16 +35,16 @@ def _words(text: str) -> list[str]:
     return [w.lower() for w in _WORD.findall(text)]
 
 
-class PageSource:
+class PageSource(ABC):
     """Pages to show: their count and size (points), a render, text positions."""
 
     count = 0
 
-    def page(self, index: int) -> pymupdf.Page:
-        raise NotImplementedError
+    @abstractmethod
+    def page(self, index: int) -> pymupdf.Page: ...
 
-    def size(self, index: int) -> tuple[float, float]:
-        raise NotImplementedError
+    @abstractmethod
+    def size(self, index: int) -> tuple[float, float]: ...
 
     def text(self, index: int) -> str:
         return self.page(index).get_text()

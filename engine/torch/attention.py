@@ -24,7 +24,8 @@ from torch import nn
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface
 
-from kernels.chunk_attention import reference
+from kernels.chunk_attention import chunk_attention, reference
+from kernels.decode_attention import decode_attention
 
 NAME = "comma"
 
@@ -42,11 +43,7 @@ def _attend(q, k, v, slots: Slots, scale: float) -> torch.Tensor:
     if not q.is_cuda:
         return reference(q, k, v, slots.lengths, slots.cos, slots.sin, scale)
     if q.shape[2] == 1:
-        from kernels.decode_attention import decode_attention
-
         return decode_attention(q, k, v, slots.lengths, slots.cos, slots.sin, scale)
-    from kernels.chunk_attention import chunk_attention
-
     return chunk_attention(q, k, v, slots.lengths, slots.cos, slots.sin, scale)
 
 

@@ -68,7 +68,6 @@ class SlotCache(Cache):
         self.lengths = np.zeros(rows, dtype=np.int64)  # valid slots per row, before a forward's tokens
         self._row_offsets = [np.zeros(0, dtype=np.int64) for _ in range(rows)]
         self._row_separators = [np.zeros(0, dtype=bool) for _ in range(rows)]
-        self._tail = 0  # prompt/answer slots after row 0's document slots
         self._scratch_base: int | None = None
 
     # -- what transformers calls --------------------------------------------------------------
@@ -149,7 +148,6 @@ class SlotCache(Cache):
         self.lengths[0] = length
         self._row_offsets[0] = self.offsets[:length]
         self._row_separators[0] = self.separators[:length]
-        self._tail = max(0, length - len(self.offsets))
 
     def fork_scratch(self) -> None:
         self._scratch_base = self.length
@@ -165,9 +163,7 @@ class SlotCache(Cache):
         return self.forward(np.asarray(tokens)[None], "last")[-1]
 
     def decode_main_tail(self, tokens: np.ndarray) -> np.ndarray:
-        out = self.forward(np.asarray(tokens)[None], "last")[-1:]
-        self._tail += len(tokens)
-        return out
+        return self.forward(np.asarray(tokens)[None], "last")[-1:]
 
     # -- several rows (parallel chunks) --------------------------------------------------------
 
@@ -237,6 +233,5 @@ class SlotCache(Cache):
             raise CommaError(f"the memory holds {n} tokens; this cache has room for {self.capacity}")
         self.kv[:, :, 0, :, :n] = kv.to(self.kv.device, self.kv.dtype)
         self.lengths[0] = n
-        self._tail = 0
         self._row_offsets[0] = np.asarray(offsets, dtype=np.int64)
         self._row_separators[0] = np.asarray(separators, dtype=bool)
