@@ -41,6 +41,10 @@ class Comma:
     library: Library = field(default_factory=Library)
     model_path: str | Path | None = None
     backend: str = "auto"
+    # Told what the first start does to the bundled model's weights (a faster copy, once) and
+    # how far it got, in bytes.
+    notice: Callable[[str], None] | None = None
+    preparing: Progress | None = None
     _model: object = None
 
     @property
@@ -49,7 +53,8 @@ class Comma:
             # The engine loads only when a model is needed.
             from engine.backends import load_model
 
-            self._model = load_model(self.backend, self.model_path)
+            self._model = load_model(self.backend, self.model_path, models_folder=self.library.models_folder,
+                                     progress=self.preparing, notice=self.notice)
         return self._model
 
     def ingest(self, path: str | Path, policy: str = "sepllm", cache: int | None = None, force: bool = False,
@@ -101,7 +106,15 @@ class Comma:
 
     def _memory_record(self, doc_id: str) -> tuple[dict, dict]:
         doc = self.library.document(doc_id)
-        record = self.library.find_memory(doc["id"], self.model.fingerprint, self.model.backend)
+        model = self.model
+        record = self.library.find_memory(doc["id"], model.fingerprint, model.backend)
+        if record is None and model.derived_from and \
+                self.library.find_memory(doc["id"], model.derived_from, model.backend):
+            raise LibraryError(
+                f"document {doc['id']} ({doc['title']}) was read with the original {model.name} weights; "
+                f"Comma now runs a faster {model.weight_type} copy of them, which cannot reuse that memory. "
+                f"Read it again (once): comma ingest {doc['path']}"
+            )
         if record is None:
             raise LibraryError(
                 f"document {doc['id']} ({doc['title']}) has no memory for the model {self.model.name}; "

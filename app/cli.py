@@ -76,6 +76,26 @@ def progress_bar(enabled: bool, unit: str, desc: str):
         yield update
 
 
+def preparing_bar(enabled: bool):
+    """A bytes bar for the one-off preparation of faster model weights, opened on first report."""
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    bar = None
+
+    def update(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, unit="B", unit_scale=True, desc="faster weights", file=sys.stderr,
+                       dynamic_ncols=True)
+        bar.update(done - bar.n)
+        if done >= total:
+            bar.close()
+
+    return update
+
+
 def _show_bars(args) -> bool:
     return not args.json and sys.stderr.isatty()
 
@@ -107,7 +127,9 @@ def _dispatch(args) -> int:
 
     from app.actions import Comma
 
-    comma = Comma(model_path=getattr(args, "model", None), backend=getattr(args, "backend", "auto"))
+    comma = Comma(model_path=getattr(args, "model", None), backend=getattr(args, "backend", "auto"),
+                  notice=lambda text: print(f"note: {text}", file=sys.stderr),
+                  preparing=preparing_bar(_show_bars(args)))
     if args.command == "ingest":
         with progress_bar(_show_bars(args), "tok", "reading") as bar:
             report = comma.ingest(args.path, args.policy, args.cache, args.force, notes=not args.no_notes,

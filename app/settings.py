@@ -29,7 +29,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from storage.library import data_folder
+from app.faster_model import FasterModelRow
+from storage.library import data_folder, models_folder
 
 RECENT_LIMIT = 10
 
@@ -136,8 +137,15 @@ class SettingsDialog(QDialog):
         self.folder = QLineEdit(settings.data_folder)
         self.folder.setPlaceholderText(str(data_folder()))
 
+        self.faster = FasterModelRow(models_folder(settings.library_folder()))
+        self.faster.use_copy.connect(self.model.setText)
+        self.model.textChanged.connect(self.faster.check)
+        self.faster.check(settings.model_path)
+        self.finished.connect(lambda _: self.faster.wait())
+
         form = QFormLayout(self)
         form.addRow("Model file", self._with_browse(self.model, self._browse_model))
+        form.addRow("", self.faster)
         form.addRow("Backend", self.backend)
         form.addRow("Memory policy", self.policy)
         form.addRow("Cache size", self.cache)

@@ -261,6 +261,7 @@ class MainWindow(QMainWindow):
             job.started.connect(lambda job=job: self._reading_started(job))
             job.described.connect(lambda info, job=job: self._reading_described(job, info))
             job.progress.connect(lambda done, total, job=job: self._reading_progress(job, done, total))
+            job.notice.connect(lambda text, job=job: self._reading_notice(job, text))
             job.finished.connect(lambda report, job=job: self._reading_done(job, report))
             job.failed.connect(lambda message, job=job: self._reading_failed(job, message))
             job.cancelled.connect(lambda message, job=job: self._reading_cancelled(job, message))
@@ -293,6 +294,10 @@ class MainWindow(QMainWindow):
         text = self.library_panel.progress.update_progress(done, total)
         self.library_panel.set_pending(job, self.library_panel.pending_name(job),
                                        f"reading {100 * done // max(total, 1)}% · {text}")
+
+    def _reading_notice(self, job: Job, text: str) -> None:
+        self.library_panel.set_pending(job, self.library_panel.pending_name(job), text)
+        self.statusBar().showMessage(text[:1].upper() + text[1:])
 
     def _reading_finished(self, job: Job) -> None:
         if self.reading is job:
@@ -333,6 +338,7 @@ class MainWindow(QMainWindow):
         self.asking = job
         self.conversation.begin_answer(question)
         job.text.connect(self.conversation.append_text)
+        job.notice.connect(self.conversation.status.setText)
         job.finished.connect(lambda result, job=job: self._answered(job, result))
         job.failed.connect(lambda message, job=job: self._not_answered(job, message))
         job.cancelled.connect(lambda message, job=job: self._not_answered(job, message, stopped=True))
@@ -374,6 +380,7 @@ class MainWindow(QMainWindow):
         self.conversation.status.setText("Summarising the whole document…")
         job.progress.connect(lambda done, total: self.conversation.status.setText(
             f"Summarising: part {done} of {total}…"))
+        job.notice.connect(self.conversation.status.setText)
 
         def done(result: dict) -> None:
             self.conversation.summarize_button.setEnabled(True)

@@ -39,14 +39,15 @@ class SharedModel:
         self._model = None
         self._key = None
 
-    def get(self, backend: str, path) -> object:
-        key = (backend, str(path or ""))
+    def get(self, backend: str, path, models_folder, progress=None, notice=None) -> object:
+        key = (backend, str(path or ""), str(models_folder))
         with self._lock:
             if self._model is None or self._key != key:
                 from engine.backends import load_model
 
                 self._model = None  # free the old weights before loading new ones
-                self._model = load_model(backend, path or None)
+                self._model = load_model(backend, path or None, models_folder=models_folder,
+                                         progress=progress, notice=notice)
                 self._key = key
             return self._model
 
@@ -63,7 +64,8 @@ class SharedComma(Comma):
 
     @property
     def model(self):
-        return self.shared.get(self.backend, self.model_path)
+        return self.shared.get(self.backend, self.model_path, self.library.models_folder, self.preparing,
+                               self.notice)
 
 
 class Job(QObject):
@@ -73,6 +75,7 @@ class Job(QObject):
     described = Signal(dict)  # facts known early (a document's title and pages)
     progress = Signal(int, int)  # done, total (tokens while reading, parts while summarising)
     text = Signal(str)  # answer text as it streams
+    notice = Signal(str)  # what the job is doing besides its main work (preparing the model)
     finished = Signal(object)
     failed = Signal(str)
     cancelled = Signal(str)
@@ -95,12 +98,20 @@ class Job(QObject):
     def report_text(self, text: str) -> None:
         emit(self.text, text)
 
+    def report_notice(self, text: str) -> None:
+        emit(self.notice, text)
+
+    def report_preparing(self, done: int, total: int) -> None:
+        emit(self.notice, f"preparing a faster copy of the model (once): {100 * done // max(total, 1)}%")
+
     def run(self, comma: Comma) -> None:
         if self.is_cancelled():
             self.state = "cancelled"
             emit(self.cancelled, "cancelled before it started")
             return
         self.state = "running"
+        # The model loads inside the first job that needs it; that job says what loading does.
+        comma.notice, comma.preparing = self.report_notice, self.report_preparing
         emit(self.started)
         try:
             result = self._work(self, comma)

@@ -7,6 +7,8 @@ Method:
   times each in one process; tokens/s are medians, the ratio is of the medians.
 - flat: each size (default 8K and 200K tokens of real text, see bench/texts.py) is read with
   ``sepllm`` in a fresh child process that reports tokens/s and its peak resident memory.
+- weights: those Comma reads with, the bundled model's faster F16 copy (engine.gguf.fast_weights),
+  made in a temporary folder at the start.
 Prints one JSON object (and writes it to --out).
 
     python bench/ingest_speed.py [--runs 3] [--long 200000] [--out bench/results/ingest_cpu.json]
@@ -30,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 from bench.report import emit  # noqa: E402
 from bench.texts import gpl3, long_text  # noqa: E402
 from engine.documents import read_document  # noqa: E402
+from engine.backends import load_model  # noqa: E402
 from engine.gguf.model import GGUFModel  # noqa: E402
 from engine.policy import make_policy  # noqa: E402
 from engine.reader import read  # noqa: E402
@@ -48,8 +51,8 @@ def read_text(model, text: str, policy_name: str) -> dict:
             "kept_tokens": result.memory.kept_tokens}
 
 
-def child(tokens: int) -> None:
-    model = GGUFModel()
+def child(tokens: int, model_file: str) -> None:
+    model = GGUFModel(model_file)
     text = gpl3() if tokens <= 8000 else long_text(model, tokens)
     row = read_text(model, text, "sepllm")
     row["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -61,12 +64,14 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--long", type=int, default=200_000)
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--model-file", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     if args.child:
-        return child(args.child)
+        return child(args.child, args.model_file)
 
-    model = GGUFModel()
+    models = tempfile.TemporaryDirectory()
+    model = load_model("gguf", None, models_folder=Path(models.name))
     text = gpl3()
     runs = {"full": [], "sepllm": []}
     for _ in range(args.runs):
@@ -77,7 +82,7 @@ def main() -> None:
 
     sizes = {}
     for tokens in (8000, args.long):
-        out = subprocess.run([sys.executable, __file__, "--child", str(tokens)], capture_output=True, text=True,
+        out = subprocess.run([sys.executable, __file__, "--child", str(tokens), "--model-file", str(model.path)], capture_output=True, text=True,
                              check=True).stdout
         sizes[str(tokens)] = json.loads(out.strip().splitlines()[-1])
         print(tokens, sizes[str(tokens)], file=sys.stderr)

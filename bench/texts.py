@@ -41,7 +41,8 @@ TEXTS = {"gpl3": gpl3, "python_reference": python_reference, "bash_manual": bash
 
 
 def long_text(model, tokens: int) -> str:
-    """At least ``tokens`` tokens of real text, the sources above one after another, repeated if needed."""
+    """The first ``tokens`` tokens of real text, the sources above one after another, repeated if
+    needed (the sources come whole, and one of them is ~170K tokens, so the joined text is cut)."""
     parts, count = [], 0
     while count < tokens:
         for make in TEXTS.values():
@@ -50,4 +51,5 @@ def long_text(model, tokens: int) -> str:
             count += len(model.tokenize(text))
             if count >= tokens:
                 break
-    return "\n\n".join(parts)
+    head = model.tokenize("\n\n".join(parts))[:tokens]
+    return model.detokenize(head).decode("utf-8", "replace")

@@ -10,8 +10,11 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
+from collections.abc import Callable
+from pathlib import Path
 
 from engine.errors import ModelError
+from engine.models import is_bundled, resolve_model_path
 
 BACKENDS = ("auto", "gguf", "torch")
 
@@ -36,13 +39,26 @@ def resolve_backend(name: str) -> str:
     return name
 
 
-def load_model(backend: str = "auto", path: str | os.PathLike | None = None, device: str | None = None):
-    """The model for ``backend``; ``device`` (torch only) defaults to CUDA when present."""
+def load_model(backend: str = "auto", path: str | os.PathLike | None = None, device: str | None = None,
+               models_folder: Path | None = None, progress: Callable[[int, int], None] | None = None,
+               notice: Callable[[str], None] | None = None):
+    """The model for ``backend``; ``device`` (torch only) defaults to CUDA when present.
+
+    With ``models_folder`` the gguf engine reads the bundled model from a faster copy of its
+    weights kept there (made on first use, reporting ``progress`` in bytes and telling
+    ``notice`` what it does); a person's own model file is loaded as it is.
+    """
     chosen = resolve_backend(backend)
     if chosen == "gguf":
+        from engine.gguf import fast_weights
         from engine.gguf.model import GGUFModel
 
-        return GGUFModel(path)
+        source = resolve_model_path(path)
+        if models_folder is not None and is_bundled(source):
+            load, derived_from = fast_weights.fast_model_path(source, models_folder, progress, notice)
+        else:
+            load, derived_from = source, fast_weights.source_fingerprint_of(source)
+        return GGUFModel(load, derived_from=derived_from)
     from engine.torch.model import TorchModel
 
     return TorchModel(path, device=device)

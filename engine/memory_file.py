@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.atomic import fsync_folder
 from engine.errors import MemoryFileError
 
 FORMAT_VERSION = 1
@@ -99,23 +100,11 @@ def write_memory(path: str | os.PathLike, header: dict, sections: dict[str, byte
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
     try:
-        _fsync_folder(path.parent)
+        fsync_folder(path.parent)
     except OSError as exc:
         raise MemoryFileError(f"the memory was saved to {path}, but its folder could not be synced to "
                               f"disk ({exc.strerror or exc}); a power cut now could lose it") from exc
     return _PREAMBLE.size + len(header_bytes) + offset + _DIGEST
-
-
-def _fsync_folder(folder: Path) -> None:
-    # The rename is durable only once the folder's entry is on disk too. Windows cannot open a
-    # folder for fsync, and its rename is already journalled.
-    if os.name == "nt":
-        return
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _open_checked(path: Path):

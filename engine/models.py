@@ -38,6 +38,14 @@ def bundled_model_path() -> Path:
     return path
 
 
+def is_bundled(path: Path) -> bool:
+    """Whether ``path`` is the bundled default model's file."""
+    try:
+        return path.resolve() == bundled_model_path().resolve()
+    except ModelError:
+        return False
+
+
 def resolve_model_path(path: str | os.PathLike | None) -> Path:
     """The GGUF file to load: ``path`` when given (checked), else the bundled default."""
     if path is None:

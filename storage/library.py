@@ -34,6 +34,12 @@ def data_folder() -> Path:
     return Path(home).expanduser() if home else Path(platformdirs.user_data_dir("comma", appauthor=False))
 
 
+def models_folder(folder: Path) -> Path:
+    """Where faster copies of model weights (engine.gguf.fast_weights) are kept for ``folder``.
+    COMMA_MODELS lets several data folders (the tests' temporary ones) share one copy."""
+    return Path(os.environ.get("COMMA_MODELS") or folder / "models").expanduser()
+
+
 def document_id(document) -> str:
     """A document's id: the start of the SHA-256 of its bytes."""
     return document.sha256[:DOC_ID_LENGTH]
@@ -48,6 +54,7 @@ class Library:
         self.folder = Path(folder) if folder else data_folder()
         self.memories_folder = self.folder / "memories"
         self.memories_folder.mkdir(parents=True, exist_ok=True)
+        self.models_folder = models_folder(self.folder)
         # The window reads the library while its workers write it, each on its own connection:
         # write-ahead logging lets readers go on during a write, and a writer waits its turn.
         self.db = sqlite_utils.Database(sqlite3.connect(self.folder / "library.db", timeout=BUSY_TIMEOUT_S))

@@ -49,8 +49,11 @@ class GGUFModel(PieceVocabulary):
 
     backend = "gguf"
 
-    def __init__(self, path: str | os.PathLike | None = None):
+    def __init__(self, path: str | os.PathLike | None = None, derived_from: str | None = None):
+        """``derived_from``: the fingerprint of the model this file is a faster copy of, so that
+        memories made with that model can be told apart from a mismatch (engine.gguf.fast_weights)."""
         self.path: Path = resolve_model_path(path)
+        self.derived_from = derived_from
         params = llama.llama_model_default_params()
         params.n_gpu_layers = 0
         self.ptr = llama.llama_model_load_from_file(str(self.path).encode(), params)
@@ -69,6 +72,7 @@ class GGUFModel(PieceVocabulary):
         self.n_ctx_train = llama.llama_model_n_ctx_train(self.ptr)
         self.n_layer = llama.llama_model_n_layer(self.ptr)
         self.bos = llama.llama_vocab_bos(self.vocab)
+        self.weight_type = (llama.llama_ftype_name(llama.llama_model_ftype(self.ptr)) or b"unknown").decode()
 
     def __del__(self):
         if getattr(self, "ptr", None):

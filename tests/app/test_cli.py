@@ -281,3 +281,37 @@ def test_cancelled_reading_saves_nothing(tmp_path):
                               cancelled=lambda: len(seen) >= 1)
     assert seen and library.documents() == []
     assert list(library.memories_folder.iterdir()) == []
+
+
+@pytest.mark.model
+def test_first_start_says_it_prepares_faster_weights(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COMMA_MODELS", str(tmp_path / "models"))
+    monkeypatch.setenv("COMMA_HOME", str(tmp_path / "home"))
+    doc = tmp_path / "a.txt"
+    doc.write_text("A short text about nothing much. " * 20)
+    code, out, err = cli(capsys, "ingest", doc, "--no-notes", "--json")
+    assert code == 0, err
+    assert "note: preparing a faster copy" in err and "Q4_1" in err and "F16" in err
+    code, out, err = cli(capsys, "ingest", doc, "--no-notes", "--json")
+    assert code == 0 and "note:" not in err
+
+
+@pytest.mark.model
+def test_memory_of_the_original_weights_asks_for_a_new_reading(tmp_path, capsys, monkeypatch):
+    from engine.gguf import fast_weights
+
+    monkeypatch.setenv("COMMA_HOME", str(tmp_path / "home"))
+    doc = tmp_path / "a.txt"
+    doc.write_text("A short text about nothing much. " * 20)
+    with monkeypatch.context() as m:  # as Comma read before it made faster copies
+        m.setattr(fast_weights, "fast_model_path", lambda source, *a, **k: (source, None))
+        report = ingest_json(capsys, doc, "--no-notes")
+    saved = sha(report["memory_path"])
+    rows = library_rows(tmp_path / "home")
+    code, _, err = cli(capsys, "ask", report["doc_id"], "What is it about?")
+    assert_user_error(code, err, "original", "faster F16 copy", "comma ingest")
+    assert sha(report["memory_path"]) == saved and library_rows(tmp_path / "home") == rows
+    again = ingest_json(capsys, doc, "--no-notes")
+    assert again["reused"] is False
+    code, out, err = cli(capsys, "ask", report["doc_id"], "What is it about?", "--json")
+    assert code == 0, err
