@@ -13,16 +13,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.conversation import CONVERSATION_ROOM, Conversation
+from engine.conversation import Conversation, fit_to_question
 from engine.documents import read_document
 from engine.errors import CommaError, LibraryError
 from engine.memory import Memory
 from engine.policy import make_policy, policy_key
+from engine.protocols import Progress
 from engine.reader import read
 from engine.summary import summarize_notes
 from storage.library import Library, document_id
-
-Progress = Callable[[int, int], None]
 
 
 @dataclass
@@ -65,8 +64,9 @@ class Comma:
         document = read_document(path)
         chosen = make_policy(policy, cache)
         model = self.model
-        if parallel is not None and (model.backend != "torch" or parallel < 1):
-            raise CommaError("parallel reading needs --backend torch and a chunk of at least one token")
+        if parallel is not None and (not model.capabilities.parallel_reading or parallel < 1):
+            raise CommaError(f"the {model.backend} engine cannot read in parallel chunks; parallel reading "
+                             "needs --backend torch and a chunk of at least one token")
         doc_id = document_id(document)
         # A parallel reading keeps other slots than a sequential one under the same policy.
         key = policy_key(chosen) + (f"-parallel{parallel}" if parallel else "")
@@ -74,12 +74,8 @@ class Comma:
         if existing and not force and Path(existing["path"]).is_file():
             self.library.add_document(document)  # the file may have moved since
             return self._ingest_report(doc_id, document, existing, time.perf_counter() - started, reused=True)
-        if parallel:
-            from engine.torch.parallel import read_parallel
-
-            result = read_parallel(model, document, chosen, parallel, progress=progress, cancelled=cancelled)
-        else:
-            result = read(model, document, chosen, notes=notes, progress=progress, cancelled=cancelled)
+        result = read(model, document, chosen, notes=notes, parallel=parallel, progress=progress,
+                      cancelled=cancelled)
         target = self.library.memory_path(doc_id, key, model.fingerprint, model.backend)
         size = result.memory.save(target)
         # The library learns of the document only once its memory is on disk: a cancelled or
@@ -136,23 +132,17 @@ class Comma:
         elif self.library.session(session_id)["doc_id"] != doc["id"]:
             raise LibraryError(f"session {session_id} belongs to another document")
         history = [{"role": m["role"], "content": m["content"]} for m in self.library.messages(session_id)]
-        memory = self.load_memory(record)
-        if "chunks" in memory.header:
-            from engine.torch.parallel import select_chunks
-
-            # Slots sit at positions 0..n-1 when answering: keep n inside what the model was trained on.
-            budget = max(self.model.n_ctx_train - CONVERSATION_ROOM, memory.header["chunks"][0])
-            memory = select_chunks(self.model, memory, question, budget)
-        conversation = Conversation(self.model, memory)
+        memory = fit_to_question(self.model, self.load_memory(record), question)
         ttft = None
         parts = []
-        for piece in conversation.ask(question, history, should_stop=should_stop):
-            ttft = ttft if ttft is not None else time.perf_counter() - started
-            parts.append(piece)
-            if on_text is not None:
-                on_text(piece)
+        with Conversation(self.model, memory) as conversation:
+            for piece in conversation.ask(question, history, should_stop=should_stop):
+                ttft = ttft if ttft is not None else time.perf_counter() - started
+                parts.append(piece)
+                if on_text is not None:
+                    on_text(piece)
+            pages = conversation.answer_pages()
         answer = "".join(parts).strip()
-        pages = conversation.answer_pages()
         self.library.add_message(session_id, "user", question)
         self.library.add_message(session_id, "assistant", answer, pages)
         seconds = time.perf_counter() - started

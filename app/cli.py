@@ -12,7 +12,9 @@ import json
 import sys
 from contextlib import contextmanager
 
+from engine.backends import BACKENDS
 from engine.errors import CommaError
+from engine.policy import DEFAULT_CAPACITY, POLICIES
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,14 +31,14 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--model", metavar="PATH",
                            help="a GGUF file, or for --backend torch also a Hugging Face model folder "
                                 "(default: the bundled SmolLM2)")
-            p.add_argument("--backend", choices=["auto", "gguf", "torch"], default="auto",
+            p.add_argument("--backend", choices=list(BACKENDS), default="auto",
                            help="gguf: llama.cpp on the CPU; torch: transformers with Comma's kernels "
                                 "(CUDA, or the CPU); auto: torch when CUDA is present, else gguf")
 
     p = sub.add_parser("ingest", help="read a document into a memory on disk")
     p.add_argument("path")
-    p.add_argument("--policy", choices=["sepllm", "streaming", "full"], default="sepllm")
-    p.add_argument("--cache", type=int, metavar="C", help="KV cache capacity in tokens (default 800)")
+    p.add_argument("--policy", choices=list(POLICIES), default="sepllm")
+    p.add_argument("--cache", type=int, metavar="C", help=f"KV cache capacity in tokens (default {DEFAULT_CAPACITY})")
     p.add_argument("--force", action="store_true", help="read again even if a memory exists")
     p.add_argument("--no-notes", action="store_true", help="skip the section notes used for summaries")
     p.add_argument("--parallel", type=int, metavar="TOKENS",

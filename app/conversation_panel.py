@@ -24,8 +24,6 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.qt import emit
-
 NEW_SESSION = "New conversation"
 
 
@@ -45,7 +43,7 @@ class QuestionBox(QPlainTextEdit):
     def keyPressEvent(self, event) -> None:
         if event.key() in (Qt.Key.Key_Return, Qt.Key.Key_Enter) and \
                 not event.modifiers() & Qt.KeyboardModifier.ShiftModifier:
-            emit(self.submitted)
+            self.submitted.emit()
             return
         super().keyPressEvent(event)
 
@@ -76,9 +74,9 @@ class ConversationPanel(QWidget):
         self.export_button.setPopupMode(QToolButton.ToolButtonPopupMode.MenuButtonPopup)
         self.export_button.clicked.connect(self.exportRequested)
         menu = QMenu(self.export_button)
-        menu.addAction("Export as Markdown…", lambda: emit(self.exportRequested))
-        menu.addAction("Rename…", lambda: emit(self.renameRequested))
-        menu.addAction("Delete…", lambda: emit(self.deleteRequested))
+        menu.addAction("Export as Markdown…", lambda: self.exportRequested.emit())
+        menu.addAction("Rename…", lambda: self.renameRequested.emit())
+        menu.addAction("Delete…", lambda: self.deleteRequested.emit())
         self.export_button.setMenu(menu)
         self.summary = QTextBrowser()
         self.summary.setOpenLinks(False)
@@ -158,7 +156,7 @@ class ConversationPanel(QWidget):
     def _session_activated(self, index: int) -> None:
         self.session_id = self.sessions.itemData(index)
         self.export_button.setEnabled(self.session_id is not None)
-        emit(self.sessionChosen, self.session_id)
+        self.sessionChosen.emit(self.session_id)
 
     def set_summary(self, summary: dict | None) -> None:
         if not summary:
@@ -217,7 +215,7 @@ class ConversationPanel(QWidget):
     def _ask(self) -> None:
         question = self.question.toPlainText().strip()
         if question and self.doc is not None and not self._streaming:
-            emit(self.askRequested, question)
+            self.askRequested.emit(question)
 
     def begin_answer(self, question: str) -> None:
         self._streaming = True
@@ -296,4 +294,4 @@ class ConversationPanel(QWidget):
         index = int(index)
         answer = self._summary_text if index < 0 else self.messages[index]["content"] if \
             0 <= index < len(self.messages) else ""
-        emit(self.citationClicked, int(page), answer)
+        self.citationClicked.emit(int(page), answer)

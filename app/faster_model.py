@@ -11,11 +11,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import app.qt  # noqa: F401  (first: guards against PySide6 6.12.0's reference-count bug)
 from PySide6.QtCore import QThread, Signal
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
 
-from app.qt import emit
 from engine.errors import CommaError
 
 
@@ -37,10 +35,10 @@ class ConvertAndMeasure(QThread):
         try:
             info = fast_weights.inspect(self.source)
             copy = fast_weights.convert(self.source, self.folder, fingerprint(self.source), info,
-                                        lambda done, total: emit(self.progress, done >> 20, total >> 20))
-            emit(self.measured, str(copy), probe.compare(self.source, copy))
+                                        lambda done, total: self.progress.emit(done >> 20, total >> 20))
+            self.measured.emit(str(copy), probe.compare(self.source, copy))
         except CommaError as exc:
-            emit(self.failed, str(exc))
+            self.failed.emit(str(exc))
 
 
 def describe_gain(figures: dict) -> str:
@@ -138,7 +136,7 @@ class FasterModelRow(QWidget):
 
     def _keep(self) -> None:
         if self.copy is not None:
-            emit(self.use_copy, str(self.copy))
+            self.use_copy.emit(str(self.copy))
             self._show(f"The model field now points at the copy ({self.copy.name}). Memories made with "
                        "the original weights are kept; documents are read again for the copy.")
 

@@ -20,8 +20,6 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.qt import emit
-
 DOC_ROLE = Qt.ItemDataRole.UserRole
 PENDING_ROLE = Qt.ItemDataRole.UserRole + 1
 HIT_ROLE = Qt.ItemDataRole.UserRole + 2
@@ -158,7 +156,7 @@ class LibraryPanel(QWidget):
             self.list.setCurrentItem(chosen)
         self.list.blockSignals(False)
         if select and chosen is not None:
-            emit(self.documentSelected, select)
+            self.documentSelected.emit(select)
 
     def current_doc(self) -> str | None:
         item = self.list.currentItem()
@@ -173,7 +171,7 @@ class LibraryPanel(QWidget):
 
     def _current_changed(self, item, _previous) -> None:
         if item is not None and item.data(DOC_ROLE):
-            emit(self.documentSelected, item.data(DOC_ROLE))
+            self.documentSelected.emit(item.data(DOC_ROLE))
 
     def doc_ids(self) -> list[str]:
         return [self.list.item(r).data(DOC_ROLE) for r in range(self.list.count()) if self.list.item(r).data(DOC_ROLE)]
@@ -218,13 +216,13 @@ class LibraryPanel(QWidget):
             failed = getattr(key, "state", "") == "failed"
             action = QAction("Dismiss" if failed else "Cancel reading", menu)
             signal = self.dismissRequested if failed else self.cancelRequested
-            action.triggered.connect(lambda: emit(signal, key))
+            action.triggered.connect(lambda: signal.emit(key))
             menu.addAction(action)
         elif doc_id:
             again = QAction("Read again", menu)
-            again.triggered.connect(lambda: emit(self.readAgainRequested, doc_id))
+            again.triggered.connect(lambda: self.readAgainRequested.emit(doc_id))
             remove = QAction("Remove from library…", menu)
-            remove.triggered.connect(lambda: emit(self.removeRequested, doc_id))
+            remove.triggered.connect(lambda: self.removeRequested.emit(doc_id))
             menu.addActions([again, remove])
         menu.popup(self.list.viewport().mapToGlobal(point))
 
@@ -247,4 +245,4 @@ class LibraryPanel(QWidget):
     def _hit_activated(self, item) -> None:
         hit = item.data(HIT_ROLE)
         if hit:
-            emit(self.hitChosen, *hit)
+            self.hitChosen.emit(*hit)

@@ -12,7 +12,6 @@ import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-import app.qt  # noqa: F401  (first: guards against PySide6 6.12.0's reference-count bug)
 from PySide6.QtCore import QSettings
 from PySide6.QtWidgets import (
     QCheckBox,
@@ -30,6 +29,8 @@ from PySide6.QtWidgets import (
 )
 
 from app.faster_model import FasterModelRow
+from engine.backends import BACKENDS
+from engine.policy import DEFAULT_CAPACITY, POLICIES
 from storage.library import data_folder, models_folder
 
 RECENT_LIMIT = 10
@@ -122,14 +123,14 @@ class SettingsDialog(QDialog):
         self.model = QLineEdit(settings.model_path)
         self.model.setPlaceholderText(_bundled_model_label())
         self.backend = QComboBox()
-        self.backend.addItems(["auto", "gguf", "torch"])
+        self.backend.addItems(list(BACKENDS))
         self.backend.setCurrentText(settings.backend)
         self.policy = QComboBox()
-        self.policy.addItems(["sepllm", "streaming", "full"])
+        self.policy.addItems(list(POLICIES))
         self.policy.setCurrentText(settings.policy)
         self.cache = QSpinBox()
         self.cache.setRange(0, 1_000_000)
-        self.cache.setSpecialValueText("default (800)")
+        self.cache.setSpecialValueText(f"default ({DEFAULT_CAPACITY})")
         self.cache.setSuffix(" tokens")
         self.cache.setValue(settings.cache)
         self.notes = QCheckBox("Take section notes while reading (needed for summaries)")

@@ -19,8 +19,6 @@ from PySide6.QtCore import QRectF, QSize, Qt, Signal
 from PySide6.QtGui import QColor, QImage, QKeySequence, QPainter, QPen, QShortcut
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QLineEdit, QScrollArea, QSpinBox, QToolButton, QVBoxLayout, QWidget
 
-from app.qt import emit
-
 GAP = 12  # pixels between pages and around them
 CACHE_PAGES = 12
 A4 = (595.0, 842.0)
@@ -28,7 +26,8 @@ TEXT_MARGIN = 56.0
 
 _WORD = re.compile(r"\w+")
 _SENTENCE_END = re.compile(r"(?<=[.;:!?])\s+|\n\s*\n")
-_STOP = frozenset(["a", "an", "and", "are", "as", "at", "be", "by", "can", "do", "does", "for", "from", "has", "have", "how", "i", "if", "in", "is", "it", "its", "may", "of", "on", "or", "so", "that", "the", "their", "there", "these", "this", "to", "was", "were", "what", "when", "which", "who", "will", "with", "you", "your", "not", "no", "any"])
+_STOP = frozenset("""a an and are as at be by can do does for from has have how i if in is it its may of on or
+so that the their there these this to was were what when which who will with you your not no any""".split())
 
 
 def _words(text: str) -> list[str]:
@@ -77,8 +76,8 @@ class PageSource(ABC):
                 return list(lines.values())
         return []
 
-    def close(self) -> None:
-        pass
+    def close(self) -> None:  # noqa: B027  (an optional hook: most sources hold nothing open)
+        return None
 
 
 class PdfSource(PageSource):
@@ -207,7 +206,7 @@ class PageView(QScrollArea):
         self.setWidget(self.canvas)
         self.setWidgetResizable(False)
         self.setAlignment(Qt.AlignmentFlag.AlignHCenter)
-        self.verticalScrollBar().valueChanged.connect(lambda _: emit(self.pageChanged, self.current_page()))
+        self.verticalScrollBar().valueChanged.connect(lambda _: self.pageChanged.emit(self.current_page()))
         self._layout()
 
     def set_source(self, source: PageSource | None) -> None:
@@ -218,7 +217,7 @@ class PageView(QScrollArea):
         self._cache.clear()
         self._layout()
         self.verticalScrollBar().setValue(0)
-        emit(self.pageChanged, self.current_page())
+        self.pageChanged.emit(self.current_page())
 
     def set_zoom(self, zoom: float, fit_width: bool = False) -> None:
         page = self.current_page()
@@ -303,7 +302,7 @@ class PageView(QScrollArea):
             y = max(self._tops[index] + int(first * self.zoom) - self.viewport().height() // 3, y)
         self.verticalScrollBar().setValue(y)
         self.canvas.update()
-        emit(self.pageChanged, self.current_page())
+        self.pageChanged.emit(self.current_page())
 
 
 class Viewer(QWidget):

@@ -23,9 +23,8 @@ from dataclasses import dataclass, field
 from PySide6.QtCore import QObject, QThread, Signal, Slot
 
 from app.actions import Comma
-from app.qt import emit
 from app.settings import Settings
-from engine.errors import Cancelled, CommaError
+from engine.errors import Cancelled, CommaError, stop_reading_if
 from storage.library import Library
 
 log = logging.getLogger(__name__)
@@ -93,41 +92,41 @@ class Job(QObject):
         return self._stop.is_set()
 
     def report_progress(self, done: int, total: int) -> None:
-        emit(self.progress, done, total)
+        self.progress.emit(done, total)
 
     def report_text(self, text: str) -> None:
-        emit(self.text, text)
+        self.text.emit(text)
 
     def report_notice(self, text: str) -> None:
-        emit(self.notice, text)
+        self.notice.emit(text)
 
     def report_preparing(self, done: int, total: int) -> None:
-        emit(self.notice, f"preparing a faster copy of the model (once): {100 * done // max(total, 1)}%")
+        self.notice.emit(f"preparing a faster copy of the model (once): {100 * done // max(total, 1)}%")
 
     def run(self, comma: Comma) -> None:
         if self.is_cancelled():
             self.state = "cancelled"
-            emit(self.cancelled, "cancelled before it started")
+            self.cancelled.emit("cancelled before it started")
             return
         self.state = "running"
         # The model loads inside the first job that needs it; that job says what loading does.
         comma.notice, comma.preparing = self.report_notice, self.report_preparing
-        emit(self.started)
+        self.started.emit()
         try:
             result = self._work(self, comma)
         except Cancelled as exc:
             self.state = "cancelled"
-            emit(self.cancelled, str(exc))
+            self.cancelled.emit(str(exc))
         except CommaError as exc:
             self.state = "failed"
-            emit(self.failed, str(exc))
+            self.failed.emit(str(exc))
         except Exception as exc:  # a bug must not take the window down; say what happened
             log.exception("%s job failed", self.kind)
             self.state = "failed"
-            emit(self.failed, f"unexpected error ({type(exc).__name__}: {exc}); nothing was saved")
+            self.failed.emit(f"unexpected error ({type(exc).__name__}: {exc}); nothing was saved")
         else:
             self.state = "done"
-            emit(self.finished, result)
+            self.finished.emit(result)
 
 
 class Lane(QObject):
@@ -148,7 +147,7 @@ class Lane(QObject):
         self.thread.start()
 
     def submit(self, job: Job) -> Job:
-        emit(self._submitted, job)
+        self._submitted.emit(job)
         return job
 
     def reconfigure(self) -> None:
@@ -164,7 +163,7 @@ class Lane(QObject):
             except Exception as exc:  # e.g. a data folder that cannot be opened: the job says why
                 log.exception("could not prepare the %s lane", self.thread.objectName())
                 job.state = "failed"
-                emit(job.failed, str(exc) if isinstance(exc, CommaError) else
+                job.failed.emit(str(exc) if isinstance(exc, CommaError) else
                                 f"could not open the library ({type(exc).__name__}: {exc})")
                 return
         job.run(self._comma)
@@ -212,9 +211,8 @@ class Engine(QObject):
 
             # Reading the file first reports a bad one at once, before any model is loaded.
             document = read_document(path)
-            emit(job.described, {"title": document.title, "pages": document.pages, "path": str(document.path)})
-            if job.is_cancelled():
-                raise Cancelled("reading cancelled; nothing was saved")
+            job.described.emit({"title": document.title, "pages": document.pages, "path": str(document.path)})
+            stop_reading_if(job.is_cancelled)
             return comma.ingest(path, s.policy, s.cache or None, force=force, notes=s.notes,
                                 progress=job.report_progress, cancelled=job.is_cancelled)
 

@@ -31,7 +31,6 @@ from types import SimpleNamespace
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import numpy as np  # noqa: E402
 
 from bench.report import emit  # noqa: E402
 from bench.texts import gpl3, long_text  # noqa: E402

@@ -31,8 +31,8 @@ sys.path.insert(0, str(ROOT))
 
 from bench.report import emit  # noqa: E402
 from bench.texts import gpl3, long_text  # noqa: E402
-from engine.documents import read_document  # noqa: E402
 from engine.backends import load_model  # noqa: E402
+from engine.documents import read_document  # noqa: E402
 from engine.gguf.model import GGUFModel  # noqa: E402
 from engine.policy import make_policy  # noqa: E402
 from engine.reader import read  # noqa: E402
@@ -82,7 +82,8 @@ def main() -> None:
 
     sizes = {}
     for tokens in (8000, args.long):
-        out = subprocess.run([sys.executable, __file__, "--child", str(tokens), "--model-file", str(model.path)], capture_output=True, text=True,
+        out = subprocess.run([sys.executable, __file__, "--child", str(tokens),
+                              "--model-file", str(model.path)], capture_output=True, text=True,
                              check=True).stdout
         sizes[str(tokens)] = json.loads(out.strip().splitlines()[-1])
         print(tokens, sizes[str(tokens)], file=sys.stderr)

@@ -59,6 +59,9 @@ def load_model(backend: str = "auto", path: str | os.PathLike | None = None, dev
         else:
             load, derived_from = source, fast_weights.source_fingerprint_of(source)
         return GGUFModel(load, derived_from=derived_from)
+    if importlib.util.find_spec("torch") is None or importlib.util.find_spec("transformers") is None:
+        raise ModelError("the torch engine is not installed; install it with pip install 'comma[gpu]' "
+                         "(or pip install -e '.[gpu]' in a clone), or use --backend gguf")
     from engine.torch.model import TorchModel
 
     return TorchModel(path, device=device)

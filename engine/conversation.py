@@ -13,20 +13,47 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from engine.errors import CommaError
-from engine.generate import Sampling, Utf8Stream, generate
+from engine.errors import CommaError, MemoryFileError
+from engine.generate import Sampling, generate_text
 from engine.memory import Memory
 from engine.prompts import question_suffix
 
 CONVERSATION_ROOM = 2048
 
 
+def fit_to_question(model, memory: Memory, question: str) -> Memory:
+    """The memory to answer ``question`` from. A parallel memory can hold more slots than the
+    model was trained to attend over; the backend then keeps the chunks that best predict the
+    question (ParallelComp's chunk choice), within the trained positions minus the room."""
+    if "chunks" not in memory.header:
+        return memory
+    if not model.capabilities.chunk_choice:
+        raise MemoryFileError(f"this memory was read in parallel chunks, which the {model.backend} engine "
+                              "cannot answer from; read the document again without --parallel")
+    budget = max(model.n_ctx_train - CONVERSATION_ROOM, memory.header["chunks"][0])
+    return model.select_chunks(memory, question, budget)
+
+
 class Conversation:
     def __init__(self, model, memory: Memory, room: int = CONVERSATION_ROOM):
         self.model, self.memory, self.room = model, memory, room
-        self.cache = model.new_cache(memory.kept_tokens + room, 512)
-        self.cache.restore(memory.state, memory.offsets, memory.separators)
+        self.cache = model.new_cache(memory.kept_tokens + room)
+        try:
+            self.cache.restore(memory.state, memory.offsets, memory.separators)
+        except Exception:
+            self.cache.close()
+            raise
         self._after_memory: list[int] = []
+
+    def close(self) -> None:
+        """Free the cache (a llama.cpp context, or GPU memory) now rather than at collection."""
+        self.cache.close()
+
+    def __enter__(self) -> Conversation:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def _prompt_tokens(self, history: list[dict[str, str]], question: str, answer_room: int) -> np.ndarray:
         # Oldest turns go first when the conversation outgrows the room after the memory.
@@ -66,8 +93,6 @@ class Conversation:
             self._after_memory.append(token)
             return self.cache.decode_main_tail(np.array([token], dtype=np.int32))
 
-        text = Utf8Stream()
-        for token in generate(logits, step, self.model.is_end_of_generation, sampling, should_stop):
-            piece = text.push(self.model.pieces[token])
+        for piece in generate_text(self.model, logits, step, sampling, should_stop):
             if piece:
                 yield piece

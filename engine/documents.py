@@ -163,7 +163,7 @@ def _read_pdf(path: Path, data: bytes) -> tuple[str, list[str]]:
         if doc.page_count == 0 or (doc.is_repaired and b"%%EOF" not in data[-1024:]):
             raise DocumentError(f"{path} is damaged or truncated (an incomplete download or copy?).")
         try:
-            pages = [_pdf_lines(page) for page in doc]
+            pages = [_pdf_lines(doc[i]) for i in range(doc.page_count)]
         except Exception as e:
             raise DocumentError(f"{path} is damaged: MuPDF could not read its text ({e}).") from e
         title = (doc.metadata or {}).get("title") or ""
@@ -216,7 +216,7 @@ def _strip_running_rows(pages: list[list[_Line]]) -> list[list[_Line]]:
     running = []
     for side in (0, 1):
         seen = defaultdict(list)
-        for number, (lines, rows) in enumerate(zip(pages, edges)):
+        for number, (lines, rows) in enumerate(zip(pages, edges, strict=True)):
             for key in {_row_key(lines, baseline) for baseline in rows[side]}:
                 seen[key].append(number)
         running.append({
@@ -225,7 +225,7 @@ def _strip_running_rows(pages: list[list[_Line]]) -> list[list[_Line]]:
         })
 
     stripped = []
-    for page_no, (lines, rows) in enumerate(zip(pages, edges), start=1):
+    for page_no, (lines, rows) in enumerate(zip(pages, edges, strict=True), start=1):
         dropped = set()
         for side in (0, 1):
             for baseline in rows[side]:
@@ -245,8 +245,8 @@ def _numbers(text: str) -> set[int]:
 
 def _page_number_offset(pages: list[list[_Line]], edges: list[tuple[list[int], list[int]]]) -> int | None:
     """Page index minus printed page number, when at least half the pages print one at an edge."""
-    votes = Counter()
-    for page_no, (lines, rows) in enumerate(zip(pages, edges), start=1):
+    votes: Counter[int] = Counter()
+    for page_no, (lines, rows) in enumerate(zip(pages, edges, strict=True), start=1):
         votes.update({page_no - n for baseline in rows[0] + rows[1] for n in _numbers(_row_text(lines, baseline))})
     if not votes:
         return None

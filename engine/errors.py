@@ -23,3 +23,9 @@ class LibraryError(CommaError):
 
 class Cancelled(CommaError):
     """Long work stopped at the user's request; nothing half-done is saved."""
+
+
+def stop_reading_if(cancelled) -> None:
+    """Raise ``Cancelled`` when the reader's ``cancelled()`` poll says so (None: never)."""
+    if cancelled is not None and cancelled():
+        raise Cancelled("reading cancelled; nothing was saved")

@@ -3,7 +3,8 @@
 Backend-neutral: it is given the logits of the last prompt token and a ``step`` function that
 feeds one token and returns the next logits. Greedy decoding with a repetition penalty keeps
 small models from looping while staying deterministic, so the same question gets the same
-answer from the same memory.
+answer from the same memory. ``generate_text`` is the loop as every caller uses it: text
+pieces, with multi-byte characters held back until they are whole.
 """
 
 from __future__ import annotations
@@ -58,3 +59,11 @@ def generate(first_logits: np.ndarray, step: Callable[[int], np.ndarray], is_end
         yield token
         recent.append(token)
         logits = np.asarray(step(token), dtype=np.float32).reshape(-1)
+
+
+def generate_text(model, first_logits: np.ndarray, step: Callable[[int], np.ndarray],
+                  sampling: Sampling = Sampling(), should_stop: Callable[[], bool] = lambda: False) -> Iterator[str]:
+    """Yield the generated text piece by piece (a piece may be empty while a character is split)."""
+    text = Utf8Stream()
+    for token in generate(first_logits, step, model.is_end_of_generation, sampling, should_stop):
+        yield text.push(model.pieces[token])

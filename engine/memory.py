@@ -41,8 +41,7 @@ class Memory:
         offsets = self.offsets if slots is None else self.offsets[slots]
         starts, prompt = self.header["page_token_starts"], self.header["prompt_tokens"]
         pages = {page_of(starts, prompt, o) for o in offsets.tolist()}
-        pages.discard(None)
-        return sorted(pages)
+        return sorted(p for p in pages if p is not None)
 
     def save(self, path: Path) -> int:
         return write_memory(path, self.header, {

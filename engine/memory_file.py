@@ -67,7 +67,7 @@ def write_memory(path: str | os.PathLike, header: dict, sections: dict[str, byte
     """Write atomically; returns the file's size. The previous file survives any failure."""
     path = Path(path)
     # A byte view, so that len() counts bytes even for a numpy array or a non-byte memoryview.
-    views = {name: memoryview(blob).cast("B") for name, blob in sections.items()}
+    views: dict[str, memoryview] = {name: memoryview(blob).cast("B") for name, blob in sections.items()}
     layout, offset = [], 0
     for name, view in views.items():
         layout.append({"name": name, "offset": offset, "length": len(view)})
@@ -81,8 +81,9 @@ def write_memory(path: str | os.PathLike, header: dict, sections: dict[str, byte
         with os.fdopen(fd, "wb") as f:
             # Hash each piece as it is written: a second copy of a multi-hundred-MB state would
             # double the memory that saving needs.
-            for chunk in (_PREAMBLE.pack(MAGIC, FORMAT_VERSION, len(header_bytes)), header_bytes,
-                          *views.values()):
+            chunks: list[bytes | memoryview] = [_PREAMBLE.pack(MAGIC, FORMAT_VERSION, len(header_bytes)),
+                                                header_bytes, *views.values()]
+            for chunk in chunks:
                 digest.update(chunk)
                 f.write(chunk)
             f.write(digest.digest())

@@ -108,6 +108,11 @@ class SepLLM:
 
 Policy = Full | Streaming | SepLLM
 
+# The one list of policies: the CLI's choices, the settings dialog and memory headers read it.
+POLICIES: dict[str, type[Full] | type[Streaming] | type[SepLLM]] = {
+    "sepllm": SepLLM, "streaming": Streaming, "full": Full}
+DEFAULT_CAPACITY = 800
+
 
 def make_policy(name: str, capacity: int | None = None, **sizes: int) -> Policy:
     """Build a policy from its CLI name; tier sizes scale with ``capacity`` when not given.
@@ -115,23 +120,23 @@ def make_policy(name: str, capacity: int | None = None, **sizes: int) -> Policy:
     The defaults are SepLLM's published setting (a=4, s=64, w=256, c=800); a larger ``c`` keeps
     those proportions so that a person sets one number, the memory budget.
     """
+    if name not in POLICIES:
+        raise ValueError(f"unknown policy {name!r}; choose {', '.join(POLICIES)}")
     if name == "full":
         return Full()
-    c = capacity or 800
+    c = capacity or DEFAULT_CAPACITY
     a = sizes.get("initial", 4)
     if name == "streaming":
         return Streaming(initial=a, capacity=c)
-    if name == "sepllm":
-        s = sizes.get("separators", max(1, round(c * 64 / 800)))
-        w = sizes.get("window", max(1, round(c * 256 / 800)))
-        return SepLLM(initial=a, separators=s, window=w, capacity=c)
-    raise ValueError(f"unknown policy {name!r}; choose sepllm, streaming or full")
+    s = sizes.get("separators", max(1, round(c * 64 / DEFAULT_CAPACITY)))
+    w = sizes.get("window", max(1, round(c * 256 / DEFAULT_CAPACITY)))
+    return SepLLM(initial=a, separators=s, window=w, capacity=c)
 
 
 def policy_from_description(description: dict) -> Policy:
     """Inverse of ``describe()``: used when a memory file says which policy made it."""
     fields = {k: v for k, v in description.items() if k != "name"}
-    return {"full": Full, "streaming": Streaming, "sepllm": SepLLM}[description["name"]](**fields)
+    return POLICIES[description["name"]](**fields)
 
 
 def policy_key(policy: Policy) -> str:

@@ -16,11 +16,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from engine.errors import Cancelled, CommaError
-from engine.generate import Sampling, Utf8Stream, generate
+from engine.errors import CommaError, stop_reading_if
+from engine.generate import Sampling, generate_text
 from engine.memory import Memory, page_of
 from engine.policy import Full, Policy
 from engine.prompts import document_prefix, note_suffix
+from engine.protocols import Logits, Progress
 
 DEFAULT_CHUNK = 512
 NOTE_TOKENS = 48
@@ -28,7 +29,6 @@ NOTE_ROOM = 128  # cache cells reserved beyond the policy's capacity for a note'
 NOTE_MIN_INTERVAL = 1536
 NOTE_MAX_COUNT = 64
 
-Progress = Callable[[int, int], None]
 
 
 @dataclass
@@ -99,14 +99,13 @@ def prefill(cache, stream: TokenStream, policy: Policy, chunk: int, *,
     chunk = policy.max_chunk(chunk)
     total = len(stream)
     for start in range(0, total, chunk):
-        if cancelled is not None and cancelled():
-            raise Cancelled("reading cancelled; nothing was saved")
+        stop_reading_if(cancelled)
         end = min(start + chunk, total)
         keep = policy.keep(cache.separators, end - start)
         if keep is not None:
             cache.evict(keep)
         out = cache.append(stream.tokens[start:end], np.arange(start, end), stream.separators[start:end],
-                           "all" if on_logits else "none")
+                           Logits.ALL if on_logits else Logits.NONE)
         if on_logits is not None:
             on_logits(start, out)
         if after_chunk is not None:
@@ -136,7 +135,6 @@ class NoteTaker:
         pos = cache.length
         logits = cache.decode_scratch(self.request, pos)
         pos += len(self.request)
-        tokens: list[int] = []
 
         def step(token: int) -> np.ndarray:
             nonlocal pos
@@ -144,15 +142,10 @@ class NoteTaker:
             pos += 1
             return out
 
-        text = Utf8Stream()
-        pieces = []
-        for token in generate(logits, step, self.model.is_end_of_generation, Sampling(max_tokens=NOTE_TOKENS)):
-            tokens.append(token)
-            pieces.append(text.push(self.model.pieces[token]))
+        note = "".join(generate_text(self.model, logits, step, Sampling(max_tokens=NOTE_TOKENS))).strip()
         cache.drop_scratch()
         first = self.stream.page_of(self.last) or 1
         last = self.stream.page_of(done - 1) or first
-        note = "".join(pieces).strip()
         if note:
             self.notes.append(Note(first, last, note))
         self.last = done
@@ -174,14 +167,22 @@ def memory_header(model, document, stream: TokenStream, policy: Policy, kept_tok
 
 
 def read(model, document, policy: Policy, *, notes: bool = True, chunk: int = DEFAULT_CHUNK,
-         progress: Progress | None = None, cancelled: Callable[[], bool] | None = None) -> ReadResult:
-    """Read ``document`` once under ``policy``; the result's memory is ready to save."""
+         parallel: int | None = None, progress: Progress | None = None,
+         cancelled: Callable[[], bool] | None = None) -> ReadResult:
+    """Read ``document`` once under ``policy``; the result's memory is ready to save.
+
+    ``parallel``: read independent chunks of that many tokens side by side instead (a backend
+    capability, ``capabilities.parallel_reading``; no section notes)."""
+    if parallel:
+        if not model.capabilities.parallel_reading:
+            raise CommaError(f"the {model.backend} engine cannot read in parallel chunks")
+        return model.read_parallel(document, policy, parallel, progress=progress, cancelled=cancelled)
     started = time.perf_counter()
     stream = token_stream(model, document)
     n_ctx = cache_size(model, policy, len(stream), notes)
-    cache = model.new_cache(n_ctx, policy.max_chunk(chunk))
-    taker = NoteTaker(model, cache, stream) if notes else None
-    prefill(cache, stream, policy, chunk, after_chunk=taker, progress=progress, cancelled=cancelled)
-    memory = Memory(memory_header(model, document, stream, policy, cache.length), stream.tokens[cache.offsets], cache.offsets.copy(), cache.separators.copy(),
-                    cache.snapshot())
+    with model.new_cache(n_ctx, policy.max_chunk(chunk)) as cache:
+        taker = NoteTaker(model, cache, stream) if notes else None
+        prefill(cache, stream, policy, chunk, after_chunk=taker, progress=progress, cancelled=cancelled)
+        memory = Memory(memory_header(model, document, stream, policy, cache.length), stream.tokens[cache.offsets],
+                        cache.offsets.copy(), cache.separators.copy(), cache.snapshot())
     return ReadResult(memory, taker.notes if taker else [], time.perf_counter() - started)

@@ -24,21 +24,6 @@ class Scores:
         return float(np.exp(-self.logprobs[start:end].mean()))
 
 
-def _log_softmax_at(logits, targets: np.ndarray) -> np.ndarray:
-    """log P(target) per row. The torch backend hands over its logits where they were computed
-    (on a GPU), so only one number per token crosses to the host, not a vocabulary's worth."""
-    logits = logits[:len(targets)]
-    if not isinstance(logits, np.ndarray):
-        import torch
-
-        index = torch.as_tensor(targets.astype(np.int64), device=logits.device)
-        rows = torch.arange(len(targets), device=logits.device)
-        return torch.log_softmax(logits.float(), dim=-1)[rows, index].double().cpu().numpy()
-    peak = logits.max(axis=1, keepdims=True)
-    log_norm = np.log(np.exp(logits - peak).sum(axis=1)) + peak[:, 0]
-    return logits[np.arange(len(targets)), targets] - log_norm
-
-
 def score(model, tokens: np.ndarray, policy: Policy, chunk: int = DEFAULT_CHUNK,
           separators: np.ndarray | None = None, progress=None) -> Scores:
     """``separators`` overrides which tokens the policy treats as separators (for ablations);
@@ -50,11 +35,12 @@ def score(model, tokens: np.ndarray, policy: Policy, chunk: int = DEFAULT_CHUNK,
     logprobs = np.empty(len(tokens) - 1, dtype=np.float64)
     attended = np.empty(len(tokens), dtype=np.int64)
 
-    def collect(start: int, logits: np.ndarray) -> None:
+    def collect(start: int, logits) -> None:
         n = len(logits)
         attended[start:start + n] = cache.length - n + np.arange(1, n + 1)
         targets = tokens[start + 1:start + n + 1]
-        logprobs[start:start + len(targets)] = _log_softmax_at(logits, targets)
+        logprobs[start:start + len(targets)] = model.log_probs_at(logits, targets)
 
-    prefill(cache, stream, policy, chunk, on_logits=collect, progress=progress)
+    with cache:
+        prefill(cache, stream, policy, chunk, on_logits=collect, progress=progress)
     return Scores(logprobs, attended)

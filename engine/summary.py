@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from engine.generate import Sampling, Utf8Stream, generate
+import numpy as np
+
+from engine.generate import Sampling, generate_text
 from engine.prompts import summary_prompt
 
 SUMMARY_TOKENS = 320
@@ -19,19 +21,19 @@ GROUP_PROMPT_TOKENS = 1536
 
 def _complete(model, prompt: str, max_tokens: int) -> str:
     tokens = model.tokenize(prompt, special=True, add_bos=True)
-    cache = model.new_cache(len(tokens) + max_tokens + 8, 512)
-    logits = cache.decode_main_tail(tokens)
-    text = Utf8Stream()
-    step = lambda t: cache.decode_main_tail([t])
-    return "".join(text.push(model.pieces[t]) for t in generate(
-        logits, step, model.is_end_of_generation, Sampling(max_tokens=max_tokens))).strip()
+    with model.new_cache(len(tokens) + max_tokens + 8) as cache:
+        logits = cache.decode_main_tail(tokens)
+        step = lambda t: cache.decode_main_tail(np.array([t], dtype=np.int32))
+        return "".join(generate_text(model, logits, step, Sampling(max_tokens=max_tokens))).strip()
 
 
 def summarize_notes(model, notes: list[str], progress: Callable[[int, int], None] | None = None) -> str:
     """One paragraph from ``notes`` (in document order)."""
     level = list(notes)
     while True:
-        groups, current, size = [], [], 0
+        groups: list[list[str]] = []
+        current: list[str] = []
+        size = 0
         for note in level:
             n = len(model.tokenize(note)) + 4
             if current and size + n > GROUP_PROMPT_TOKENS:

@@ -12,8 +12,9 @@ float32 with ``P ≥ max(lengths)``. ``H`` is a multiple of ``Hkv`` (grouped-que
 The result has the shape of ``q``; it is a view of a ``[B, L, H, D]`` tensor, the layout the
 output projection wants.
 
-``reference`` is the PyTorch definition (float32); ``chunk_attention`` the Triton kernel
-(online softmax over key blocks, bf16/fp16/fp32, head dims 64 and 128).
+``reference`` is the PyTorch definition (float32, in ``kernels.reference`` so that it imports
+without Triton); ``chunk_attention`` the Triton kernel (online softmax over key blocks,
+bf16/fp16/fp32, head dims 64 and 128).
 """
 
 from __future__ import annotations
@@ -21,32 +22,13 @@ from __future__ import annotations
 import os
 
 import torch
-import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from kernels.rope import rotate
+from kernels.reference import chunk_attention as reference  # noqa: F401  (the definition, beside it)
 
 INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"
 LOG2E = 1.4426950408889634  # the kernels use exp2; scores are scaled into log2 units
-
-
-def reference(q, k, v, lengths, cos, sin, scale: float) -> torch.Tensor:
-    """The definition: per row, rotate by slot, mask causally by slot, softmax in float32."""
-    B, H, L, D = q.shape
-    groups = H // k.shape[1]
-    out = torch.empty(B, L, H, D, dtype=q.dtype, device=q.device)
-    for b in range(B):
-        n = int(lengths[b])
-        q_slots = torch.arange(n - L, n, device=q.device)
-        k_slots = torch.arange(n, device=q.device)
-        qr = rotate(q[b], q_slots, cos, sin)
-        kr = rotate(k[b, :, :n], k_slots, cos, sin).repeat_interleave(groups, dim=0)
-        vr = v[b, :, :n].float().repeat_interleave(groups, dim=0)
-        allowed = k_slots[None, :] <= q_slots[:, None]
-        o = F.scaled_dot_product_attention(qr, kr, vr, attn_mask=allowed, scale=scale)
-        out[b] = o.transpose(0, 1).to(q.dtype)
-    return out.transpose(1, 2)
 
 
 @triton.jit

@@ -7,7 +7,7 @@ slot ``i < counts[b]`` of every layer, k/v and head of that row holds what slot 
 held. Slots from ``counts[b]`` on are left as they are. Keys are cached before RoPE, so moving
 one needs no re-rotation (``kernels.rope``).
 
-``reference_`` is the PyTorch definition; ``compact_`` the Triton kernel, one program per
+``reference_`` is the PyTorch definition (in ``kernels.reference``); ``compact_`` the Triton kernel, one program per
 ``(layer, k/v, row, head)`` plane.
 """
 
@@ -18,13 +18,7 @@ import triton
 import triton.language as tl
 
 from kernels.chunk_attention import INTERPRETING
-
-
-def reference_(kv: torch.Tensor, keep: torch.Tensor, counts: torch.Tensor) -> None:
-    """The definition: per row, gather the kept slots of every plane into the front slots."""
-    for b in range(kv.shape[2]):
-        n = int(counts[b])
-        kv[:, :, b, :, :n] = kv[:, :, b].index_select(-2, keep[b, :n].long())
+from kernels.reference import compaction_ as reference_  # noqa: F401  (the definition, beside it)
 
 
 @triton.jit

@@ -16,7 +16,7 @@ import json
 import os
 import sqlite3
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import platformdirs
@@ -46,7 +46,7 @@ def document_id(document) -> str:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 class Library:
@@ -191,7 +191,7 @@ class Library:
         args.append(limit)
         cursor = self.db.execute(sql, args)
         names = [c[0] for c in cursor.description]
-        return [dict(zip(names, row)) for row in cursor.fetchall()]
+        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
     def remove_document(self, doc_id: str) -> None:
         """Forget a document: its pages, memories (and their files), notes, summaries, sessions."""
@@ -285,7 +285,7 @@ class Library:
             """select sessions.*, (select count(*) from messages where session_id = sessions.id) as messages
                from sessions where doc_id = ? order by updated desc, created desc, rowid desc""", [doc_id])
         names = [c[0] for c in cursor.description]
-        return [dict(zip(names, row)) for row in cursor.fetchall()]
+        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
     def rename_session(self, session_id: str, title: str) -> None:
         self.session(session_id)

@@ -11,17 +11,26 @@ from __future__ import annotations
 
 import ctypes
 import os
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from engine.errors import CommaError, MemoryFileError
-from engine.gguf.model import GGUFModel, llama
+from engine.gguf.native import llama
+from engine.protocols import Logits
+
+if TYPE_CHECKING:
+    from engine.gguf.model import GGUFModel
 
 MAIN, SCRATCH = 0, 1
 
 
 class GGUFCache:
-    """A KV cache of up to ``n_ctx`` slots over ``model``; tracks where each slot came from."""
+    """A KV cache of up to ``n_ctx`` slots over ``model``; tracks where each slot came from.
+
+    It owns a llama.cpp context and a batch, freed by ``close()`` (or leaving a ``with`` block);
+    it must be closed before its model.
+    """
 
     def __init__(self, model: GGUFModel, n_ctx: int, n_batch: int = 512, threads: int | None = None,
                  flash_attn: bool = True):
@@ -53,21 +62,28 @@ class GGUFCache:
         # generating a token does not grow two arrays.
         self._tail = 0
 
-    def __del__(self):
+    def close(self) -> None:
         if getattr(self, "ptr", None):
             llama.llama_batch_free(self._batch)
             llama.llama_free(self.ptr)
             self.ptr = None
 
+    def __enter__(self) -> GGUFCache:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):
+        self.close()
+
     @property
     def length(self) -> int:
         return len(self.offsets) + self._tail
 
-    def _decode(self, tokens: np.ndarray, start_pos: int, seq: int, want_logits: str) -> np.ndarray | None:
-        """Decode ``tokens`` at positions ``start_pos..``; return logits per ``want_logits``.
-
-        ``want_logits``: "none", "last" (1 × vocab) or "all" (len × vocab).
-        """
+    def _decode(self, tokens: np.ndarray, start_pos: int, seq: int, want_logits: Logits) -> np.ndarray | None:
+        """Decode ``tokens`` at positions ``start_pos..``; return logits per ``want_logits``:
+        the last position's as a vocabulary-sized vector, or every position's as ``[n, vocab]``."""
         outputs = []
         b = self._batch
         for lo in range(0, len(tokens), self.n_batch):
@@ -79,24 +95,24 @@ class GGUFCache:
                 b.pos[i] = start_pos + lo + i
                 b.n_seq_id[i] = 1
                 b.seq_id[i][0] = seq
-                b.logits[i] = want_logits == "all" or (want_logits == "last" and last_piece and i == n - 1)
+                b.logits[i] = want_logits is Logits.ALL or (want_logits is Logits.LAST and last_piece and i == n - 1)
             b.n_tokens = n
             rc = llama.llama_decode(self.ptr, b)
             if rc != 0:
                 raise CommaError(f"llama.cpp failed to decode (code {rc}); the context may be full")
             self._shift_pending = False
-            if want_logits == "all":
+            if want_logits is Logits.ALL:
                 ptr = llama.llama_get_logits(self.ptr)
                 outputs.append(np.ctypeslib.as_array(ptr, shape=(n, self.model.n_vocab)).copy())
-        if want_logits == "last":
+        if want_logits is Logits.LAST:
             ptr = llama.llama_get_logits_ith(self.ptr, -1)
-            return np.ctypeslib.as_array(ptr, shape=(1, self.model.n_vocab)).copy()
-        if want_logits == "all":
+            return np.ctypeslib.as_array(ptr, shape=(self.model.n_vocab,)).copy()
+        if want_logits is Logits.ALL:
             return np.concatenate(outputs)
         return None
 
     def append(self, tokens: np.ndarray, offsets: np.ndarray, separators: np.ndarray,
-               logits: str = "none") -> np.ndarray | None:
+               logits: Logits = Logits.NONE) -> np.ndarray | None:
         """Add ``tokens`` at the end of the main sequence; ``offsets`` are their places in the document."""
         if self.length + len(tokens) > self.n_ctx:
             raise CommaError(
@@ -117,7 +133,7 @@ class GGUFCache:
         starts = np.concatenate([[0], edges])
         ends = np.concatenate([edges, [n]])
         new_pos = 0
-        for s, e in zip(starts.tolist(), ends.tolist()):
+        for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
             if not mask[s]:
                 if not llama.llama_memory_seq_rm(self.memory, MAIN, s, e):
                     raise CommaError("this model's KV cache refused a partial removal")
@@ -143,7 +159,7 @@ class GGUFCache:
             # llama.cpp re-rotates shifted keys only at the next decode, and a saved state would
             # carry new positions with keys still rotated for the old ones. One throwaway token
             # on the scratch sequence applies the shift.
-            self._decode(np.array([max(self.model.bos, 0)]), 0, SCRATCH, "none")
+            self._decode(np.array([max(self.model.bos, 0)]), 0, SCRATCH, Logits.NONE)
             self.drop_scratch()
         size = llama.llama_state_seq_get_size(self.ptr, MAIN)
         buf = (ctypes.c_uint8 * size)()
@@ -177,13 +193,16 @@ class GGUFCache:
 
     def decode_scratch(self, tokens: np.ndarray, start_pos: int) -> np.ndarray:
         """Decode on the scratch branch; returns the last token's logits."""
-        return self._decode(np.asarray(tokens), start_pos, SCRATCH, "last")
+        logits = self._decode(np.asarray(tokens), start_pos, SCRATCH, Logits.LAST)
+        assert logits is not None
+        return logits
 
     def decode_main_tail(self, tokens: np.ndarray) -> np.ndarray:
         """Decode prompt or answer tokens after the memory; they carry no document offsets."""
         if self.length + len(tokens) > self.n_ctx:
             raise CommaError(f"the conversation would need {self.length + len(tokens)} cache slots; "
                              f"this cache has {self.n_ctx}")
-        logits = self._decode(np.asarray(tokens), self.length, MAIN, "last")
+        logits = self._decode(np.asarray(tokens), self.length, MAIN, Logits.LAST)
+        assert logits is not None
         self._tail += len(tokens)
         return logits

@@ -13,13 +13,11 @@ from pathlib import Path
 import numpy as np
 
 from engine.errors import ModelError
+from engine.gguf.context import GGUFCache
+from engine.gguf.native import llama
 from engine.models import fingerprint, resolve_model_path
+from engine.protocols import Capabilities
 from engine.vocabulary import PieceVocabulary
-
-try:
-    import llama_cpp as llama
-except ImportError as exc:  # pragma: no cover - depends on the install
-    raise ModelError("llama-cpp-python is not installed; see the README's install command") from exc
 
 # Families whose KV cache is one plain attention cache: a middle range can be removed and the
 # rest re-positioned. Sliding-window, hybrid and recurrent families cannot (llama.cpp refuses
@@ -30,24 +28,11 @@ EVICTABLE_ARCHITECTURES = frozenset(
 )
 
 
-def _silence_llama_log():
-    # llama.cpp writes its loading chatter to stderr; the CLI's stderr is for the person.
-    @llama.llama_log_callback
-    def _drop(level, text, user_data):
-        return None
-
-    llama.llama_log_set(_drop, ctypes.c_void_p())
-    return _drop
-
-
-_LOG_CALLBACK = _silence_llama_log()
-llama.llama_backend_init()
-
-
 class GGUFModel(PieceVocabulary):
     """The weights and vocabulary of one GGUF file, shared by every context made from it."""
 
     backend = "gguf"
+    capabilities = Capabilities()  # llama.cpp reads one sequence at a time; no parallel chunks
 
     def __init__(self, path: str | os.PathLike | None = None, derived_from: str | None = None):
         """``derived_from``: the fingerprint of the model this file is a faster copy of, so that
@@ -74,17 +59,24 @@ class GGUFModel(PieceVocabulary):
         self.bos = llama.llama_vocab_bos(self.vocab)
         self.weight_type = (llama.llama_ftype_name(llama.llama_model_ftype(self.ptr)) or b"unknown").decode()
 
-    def __del__(self):
+    def close(self) -> None:
+        """Free the weights; the model's caches must be closed first."""
         if getattr(self, "ptr", None):
             llama.llama_model_free(self.ptr)
             self.ptr = None
 
-    def new_cache(self, n_ctx: int, n_batch: int):
-        from engine.gguf.context import (
-            GGUFCache,  # the context module builds on this one
-        )
+    def __del__(self):
+        self.close()
 
+    def new_cache(self, n_ctx: int, n_batch: int = 512) -> GGUFCache:
         return GGUFCache(self, n_ctx, n_batch)
+
+    def log_probs_at(self, logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
+        """log P(target) for each row of ``logits`` (host arrays, as llama.cpp hands them over)."""
+        logits = logits[:len(targets)]
+        peak = logits.max(axis=1, keepdims=True)
+        log_norm = np.log(np.exp(logits - peak).sum(axis=1)) + peak[:, 0]
+        return logits[np.arange(len(targets)), targets] - log_norm
 
     def meta(self, key: str) -> str | None:
         buf = ctypes.create_string_buffer(4096)
@@ -101,7 +93,7 @@ class GGUFModel(PieceVocabulary):
         return tmpl.decode("utf-8") if tmpl else None
 
     @cached_property
-    def pieces(self) -> list[bytes]:
+    def pieces(self) -> list[bytes]:  # type: ignore[override]  # computed once, then read-only
         """The raw bytes of every token id, as the model would print it."""
         buf = ctypes.create_string_buffer(256)
         out = []
@@ -133,10 +125,12 @@ class GGUFModel(PieceVocabulary):
         """Render ``messages`` with the model's template (llama.cpp's built-in renderer)."""
         chat = (llama.llama_chat_message * len(messages))()
         keep = []
-        for slot, m in zip(chat, messages):
+        for slot, m in zip(chat, messages, strict=True):
             role, content = m["role"].encode(), m["content"].encode()
             keep += [role, content]
             slot.role, slot.content = role, content
+
+        buf = ctypes.create_string_buffer(4096 + 2 * sum(len(b) for b in keep))
 
         def render(template: bytes) -> int:
             nonlocal buf
@@ -146,7 +140,6 @@ class GGUFModel(PieceVocabulary):
                 n = llama.llama_chat_apply_template(template, chat, len(messages), add_assistant, buf, n)
             return n
 
-        buf = ctypes.create_string_buffer(4096 + 2 * sum(len(b) for b in keep))
         n = render((self.chat_template or "chatml").encode())
         if n < 0:
             # A template llama.cpp does not recognise: ChatML is the most widely trained fallback.

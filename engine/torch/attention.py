@@ -24,8 +24,7 @@ from torch import nn
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface
 
-from kernels.chunk_attention import chunk_attention, reference
-from kernels.decode_attention import decode_attention
+from engine.torch.device import ops_for
 
 NAME = "comma"
 
@@ -40,11 +39,9 @@ class Slots:
 
 
 def _attend(q, k, v, slots: Slots, scale: float) -> torch.Tensor:
-    if not q.is_cuda:
-        return reference(q, k, v, slots.lengths, slots.cos, slots.sin, scale)
-    if q.shape[2] == 1:
-        return decode_attention(q, k, v, slots.lengths, slots.cos, slots.sin, scale)
-    return chunk_attention(q, k, v, slots.lengths, slots.cos, slots.sin, scale)
+    ops = ops_for(q.device.type)
+    op = ops.decode_attention if q.shape[2] == 1 else ops.chunk_attention
+    return op(q, k, v, slots.lengths, slots.cos, slots.sin, scale)
 
 
 def comma_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0,

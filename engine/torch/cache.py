@@ -24,6 +24,7 @@ from safetensors.torch import save as save_tensors
 from transformers.cache_utils import Cache, CacheLayerMixin
 
 from engine.errors import CommaError, MemoryFileError
+from engine.protocols import Logits
 from engine.torch.attention import Slots
 
 
@@ -70,6 +71,22 @@ class SlotCache(Cache):
         self._row_separators = [np.zeros(0, dtype=bool) for _ in range(rows)]
         self._scratch_base: int | None = None
 
+    @property
+    def n_ctx(self) -> int:
+        """Slots per row: the contract's name for the capacity."""
+        return self.capacity
+
+    def close(self) -> None:
+        """Give the slot tensor's memory back (on a GPU, at once rather than at collection)."""
+        self.kv = torch.empty(0, dtype=self.kv.dtype, device=self.kv.device)
+        self.lengths[:] = 0
+
+    def __enter__(self) -> SlotCache:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     # -- what transformers calls --------------------------------------------------------------
 
     def write(self, layer: int, keys: torch.Tensor, values: torch.Tensor):
@@ -89,8 +106,9 @@ class SlotCache(Cache):
     # -- the forward pass ---------------------------------------------------------------------
 
     @torch.inference_mode()
-    def forward(self, tokens: np.ndarray, logits: str = "none") -> np.ndarray | None:
-        """Run ``tokens [rows, n]`` after every row's slots; ``logits``: "none", "last" or "all"."""
+    def forward(self, tokens: np.ndarray, logits: Logits = Logits.NONE):
+        """Run ``tokens [rows, n]`` after every row's slots; hand back the logits asked for
+        (``Logits.ALL`` stays on the device as a tensor; ``Logits.LAST`` comes to the host)."""
         tokens = np.atleast_2d(np.asarray(tokens))
         n = tokens.shape[1]
         if int(self.lengths.max()) + n > self.capacity:
@@ -102,18 +120,18 @@ class SlotCache(Cache):
         ids = torch.as_tensor(tokens, dtype=torch.long, device=self.model.device)
         positions = torch.as_tensor(self.lengths[:, None] + np.arange(n), device=self.model.device)
         with self.model.out_of_memory_message():
-            if logits == "none":
+            if logits is Logits.NONE:
                 # The base model alone: reading needs no output projection.
                 self.model.hf.model(input_ids=ids, position_ids=positions, past_key_values=self,
                                     use_cache=True, comma_slots=slots)
                 out = None
             else:
                 result = self.model.hf(input_ids=ids, position_ids=positions, past_key_values=self,
-                                       use_cache=True, logits_to_keep=1 if logits == "last" else 0,
+                                       use_cache=True, logits_to_keep=1 if logits is Logits.LAST else 0,
                                        comma_slots=slots)
                 # Every position's logits stay on the device (scoring reduces them there); the
                 # last position's go to the host for sampling.
-                out = result.logits if logits == "all" else result.logits.float().cpu().numpy()
+                out = result.logits if logits is Logits.ALL else result.logits.float().cpu().numpy()
         # Only a forward that completed advances the rows; a failed one leaves them as they were.
         self.lengths = after
         if out is not None and self.rows == 1:
@@ -135,7 +153,7 @@ class SlotCache(Cache):
         return self._row_separators[0]
 
     def append(self, tokens: np.ndarray, offsets: np.ndarray, separators: np.ndarray,
-               logits: str = "none") -> np.ndarray | None:
+               logits: Logits = Logits.NONE):
         out = self.forward(np.asarray(tokens)[None], logits)
         self._row_offsets[0] = np.concatenate([self.offsets, np.asarray(offsets, dtype=np.int64)])
         self._row_separators[0] = np.concatenate([self.separators, np.asarray(separators, dtype=bool)])
@@ -160,10 +178,10 @@ class SlotCache(Cache):
     def decode_scratch(self, tokens: np.ndarray, start_pos: int) -> np.ndarray:
         if start_pos != self.length:
             raise CommaError(f"scratch tokens must follow the cache (slot {self.length}, not {start_pos})")
-        return self.forward(np.asarray(tokens)[None], "last")[-1]
+        return self.forward(np.asarray(tokens)[None], Logits.LAST)[-1]
 
     def decode_main_tail(self, tokens: np.ndarray) -> np.ndarray:
-        return self.forward(np.asarray(tokens)[None], "last")[-1:]
+        return self.forward(np.asarray(tokens)[None], Logits.LAST)[-1]
 
     # -- several rows (parallel chunks) --------------------------------------------------------
 
@@ -174,7 +192,7 @@ class SlotCache(Cache):
         Rows shorter than ``n`` are padded at the end: causal attention keeps the padding out
         of every real token's view, and dropping it from the length forgets it.
         """
-        self.forward(tokens, "none")
+        self.forward(tokens, Logits.NONE)
         self.lengths = self.lengths - tokens.shape[1] + np.asarray(valid)
         for b, v in enumerate(np.asarray(valid).tolist()):
             self._row_offsets[b] = np.concatenate([self._row_offsets[b], offsets[b, :v]])
@@ -194,16 +212,16 @@ class SlotCache(Cache):
 
     def evict_rows(self, keeps: list[np.ndarray | None]) -> None:
         """Keep only the slots ``keeps[b]`` (ascending) of each row; None keeps a row whole."""
-        keeps = [np.arange(self.lengths[b]) if k is None else np.asarray(k, dtype=np.int64)
-                 for b, k in enumerate(keeps)]
-        counts = np.array([len(k) for k in keeps], dtype=np.int64)
+        kept = [np.arange(self.lengths[b]) if k is None else np.asarray(k, dtype=np.int64)
+                for b, k in enumerate(keeps)]
+        counts = np.array([len(k) for k in kept], dtype=np.int64)
         table = np.zeros((self.rows, max(1, int(counts.max()))), dtype=np.int64)
-        for b, k in enumerate(keeps):
+        for b, k in enumerate(kept):
             table[b, :len(k)] = k
         compact = self.model.compaction()
         compact(self.kv, torch.as_tensor(table, device=self.model.device),
                 torch.as_tensor(counts, dtype=torch.int32, device=self.model.device))
-        for b, k in enumerate(keeps):
+        for b, k in enumerate(kept):
             self._row_offsets[b] = self._row_offsets[b][k]
             self._row_separators[b] = self._row_separators[b][k]
         self.lengths = counts

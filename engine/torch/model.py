@@ -22,7 +22,9 @@ from transformers.utils import logging as hf_logging
 
 from engine.errors import CommaError, ModelError
 from engine.models import model_fingerprint, resolve_model_source
+from engine.protocols import Capabilities
 from engine.torch import attention
+from engine.torch.device import choose_device, ops_for
 from engine.vocabulary import PieceVocabulary
 
 # Families whose attention is plain multi-head or grouped-query attention with one rotary
@@ -37,13 +39,6 @@ def _quiet_tqdm():
         yield
 
 
-def _device(name: str | None) -> torch.device:
-    device = torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ModelError("CUDA was requested but no CUDA GPU is available; use --backend gguf or auto")
-    return device
-
-
 @dataclass(frozen=True)
 class CacheShape:
     layers: int
@@ -54,11 +49,12 @@ class CacheShape:
 class TorchModel(PieceVocabulary):
     backend = "torch"
     derived_from = None  # transformers reads any GGUF weight type as it is: no faster copy
+    capabilities = Capabilities(parallel_reading=True, chunk_choice=True)
 
     def __init__(self, path: str | os.PathLike | None = None, device: str | None = None):
         self.path, gguf_file = resolve_model_source(path)
-        device = _device(device)
-        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        chosen = choose_device(device)
+        dtype = torch.bfloat16 if chosen.type == "cuda" else torch.float32
         folder = str(self.path.parent if gguf_file else self.path)
         hf_logging.disable_progress_bar()
         hf_logging.set_verbosity_error()
@@ -70,7 +66,7 @@ class TorchModel(PieceVocabulary):
         # A damaged file fails deep inside gguf or transformers, in many different ways.
         except Exception as exc:
             raise ModelError(f"transformers could not load {self.path}: {exc}") from exc
-        self._attach(hf, tokenizer, device, Path(gguf_file).stem if gguf_file else self.path.name)
+        self._attach(hf, tokenizer, chosen, Path(gguf_file).stem if gguf_file else self.path.name)
 
     @classmethod
     def from_module(cls, hf, device: str | None = None, name: str = "in-memory model") -> TorchModel:
@@ -78,7 +74,7 @@ class TorchModel(PieceVocabulary):
         model = cls.__new__(cls)
         model.path = Path(name)
         hf.config._attn_implementation = attention.NAME
-        model._attach(hf, None, _device(device), name)
+        model._attach(hf, None, choose_device(device), name)
         model.fingerprint = f"in-memory:{name}"
         return model
 
@@ -106,9 +102,31 @@ class TorchModel(PieceVocabulary):
         self._tables: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def new_cache(self, n_ctx: int, n_batch: int = 512, rows: int = 1):
+        """A cache of ``n_ctx`` slots per row; ``n_batch`` is the gguf backend's concern (one
+        forward pass takes any number of tokens here)."""
         from engine.torch.cache import SlotCache  # the cache module builds on this one
 
         return SlotCache(self, n_ctx, rows)
+
+    def read_parallel(self, document, policy, chunk_tokens: int, **kwargs):
+        """``capabilities.parallel_reading``: see ``engine.torch.parallel.read_parallel``."""
+        from engine.torch.parallel import read_parallel
+
+        return read_parallel(self, document, policy, chunk_tokens, **kwargs)
+
+    def select_chunks(self, memory, question: str, budget: int):
+        """``capabilities.chunk_choice``: see ``engine.torch.parallel.select_chunks``."""
+        from engine.torch.parallel import select_chunks
+
+        return select_chunks(self, memory, question, budget)
+
+    def log_probs_at(self, logits: torch.Tensor, targets: np.ndarray) -> np.ndarray:
+        """log P(target) per row, reduced where the logits were computed (on a GPU), so only one
+        number per token crosses to the host, not a vocabulary's worth."""
+        logits = logits[:len(targets)]
+        index = torch.as_tensor(targets.astype(np.int64), device=logits.device)
+        rows = torch.arange(len(targets), device=logits.device)
+        return torch.log_softmax(logits.float(), dim=-1)[rows, index].double().cpu().numpy()
 
     def rope(self, positions: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Half cos/sin tables for slots ``0..positions-1`` (grown on demand, never shrunk)."""
@@ -122,10 +140,8 @@ class TorchModel(PieceVocabulary):
         return self._tables
 
     def compaction(self):
-        """The in-place slot gather: the Triton kernel on CUDA, its PyTorch reference elsewhere."""
-        from kernels import compaction
-
-        return compaction.compact_ if self.device.type == "cuda" else compaction.reference_
+        """The in-place slot gather for this model's device (``engine.torch.device``)."""
+        return ops_for(self.device.type).compact_
 
     @contextlib.contextmanager
     def out_of_memory_message(self):
@@ -145,7 +161,7 @@ class TorchModel(PieceVocabulary):
         return self.tokenizer.chat_template
 
     @cached_property
-    def pieces(self) -> list[bytes]:
+    def pieces(self) -> list[bytes]:  # type: ignore[override]  # computed once, then read-only
         """The raw bytes of every token id; control tokens print as nothing."""
         byte_of = {ch: b for b, ch in bytes_to_unicode().items()}
         special = set(self.tokenizer.all_special_ids)

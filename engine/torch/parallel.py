@@ -22,9 +22,10 @@ import torch
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
-from engine.errors import Cancelled, CommaError
+from engine.errors import CommaError, stop_reading_if
 from engine.memory import Memory
 from engine.policy import Policy
+from engine.protocols import Logits
 from engine.reader import (
     DEFAULT_CHUNK,
     Progress,
@@ -54,8 +55,7 @@ def prefill_rows(model, stream: TokenStream, policy: Policy, rows: list[np.ndarr
     total = sum(len(r) for r in rows)
     done = 0
     for start in range(0, longest, step):
-        if cancelled is not None and cancelled():
-            raise Cancelled("reading cancelled; nothing was saved")
+        stop_reading_if(cancelled)
         pieces = [r[start:start + step] for r in rows]
         valid = np.array([len(p) for p in pieces])
         keeps = [policy.keep(cache.row(b)[1], int(v)) if v else None for b, v in enumerate(valid)]
@@ -114,7 +114,7 @@ def select_chunks(model, memory: Memory, question: str, budget: int) -> Memory:
     kv = load_tensors(memory.state)["kv"]
     cache = model.new_cache(int(sizes.max()) + len(tokens), rows=len(sizes))
     cache.restore_rows(kv, sizes)
-    logits = cache.forward(np.tile(tokens, (len(sizes), 1)), "all")
+    logits = cache.forward(np.tile(tokens, (len(sizes), 1)), Logits.ALL)
     loss = torch.nn.functional.cross_entropy(
         logits[:, :-1].float().transpose(1, 2),
         torch.as_tensor(tokens[1:].astype(np.int64), device=logits.device).expand(len(sizes), -1),

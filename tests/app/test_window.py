@@ -16,6 +16,7 @@ from PySide6.QtGui import QDropEvent
 from app import settings as settings_store
 from app.settings import Settings
 from app.window import MainWindow
+from tests.fakes import use_fake_model
 
 GPL3 = Path("/usr/share/common-licenses/GPL-3")
 SMALL = Settings(cache=320, notes=False)
@@ -150,20 +151,27 @@ def test_cancel_a_reading_saves_nothing(qtbot, home, tmp_path):
 
 @pytest.fixture(scope="module")
 def read_home(tmp_path_factory):
-    """A data folder where the document was read (with notes) and one question asked."""
+    """A data folder where the document was read (with notes) and one question asked, by the
+    fake model (tests.fakes): these tests follow the window's flows, not the model's words."""
     tmp = tmp_path_factory.mktemp("restart")
     doc = gpl_text(tmp)
     from app.actions import Comma
     from storage.library import Library
 
-    comma = Comma(Library(tmp / "home"))
-    report = comma.ingest(doc, cache=320, notes=True)
-    first = comma.ask(report["doc_id"], "Who publishes this license?")
+    with pytest.MonkeyPatch.context() as mp:
+        use_fake_model(mp)
+        comma = Comma(Library(tmp / "home"))
+        report = comma.ingest(doc, cache=320, notes=True)
+        first = comma.ask(report["doc_id"], "Who publishes this license?")
     return {"home": tmp / "home", "doc_id": report["doc_id"], "session": first.session_id}
 
 
-@pytest.mark.model
-def test_restart_restores_the_session_and_answers_without_reading_again(qtbot, read_home, monkeypatch):
+@pytest.fixture
+def fake_model(monkeypatch):
+    return use_fake_model(monkeypatch)
+
+
+def test_restart_restores_the_session_and_answers_without_reading_again(qtbot, read_home, fake_model, monkeypatch):
     monkeypatch.setenv("COMMA_HOME", str(read_home["home"]))
 
     def no_reading(*args, **kwargs):
@@ -297,8 +305,7 @@ def test_screenshot_option_parses():
     assert args.command is None and args.open == "x.pdf" and args.screenshot == "out.png"
 
 
-@pytest.mark.model
-def test_a_damaged_memory_is_a_message_and_changes_nothing(qtbot, read_home, monkeypatch):
+def test_a_damaged_memory_is_a_message_and_changes_nothing(qtbot, read_home, fake_model, monkeypatch):
     monkeypatch.setenv("COMMA_HOME", str(read_home["home"]))
     window = make_window(qtbot)
     memory = Path(window.library.memories(read_home["doc_id"])[0]["path"])
@@ -354,8 +361,8 @@ def test_page_links_collapse_long_runs():
     assert ConversationPanel._page_links([], 0) == ""
 
 
-@pytest.mark.model
-def test_leaving_a_document_mid_answer_keeps_the_answer_in_its_own_session(qtbot, read_home, monkeypatch, tmp_path):
+def test_leaving_a_document_mid_answer_keeps_the_answer_in_its_own_session(qtbot, read_home, fake_model, monkeypatch,
+                                                                           tmp_path):
     from engine.documents import read_document
     from storage.library import Library
 
@@ -404,29 +411,26 @@ def test_sessions_renamed_and_deleted_and_summary_needs_notes(qtbot, home, tmp_p
     assert "without section notes" in window.banner.text()
 
 
-def test_emitting_signals_keeps_every_reference_to_true():
-    """PySide6 6.12.0 drops a reference to True on each emit(); app.qt.emit gives it back."""
+def test_pyside_keeps_every_reference_to_true_and_none():
+    """PySide6 6.12.0 dropped a reference to True on every emit() and to None on every void call
+    (setText…), which aborted Python 3.11 after a few hundred streamed tokens (bool_dealloc);
+    pyproject.toml excludes it. 200 calls each are far below what aborts, and show the loss."""
     import sys
 
-    from app.qt import _Probe, emit
-
-    probe = _Probe()
-    before = sys.getrefcount(True)
-    for _ in range(2000):  # more than True has references in a small program
-        emit(probe.ping)
-    assert abs(sys.getrefcount(True) - before) <= 4
-
-
-def test_widget_calls_cannot_exhaust_none():
-    """PySide6 6.12.0 also drops a reference to None on each void call (setText…)."""
-    import sys
-
+    from PySide6.QtCore import QObject, Signal
     from PySide6.QtWidgets import QLabel
 
-    import app.qt
+    class Probe(QObject):
+        ping = Signal()
 
-    label = QLabel()
-    for _ in range(1000):
+    probe, label = Probe(), QLabel()
+    for _ in range(10):  # first calls may cache objects of their own
+        probe.ping.emit()
         label.setText("x")
-    if app.qt.IMMORTAL:
-        assert sys.getrefcount(None) > 1 << 39 and sys.getrefcount(True) > 1 << 39
+    true_before, none_before = sys.getrefcount(True), sys.getrefcount(None)
+    for _ in range(200):
+        probe.ping.emit()
+        label.setText("x")
+    # The bug loses one reference per call (200 here); noise is a few either way.
+    assert true_before - sys.getrefcount(True) < 50, "this PySide6 loses a reference to True per emit()"
+    assert none_before - sys.getrefcount(None) < 50, "this PySide6 loses a reference to None per void call"

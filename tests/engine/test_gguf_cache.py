@@ -9,6 +9,7 @@ import pytest
 from engine.errors import MemoryFileError
 from engine.gguf.model import GGUFModel, llama
 from engine.policy import Full, SepLLM, Streaming
+from engine.protocols import Logits
 from engine.scoring import score
 
 pytestmark = pytest.mark.model
@@ -46,7 +47,7 @@ def test_evict_compacts_positions_and_tracks_offsets(model, tokens):
 
 
 def mean_nll(cache, tokens):
-    logits = cache.append(tokens, np.arange(len(tokens)), np.zeros(len(tokens), dtype=bool), logits="all")
+    logits = cache.append(tokens, np.arange(len(tokens)), np.zeros(len(tokens), dtype=bool), logits=Logits.ALL)
     logits = logits - logits.max(axis=1, keepdims=True)
     log_probs = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
     return -log_probs[np.arange(len(tokens) - 1), tokens[1:]].mean()

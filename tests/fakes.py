@@ -1,0 +1,158 @@
+"""A fake backend built on the engine contract (engine.protocols): byte tokens, a cache that only
+records what it holds, and logits that spell a fixed answer. Reading, asking, notes and
+summaries run through the real engine code on it in milliseconds, so the window's tests that do
+not judge the model's words need no model at all."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from engine.errors import MemoryFileError
+from engine.protocols import Capabilities, Logits
+from engine.vocabulary import PieceVocabulary
+
+SPECIAL = ["<|im_start|>", "<|im_end|>"]
+START, END = 256, 257
+ANSWER = "The fake model answers from the last pages."
+
+
+class FakeCache:
+    def __init__(self, model: FakeModel, n_ctx: int):
+        self.model, self.n_ctx = model, n_ctx
+        self.tokens: list[int] = []
+        self.offsets = np.zeros(0, dtype=np.int64)
+        self.separators = np.zeros(0, dtype=bool)
+        self._scratch: int | None = None
+        self._step = 0
+
+    @property
+    def length(self) -> int:
+        return len(self.tokens)
+
+    def _logits(self) -> np.ndarray:
+        """One-hot on the next byte of the fixed answer, then the end token."""
+        time.sleep(self.model.token_seconds)  # slow enough to press Stop while it streams
+        logits = np.zeros(self.model.n_vocab, dtype=np.float32)
+        script = ANSWER.encode()
+        logits[script[self._step] if self._step < len(script) else END] = 10.0
+        self._step += 1
+        return logits
+
+    def _add(self, tokens) -> None:
+        tokens = [int(t) for t in np.asarray(tokens).reshape(-1)]
+        if self.length + len(tokens) > self.n_ctx:
+            raise ValueError(f"fake cache overflow: {self.length + len(tokens)} > {self.n_ctx}")
+        if len(tokens) > 1:
+            self._step = 0  # a prompt: the answer starts again
+        self.tokens += tokens
+
+    def append(self, tokens, offsets, separators, logits: Logits = Logits.NONE):
+        self._add(tokens)
+        self.offsets = np.concatenate([self.offsets, np.asarray(offsets, dtype=np.int64)])
+        self.separators = np.concatenate([self.separators, np.asarray(separators, dtype=bool)])
+        if logits is Logits.ALL:
+            return np.zeros((len(tokens), self.model.n_vocab), dtype=np.float32)
+        return self._logits() if logits is Logits.LAST else None
+
+    def evict(self, keep) -> None:
+        keep = np.asarray(keep)
+        self.tokens = [self.tokens[i] for i in keep.tolist()]
+        self.offsets, self.separators = self.offsets[keep], self.separators[keep]
+
+    def truncate(self, length: int) -> None:
+        self.tokens = self.tokens[:length]
+        self.offsets, self.separators = self.offsets[:length], self.separators[:length]
+
+    def decode_main_tail(self, tokens) -> np.ndarray:
+        self._add(tokens)
+        return self._logits()
+
+    def fork_scratch(self) -> None:
+        self._scratch = self.length
+
+    def decode_scratch(self, tokens, start_pos: int) -> np.ndarray:
+        self._add(tokens)
+        return self._logits()
+
+    def drop_scratch(self) -> None:
+        if self._scratch is not None:
+            self.truncate(self._scratch)
+            self._scratch = None
+
+    def snapshot(self) -> bytes:
+        return json.dumps(self.tokens).encode()
+
+    def restore(self, state: bytes, offsets, separators) -> None:
+        tokens = json.loads(state)
+        if len(tokens) != len(offsets):
+            raise MemoryFileError("the fake state does not match its offsets")
+        self.tokens, self.offsets = tokens, np.asarray(offsets, dtype=np.int64)
+        self.separators = np.asarray(separators, dtype=bool)
+
+    def close(self) -> None:
+        self.tokens = []
+
+    def __enter__(self) -> FakeCache:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class FakeModel(PieceVocabulary):
+    backend = "fake"
+    name = "Fake model"
+    path = Path("fake.gguf")
+    fingerprint = "f" * 64
+    derived_from = None
+    n_ctx_train = 1 << 20
+    n_layer = 1
+    bos = START
+    capabilities = Capabilities()
+
+    def __init__(self, token_seconds: float = 0.0):
+        self.token_seconds = token_seconds
+        self.pieces = [bytes([b]) for b in range(256)] + [s.encode() for s in SPECIAL]
+        self.n_vocab = len(self.pieces)
+        self.created: list[FakeCache] = []
+
+    def tokenize(self, text: str, *, special: bool = False, add_bos: bool = False) -> np.ndarray:
+        ids: list[int] = [START] if add_bos else []
+        data = text.encode()
+        i = 0
+        while i < len(data):
+            for n, s in enumerate(SPECIAL) if special else ():
+                if data.startswith(s.encode(), i):
+                    ids.append(256 + n)
+                    i += len(s.encode())
+                    break
+            else:
+                ids.append(data[i])
+                i += 1
+        return np.asarray(ids, dtype=np.int32)
+
+    def apply_chat_template(self, messages: list[dict[str, str]], add_assistant: bool) -> str:
+        text = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
+        return text + ("<|im_start|>assistant\n" if add_assistant else "")
+
+    def is_end_of_generation(self, token: int) -> bool:
+        return token == END
+
+    def new_cache(self, n_ctx: int, n_batch: int = 512) -> FakeCache:
+        cache = FakeCache(self, n_ctx)
+        self.created.append(cache)
+        return cache
+
+    def log_probs_at(self, logits, targets: np.ndarray) -> np.ndarray:
+        return np.full(len(targets), -np.log(self.n_vocab))
+
+
+def use_fake_model(monkeypatch, token_seconds: float = 0.02) -> FakeModel:
+    """Make every model load (CLI actions and the window's workers) return one fake model."""
+    fake = FakeModel(token_seconds)
+    monkeypatch.setattr("engine.backends.load_model", lambda *args, **kwargs: fake)
+    return fake
