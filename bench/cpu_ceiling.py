@@ -37,7 +37,7 @@ from bench.texts import gpl3, long_text  # noqa: E402
 from engine.documents import read_document  # noqa: E402
 from engine.gguf import fast_weights  # noqa: E402
 from engine.gguf.model import GGUFModel, llama  # noqa: E402
-from engine.gguf.probe import decode_rate, prefill_rate  # noqa: E402
+from engine.gguf.probe import STEADY_CACHED, STEADY_CHUNK, decode_rate, prefill_rate  # noqa: E402
 from engine.models import bundled_model_path  # noqa: E402
 from engine.policy import make_policy  # noqa: E402
 from engine.reader import read  # noqa: E402
@@ -64,8 +64,8 @@ def requantize(source: Path, target: Path, ftype: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=7)
-    parser.add_argument("--cached", type=int, default=324)
-    parser.add_argument("--chunk", type=int, default=476)
+    parser.add_argument("--cached", type=int, default=STEADY_CACHED)
+    parser.add_argument("--chunk", type=int, default=STEADY_CHUNK)
     parser.add_argument("--long", type=int, default=40_000)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()

@@ -17,17 +17,18 @@ from engine.errors import CommaError, MemoryFileError
 from engine.generate import Sampling, generate_text
 from engine.memory import Memory
 from engine.prompts import question_suffix
+from engine.protocols import Model, ParallelModel
 
 CONVERSATION_ROOM = 2048
 
 
-def fit_to_question(model, memory: Memory, question: str) -> Memory:
+def fit_to_question(model: Model, memory: Memory, question: str) -> Memory:
     """The memory to answer ``question`` from. A parallel memory can hold more slots than the
     model was trained to attend over; the backend then keeps the chunks that best predict the
     question (ParallelComp's chunk choice), within the trained positions minus the room."""
     if "chunks" not in memory.header:
         return memory
-    if not model.capabilities.chunk_choice:
+    if not model.capabilities.chunk_choice or not isinstance(model, ParallelModel):
         raise MemoryFileError(f"this memory was read in parallel chunks, which the {model.backend} engine "
                               "cannot answer from; read the document again without --parallel")
     budget = max(model.n_ctx_train - CONVERSATION_ROOM, memory.header["chunks"][0])
@@ -35,7 +36,7 @@ def fit_to_question(model, memory: Memory, question: str) -> Memory:
 
 
 class Conversation:
-    def __init__(self, model, memory: Memory, room: int = CONVERSATION_ROOM):
+    def __init__(self, model: Model, memory: Memory, room: int = CONVERSATION_ROOM):
         self.model, self.memory, self.room = model, memory, room
         self.cache = model.new_cache(memory.kept_tokens + room)
         try:

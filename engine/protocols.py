@@ -20,7 +20,6 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 Progress = Callable[[int, int], None]  # done, total
-Cancelled = Callable[[], bool]  # polled between chunks or tokens
 
 
 class Logits(Enum):
@@ -75,6 +74,10 @@ class Cache(Protocol):
 
     def close(self) -> None: ...
 
+    def __enter__(self) -> Cache: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
 
 @runtime_checkable
 class Model(Protocol):
@@ -111,3 +114,12 @@ class Model(Protocol):
     def new_cache(self, n_ctx: int, n_batch: int = 512) -> Cache: ...
 
     def log_probs_at(self, logits: Any, targets: np.ndarray) -> np.ndarray: ...
+
+
+@runtime_checkable
+class ParallelModel(Model, Protocol):
+    """A model whose ``capabilities`` say ``parallel_reading`` and ``chunk_choice``."""
+
+    def read_parallel(self, document: Any, policy: Any, chunk_tokens: int, **kwargs: Any) -> Any: ...
+
+    def select_chunks(self, memory: Any, question: str, budget: int) -> Any: ...

@@ -21,7 +21,7 @@ from engine.generate import Sampling, generate_text
 from engine.memory import Memory, page_of
 from engine.policy import Full, Policy
 from engine.prompts import document_prefix, note_suffix
-from engine.protocols import Logits, Progress
+from engine.protocols import Cache, Logits, Model, ParallelModel, Progress
 
 DEFAULT_CHUNK = 512
 NOTE_TOKENS = 48
@@ -61,7 +61,7 @@ class ReadResult:
     seconds: float = 0.0
 
 
-def token_stream(model, document, with_prompt: bool = True) -> TokenStream:
+def token_stream(model: Model, document, with_prompt: bool = True) -> TokenStream:
     prefix = model.tokenize(document_prefix(model), special=True, add_bos=True) if with_prompt else \
         np.zeros(0, dtype=np.int32)
     body = model.tokenize(document.text)
@@ -74,7 +74,7 @@ def token_stream(model, document, with_prompt: bool = True) -> TokenStream:
     return TokenStream(tokens, model.separator_ids[tokens], len(prefix), page_token_starts)
 
 
-def cache_size(model, policy: Policy, stream_len: int, notes: bool) -> int:
+def cache_size(model: Model, policy: Policy, stream_len: int, notes: bool) -> int:
     """Cells a reading context needs; refuses a full-attention read longer than the model allows."""
     extra = NOTE_ROOM if notes else 0
     if isinstance(policy, Full):
@@ -87,7 +87,7 @@ def cache_size(model, policy: Policy, stream_len: int, notes: bool) -> int:
     return policy.capacity + extra
 
 
-def prefill(cache, stream: TokenStream, policy: Policy, chunk: int, *,
+def prefill(cache: Cache, stream: TokenStream, policy: Policy, chunk: int, *,
             after_chunk: Callable[[int], None] | None = None,
             on_logits: Callable[[int, np.ndarray], None] | None = None,
             progress: Progress | None = None, cancelled: Callable[[], bool] | None = None) -> None:
@@ -117,7 +117,7 @@ def prefill(cache, stream: TokenStream, policy: Policy, chunk: int, *,
 class NoteTaker:
     """Writes a one-sentence note on the passage read since the last note, on the scratch branch."""
 
-    def __init__(self, model, cache, stream: TokenStream):
+    def __init__(self, model: Model, cache: Cache, stream: TokenStream):
         self.model, self.cache, self.stream = model, cache, stream
         doc_tokens = len(stream) - stream.prompt_tokens
         self.interval = max(NOTE_MIN_INTERVAL, -(-doc_tokens // NOTE_MAX_COUNT))
@@ -151,7 +151,7 @@ class NoteTaker:
         self.last = done
 
 
-def memory_header(model, document, stream: TokenStream, policy: Policy, kept_tokens: int) -> dict:
+def memory_header(model: Model, document, stream: TokenStream, policy: Policy, kept_tokens: int) -> dict:
     """What a memory file says about where it came from: model, backend, policy, document, pages."""
     return {
         "model_fingerprint": model.fingerprint,
@@ -166,7 +166,7 @@ def memory_header(model, document, stream: TokenStream, policy: Policy, kept_tok
     }
 
 
-def read(model, document, policy: Policy, *, notes: bool = True, chunk: int = DEFAULT_CHUNK,
+def read(model: Model, document, policy: Policy, *, notes: bool = True, chunk: int = DEFAULT_CHUNK,
          parallel: int | None = None, progress: Progress | None = None,
          cancelled: Callable[[], bool] | None = None) -> ReadResult:
     """Read ``document`` once under ``policy``; the result's memory is ready to save.
@@ -174,7 +174,7 @@ def read(model, document, policy: Policy, *, notes: bool = True, chunk: int = DE
     ``parallel``: read independent chunks of that many tokens side by side instead (a backend
     capability, ``capabilities.parallel_reading``; no section notes)."""
     if parallel:
-        if not model.capabilities.parallel_reading:
+        if not model.capabilities.parallel_reading or not isinstance(model, ParallelModel):
             raise CommaError(f"the {model.backend} engine cannot read in parallel chunks")
         return model.read_parallel(document, policy, parallel, progress=progress, cancelled=cancelled)
     started = time.perf_counter()

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from engine.policy import Policy
+from engine.protocols import Model
 from engine.reader import DEFAULT_CHUNK, TokenStream, cache_size, prefill
 
 
@@ -24,7 +25,7 @@ class Scores:
         return float(np.exp(-self.logprobs[start:end].mean()))
 
 
-def score(model, tokens: np.ndarray, policy: Policy, chunk: int = DEFAULT_CHUNK,
+def score(model: Model, tokens: np.ndarray, policy: Policy, chunk: int = DEFAULT_CHUNK,
           separators: np.ndarray | None = None, progress=None) -> Scores:
     """``separators`` overrides which tokens the policy treats as separators (for ablations);
     ``progress(done, total)`` is called after every chunk."""

@@ -14,12 +14,13 @@ import numpy as np
 
 from engine.generate import Sampling, generate_text
 from engine.prompts import summary_prompt
+from engine.protocols import Model
 
 SUMMARY_TOKENS = 320
 GROUP_PROMPT_TOKENS = 1536
 
 
-def _complete(model, prompt: str, max_tokens: int) -> str:
+def _complete(model: Model, prompt: str, max_tokens: int) -> str:
     tokens = model.tokenize(prompt, special=True, add_bos=True)
     with model.new_cache(len(tokens) + max_tokens + 8) as cache:
         logits = cache.decode_main_tail(tokens)
@@ -27,7 +28,7 @@ def _complete(model, prompt: str, max_tokens: int) -> str:
         return "".join(generate_text(model, logits, step, Sampling(max_tokens=max_tokens))).strip()
 
 
-def summarize_notes(model, notes: list[str], progress: Callable[[int, int], None] | None = None) -> str:
+def summarize_notes(model: Model, notes: list[str], progress: Callable[[int, int], None] | None = None) -> str:
     """One paragraph from ``notes`` (in document order)."""
     level = list(notes)
     while True:
