@@ -39,6 +39,8 @@ class ConvertAndMeasure(QThread):
             self.measured.emit(str(copy), probe.compare(self.source, copy))
         except CommaError as exc:
             self.failed.emit(str(exc))
+        except Exception as exc:  # a bug in a worker must not leave the row busy or reach stderr raw
+            self.failed.emit(f"unexpected error ({type(exc).__name__}: {exc}); the original model is used")
 
 
 def describe_gain(figures: dict) -> str:

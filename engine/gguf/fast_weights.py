@@ -81,15 +81,25 @@ def copy_paths(source: Path, folder: Path, source_fingerprint: str) -> tuple[Pat
     return folder / f"{stem}.gguf", folder / f"{stem}.json"
 
 
+def _description(copy: Path) -> dict | None:
+    """What the JSON beside a copy made here says of it; None when there is no such copy."""
+    try:
+        facts = json.loads(copy.with_suffix(".json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(facts, dict) or facts.get("weight_type") != TARGET_NAME or \
+            not isinstance(facts.get("source_fingerprint"), str) or not isinstance(facts.get("bytes"), int):
+        return None
+    return facts
+
+
 def existing_copy(source: Path, folder: Path, source_fingerprint: str) -> Path | None:
     """The copy made earlier from exactly this source, if it is whole."""
-    path, description = copy_paths(source, folder, source_fingerprint)
-    try:
-        facts = json.loads(description.read_text())
-        whole = path.stat().st_size == facts["bytes"] and facts["source_fingerprint"] == source_fingerprint
-    except (OSError, ValueError, KeyError, TypeError):
+    path, _ = copy_paths(source, folder, source_fingerprint)
+    facts = _description(path)
+    if facts is None or facts["source_fingerprint"] != source_fingerprint or _size(path) != facts["bytes"]:
         return None
-    return path if whole else None
+    return path
 
 
 def convert(source: Path, folder: Path, source_fingerprint: str, info: SourceInfo,
@@ -122,8 +132,7 @@ def convert(source: Path, folder: Path, source_fingerprint: str, info: SourceInf
             if progress is not None:
                 progress(min(_size(tmp), info.copy_bytes - 1), info.copy_bytes)
         if result != [0]:
-            raise ModelError(f"llama.cpp could not convert {source.name} (code {result[:1]}); "
-                             "the original weights are used instead")
+            raise ModelError(f"llama.cpp could not convert {source.name} (code {result[:1]})")
         with tmp.open("rb+") as f:
             os.fsync(f.fileno())
         size = tmp.stat().st_size
@@ -154,11 +163,8 @@ def _size(path: Path) -> int:
 
 def source_fingerprint_of(path: Path) -> str | None:
     """For a copy made here, the fingerprint of the model it was made from; else None."""
-    try:
-        facts = json.loads(path.with_suffix(".json").read_text())
-        return str(facts["source_fingerprint"]) if facts.get("weight_type") == TARGET_NAME else None
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return None
+    facts = _description(path)
+    return facts["source_fingerprint"] if facts is not None else None
 
 
 def fast_model_path(source: Path, folder: Path, progress: Progress | None = None,
