@@ -65,6 +65,10 @@ def test_nothing_is_offered_for_fast_weights_or_no_file(qtbot, tmp_path):
     assert row.isHidden()
     row.check(str(tmp_path / "missing.gguf"))
     assert row.isHidden()
+    not_gguf = tmp_path / "notes.gguf"
+    not_gguf.write_text("not a model")
+    row.check(str(not_gguf))
+    assert row.isHidden() and not_gguf.read_text() == "not a model"
 
 
 def test_the_gain_is_described_with_both_figures():
