@@ -15,11 +15,12 @@ from pathlib import Path
 
 from engine.conversation import Conversation, fit_to_question
 from engine.documents import read_document
-from engine.errors import CommaError, LibraryError
+from engine.errors import CommaError, LibraryError, MemoryFileError
 from engine.memory import Memory
 from engine.policy import make_policy, policy_key
 from engine.protocols import Progress
 from engine.reader import read
+from engine.recall import CANDIDATE_PAGES, RecallStore
 from engine.summary import summarize_notes
 from storage.library import Library, document_id
 
@@ -31,6 +32,9 @@ class AskResult:
     pages: list[int]
     ttft_s: float
     seconds: float
+    sources: list[dict] = field(default_factory=list)  # {"page", "score", "text"}, most relevant first
+    recall: bool = False  # whether passages were looked for in the recall store
+    recall_reason: str | None = None  # why not, when not
 
 
 @dataclass
@@ -58,8 +62,10 @@ class Comma:
 
     def ingest(self, path: str | Path, policy: str = "sepllm", cache: int | None = None, force: bool = False,
                notes: bool = True, progress: Progress | None = None,
-               cancelled: Callable[[], bool] | None = None, parallel: int | None = None) -> dict:
-        """``parallel``: read as independent chunks of that many tokens side by side (torch only)."""
+               cancelled: Callable[[], bool] | None = None, parallel: int | None = None, recall: bool = True) -> dict:
+        """``parallel``: read as independent chunks of that many tokens side by side (torch only).
+        ``recall``: keep the KV of every passage too, so answers can come from any page (where
+        the backend can; a parallel reading cannot)."""
         started = time.perf_counter()
         document = read_document(path)
         chosen = make_policy(policy, cache)
@@ -71,13 +77,25 @@ class Comma:
         # A parallel reading keeps other slots than a sequential one under the same policy.
         key = policy_key(chosen) + (f"-parallel{parallel}" if parallel else "")
         existing = self.library.find_memory(doc_id, model.fingerprint, model.backend, key)
-        if existing and not force and Path(existing["path"]).is_file():
+        wants_store = recall and model.capabilities.recall and not parallel
+        has_store = bool(existing and existing.get("recall_path") and Path(existing["recall_path"]).is_file())
+        if existing and not force and Path(existing["path"]).is_file() and (has_store or not wants_store):
             self.library.add_document(document)  # the file may have moved since
             return self._ingest_report(doc_id, document, existing, time.perf_counter() - started, reused=True)
-        result = read(model, document, chosen, notes=notes, parallel=parallel, progress=progress,
-                      cancelled=cancelled)
         target = self.library.memory_path(doc_id, key, model.fingerprint, model.backend)
-        size = result.memory.save(target)
+        store_path = self.library.recall_path(target) if wants_store else None
+        result = read(model, document, chosen, notes=notes, parallel=parallel, recall=store_path, progress=progress,
+                      cancelled=cancelled)
+        try:
+            size = result.memory.save(target)
+            if result.recall is not None:
+                result.recall.commit()
+        finally:
+            if result.recall is not None:
+                result.recall.discard()
+        if store_path is None:
+            # A store left from an earlier reading no longer matches this memory.
+            self.library.recall_path(target).unlink(missing_ok=True)
         # The library learns of the document only once its memory is on disk: a cancelled or
         # failed read, or a full disk, leaves no trace.
         self.library.add_document(document)
@@ -86,6 +104,8 @@ class Comma:
             "backend": model.backend, "policy_key": key, "policy": json.dumps(chosen.describe()),
             "path": str(target), "bytes": size, "document_tokens": result.memory.header["document_tokens"],
             "kept_tokens": result.memory.kept_tokens, "seconds": result.seconds,
+            "recall_path": str(store_path) if store_path else None,
+            "recall_bytes": store_path.stat().st_size if store_path else None,
         }
         self.library.save_memory(record, result.notes)
         saved = self.library.find_memory(doc_id, model.fingerprint, model.backend, key)
@@ -96,8 +116,9 @@ class Comma:
         return {
             "doc_id": doc_id, "title": document.title, "pages": document.pages,
             "tokens": memory["document_tokens"], "kept_tokens": memory["kept_tokens"],
-            "memory_path": memory["path"], "memory_bytes": memory["bytes"], "seconds": round(seconds, 3),
-            "reused": reused,
+            "memory_path": memory["path"], "memory_bytes": memory["bytes"],
+            "recall_path": memory.get("recall_path"), "recall_bytes": memory.get("recall_bytes"),
+            "seconds": round(seconds, 3), "reused": reused,
         }
 
     def _memory_record(self, doc_id: str) -> tuple[dict, dict]:
@@ -122,31 +143,32 @@ class Comma:
         return Memory.load(Path(record["path"]), model_fingerprint=self.model.fingerprint,
                            backend=self.model.backend)
 
+    def open_recall(self, doc: dict, record: dict, memory: Memory) -> tuple[RecallStore | None, str | None]:
+        """The memory's recall store, or None and why it cannot be used (answers then come from
+        the memory alone)."""
+        again = f"read it again to find answers on every page: comma ingest --force {doc['path']}"
+        if "chunks" in memory.header:
+            return None, "a memory read in parallel chunks has no recall store"
+        if not record.get("recall_path"):
+            return None, f"this memory was read without a recall store; {again}"
+        try:
+            return RecallStore.open(Path(record["recall_path"]), self.model, memory.header), None
+        except MemoryFileError as exc:
+            return None, f"{exc}; {again}"
+
+    def conversation(self, doc_id: str) -> DocumentConversation:
+        """A live conversation over a document's memory, for several questions in a row."""
+        doc, record = self._memory_record(doc_id)
+        memory = self.load_memory(record)
+        store, reason = self.open_recall(doc, record, memory)
+        return DocumentConversation(self, doc, memory, store, reason)
+
     def ask(self, doc_id: str, question: str, session_id: str | None = None,
             on_text: Callable[[str], None] | None = None,
             should_stop: Callable[[], bool] = lambda: False) -> AskResult:
         started = time.perf_counter()
-        doc, record = self._memory_record(doc_id)
-        if session_id is None:
-            session_id = self.library.new_session(doc["id"], question)
-        elif self.library.session(session_id)["doc_id"] != doc["id"]:
-            raise LibraryError(f"session {session_id} belongs to another document")
-        history = [{"role": m["role"], "content": m["content"]} for m in self.library.messages(session_id)]
-        memory = fit_to_question(self.model, self.load_memory(record), question)
-        ttft = None
-        parts = []
-        with Conversation(self.model, memory) as conversation:
-            for piece in conversation.ask(question, history, should_stop=should_stop):
-                ttft = ttft if ttft is not None else time.perf_counter() - started
-                parts.append(piece)
-                if on_text is not None:
-                    on_text(piece)
-            pages = conversation.answer_pages()
-        answer = "".join(parts).strip()
-        self.library.add_message(session_id, "user", question)
-        self.library.add_message(session_id, "assistant", answer, pages)
-        seconds = time.perf_counter() - started
-        return AskResult(answer, session_id, pages, round(ttft if ttft is not None else seconds, 3), round(seconds, 3))
+        with self.conversation(doc_id) as conversation:
+            return conversation.ask(question, session_id, on_text, should_stop, started=started)
 
     def summarize(self, doc_id: str, force: bool = False, progress: Progress | None = None) -> dict:
         started = time.perf_counter()
@@ -165,3 +187,60 @@ class Comma:
 
     def list(self) -> list[dict]:
         return self.library.documents()
+
+
+class DocumentConversation:
+    """Questions about one document on one live cache: a follow-up skips loading the model's
+    context and the memory again, and reuses the turns already in the cache."""
+
+    def __init__(self, comma: Comma, doc: dict, memory: Memory, store: RecallStore | None, reason: str | None):
+        self.comma, self.doc, self.memory = comma, doc, memory
+        self.store, self.reason = store, reason
+        self._live: Conversation | None = None
+
+    def _conversation(self, question: str) -> Conversation:
+        if self._live is None:
+            # A parallel memory keeps the chunks that suit the first question.
+            memory = fit_to_question(self.comma.model, self.memory, question)
+            self._live = Conversation(self.comma.model, memory, recall=self.store)
+        return self._live
+
+    def ask(self, question: str, session_id: str | None = None, on_text: Callable[[str], None] | None = None,
+            should_stop: Callable[[], bool] = lambda: False, started: float | None = None) -> AskResult:
+        started = started if started is not None else time.perf_counter()
+        library, doc = self.comma.library, self.doc
+        if session_id is None:
+            session_id = library.new_session(doc["id"], question)
+        elif library.session(session_id)["doc_id"] != doc["id"]:
+            raise LibraryError(f"session {session_id} belongs to another document")
+        history = [{"role": m["role"], "content": m["content"]} for m in library.messages(session_id)]
+        conversation = self._conversation(question)
+        candidates = library.candidate_pages(doc["id"], question, CANDIDATE_PAGES) \
+            if conversation.recall is not None else []
+        ttft = None
+        parts = []
+        for piece in conversation.ask(question, history, should_stop=should_stop, candidate_pages=candidates):
+            ttft = ttft if ttft is not None else time.perf_counter() - started
+            parts.append(piece)
+            if on_text is not None:
+                on_text(piece)
+        pages = conversation.answer_pages()
+        sources = [s.as_json() for s in conversation.sources]
+        answer = "".join(parts).strip()
+        library.add_message(session_id, "user", question)
+        library.add_message(session_id, "assistant", answer, pages, sources=sources)
+        seconds = time.perf_counter() - started
+        reason = self.reason or conversation.recall_error
+        return AskResult(answer, session_id, pages, round(ttft if ttft is not None else seconds, 3), round(seconds, 3),
+                         sources, conversation.recall is not None, reason)
+
+    def close(self) -> None:
+        if self._live is not None:
+            self._live.close()
+            self._live = None
+
+    def __enter__(self) -> DocumentConversation:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", type=int, metavar="C", help=f"KV cache capacity in tokens (default {DEFAULT_CAPACITY})")
     p.add_argument("--force", action="store_true", help="read again even if a memory exists")
     p.add_argument("--no-notes", action="store_true", help="skip the section notes used for summaries")
+    p.add_argument("--no-recall", action="store_true",
+                   help="keep only the small memory, not the KV of every passage (less disk; answers then "
+                        "know the gist and the last pages, not every page)")
     p.add_argument("--parallel", type=int, metavar="TOKENS",
                    help="read independent chunks of TOKENS tokens side by side, one memory each "
                         "(torch backend; no section notes)")
@@ -135,11 +138,12 @@ def _dispatch(args) -> int:
     if args.command == "ingest":
         with progress_bar(_show_bars(args), "tok", "reading") as bar:
             report = comma.ingest(args.path, args.policy, args.cache, args.force, notes=not args.no_notes,
-                                  progress=bar, parallel=args.parallel)
+                                  progress=bar, parallel=args.parallel, recall=not args.no_recall)
         _print(args, report, lambda r: (
             f"{r['doc_id']}  {r['title']}  {r['pages']} pages, {r['tokens']} tokens -> "
             f"{r['kept_tokens']} kept, {r['memory_bytes'] / 1e6:.1f} MB"
-            f"{' (already read)' if r['reused'] else ''} in {r['seconds']:.1f} s"))
+            + (f" + recall store {r['recall_bytes'] / 1e6:.0f} MB" if r["recall_bytes"] else "")
+            + f"{' (already read)' if r['reused'] else ''} in {r['seconds']:.1f} s"))
     elif args.command == "ask":
         stream = None if args.json else (lambda text: (sys.stdout.write(text), sys.stdout.flush()))
         result = comma.ask(args.doc_id, args.question, args.session, on_text=stream)
@@ -147,6 +151,10 @@ def _dispatch(args) -> int:
             print(json.dumps(result.__dict__, ensure_ascii=False))
         else:
             print(f"\n[pages {', '.join(map(str, result.pages))} · session {result.session_id}]")
+            for source in result.sources:
+                print(f"  p. {source['page']}: {source['text']}")
+        if result.recall_reason:
+            print(f"note: answered from the memory alone: {result.recall_reason}", file=sys.stderr)
     elif args.command == "summarize":
         with progress_bar(_show_bars(args), "part", "summarising") as bar:
             report = comma.summarize(args.doc_id, args.force, progress=bar)
@@ -165,8 +173,9 @@ def _format_list(docs: list[dict]) -> str:
     for d in docs:
         lines.append(f"{d['id']}  {d['title']}  ({d['pages']} pages)  {d['path']}")
         for m in d["memories"]:
+            store = f" + recall {m['recall_bytes'] / 1e6:.0f} MB" if m.get("recall_bytes") else ""
             lines.append(f"    {m['policy_key']:<24} {m['kept_tokens']:>6} of {m['document_tokens']} tokens  "
-                         f"{m['bytes'] / 1e6:6.1f} MB  {m['model_name']}  {m['path']}")
+                         f"{m['bytes'] / 1e6:6.1f} MB{store}  {m['model_name']}  {m['path']}")
     return "\n".join(lines)
 
 

@@ -1,6 +1,8 @@
 """Answering questions from a saved memory, streamed token by token.
 
-The memory is restored into a fresh cache with room for the conversation after it. Every
+The memory is restored into a fresh cache with room for the conversation after it (and, with a
+recall store, for the passages each question chooses, between the memory and the conversation;
+see ``engine.recall``). Every
 question is laid out after the memory as the chat template wants it (earlier turns included);
 tokens already in the cache from the previous turn are reused and only the rest is computed,
 so a follow-up costs its own tokens, not the whole conversation again. The memory's own slots
@@ -17,9 +19,11 @@ from engine.errors import CommaError, MemoryFileError
 from engine.generate import Sampling, generate_text
 from engine.memory import Memory
 from engine.prompts import question_suffix
-from engine.protocols import Model, ParallelModel
+from engine.protocols import Model, ParallelModel, RecallCache
+from engine.recall import RecallStore, Source, choose, rank, ranking_room
 
 CONVERSATION_ROOM = 2048
+MAX_CITED = 5
 
 
 def fit_to_question(model: Model, memory: Memory, question: str) -> Memory:
@@ -36,15 +40,30 @@ def fit_to_question(model: Model, memory: Memory, question: str) -> Memory:
 
 
 class Conversation:
-    def __init__(self, model: Model, memory: Memory, room: int = CONVERSATION_ROOM):
-        self.model, self.memory, self.room = model, memory, room
-        self.cache = model.new_cache(memory.kept_tokens + room)
+    """Questions and follow-ups over one memory, on one live cache.
+
+    With a recall store, every question first chooses its own passages (``candidate_pages``
+    name where to look) and they are loaded after the memory, before the conversation; the
+    earlier turns stay as text. When a store cannot be used (a damaged passage, say), the
+    answer comes from the memory alone and ``recall_error`` says why."""
+
+    def __init__(self, model: Model, memory: Memory, room: int = CONVERSATION_ROOM, recall: RecallStore | None = None):
+        self.model, self.memory, self.room, self.recall = model, memory, room, recall
+        if recall is not None and not model.capabilities.recall:
+            raise CommaError(f"the {model.backend} engine cannot load recall passages")
+        # Passages fit the trained context after the memory and the conversation's room.
+        self.passage_budget = max(0, model.n_ctx_train - memory.kept_tokens - room) if recall else 0
+        extra = max(self.passage_budget, ranking_room()) if recall else 0
+        self.cache = model.new_cache(memory.kept_tokens + room + extra)
         try:
             self.cache.restore(memory.state, memory.offsets, memory.separators)
         except Exception:
             self.cache.close()
             raise
         self._after_memory: list[int] = []
+        self._loaded: list[int] = []  # passage indices after the memory, in document order
+        self.sources: list[Source] = []
+        self.recall_error: str | None = None
 
     def close(self) -> None:
         """Free the cache (a llama.cpp context, or GPU memory) now rather than at collection."""
@@ -69,23 +88,52 @@ class Conversation:
             turns = turns[2:]
 
     def answer_pages(self) -> list[int]:
-        """Pages of the document text the memory keeps in full (its windows), ascending.
+        """The pages the answer was given: its sources' pages, most relevant first (at most
+        MAX_CITED); without recall, the pages the memory keeps in full (its windows), ascending.
 
         Separator slots come from every part of the document; the windows are the passage the
         model sees word for word, so they are what an answer can quote.
         """
+        if self.sources:
+            return list(dict.fromkeys(s.page for s in self.sources))[:MAX_CITED]
         return self.memory.pages(np.flatnonzero(~self.memory.separators))
 
+    def _choose_passages(self, question: str, candidate_pages: list[int]) -> None:
+        """Rank the candidates' passages for ``question`` and load the best after the memory."""
+        store, cache = self.recall, self.cache
+        assert store is not None and isinstance(cache, RecallCache)
+        try:
+            ranked = rank(cache, self.model, store, store.on_pages(candidate_pages), question, self.memory.kept_tokens)
+            chosen = choose(ranked, self.passage_budget)
+            in_order = sorted(chosen, key=lambda c: c[0].index)
+            wanted = [p.index for p, _ in in_order]
+            if wanted != self._loaded:
+                cache.truncate(self.memory.kept_tokens)
+                self._loaded, self._after_memory = [], []
+                for passage, _ in in_order:
+                    for (state, _n), offsets in zip(store.states(passage), store.piece_offsets(passage), strict=True):
+                        cache.import_slots(state, offsets)
+                self._loaded = wanted
+            self.sources = [Source(p.page, score, store.text(p, self.model), p.index) for p, score in chosen]
+        except MemoryFileError as exc:
+            self.recall, self.recall_error, self.sources = None, str(exc), []
+            cache.truncate(self.memory.kept_tokens)
+            self._loaded, self._after_memory = [], []
+
     def ask(self, question: str, history: list[dict[str, str]] | None = None,
-            sampling: Sampling = Sampling(), should_stop: Callable[[], bool] = lambda: False) -> Iterator[str]:
+            sampling: Sampling = Sampling(), should_stop: Callable[[], bool] = lambda: False,
+            candidate_pages: list[int] | None = None) -> Iterator[str]:
         """Yield the answer's text as it is generated."""
         prompt = self._prompt_tokens(history or [], question, sampling.max_tokens)
+        if self.recall is not None:
+            self._choose_passages(question, candidate_pages or [])
         previous = self._after_memory
         same = 0
         limit = min(len(previous), len(prompt) - 1)
         while same < limit and previous[same] == prompt[same]:
             same += 1
-        base = self.memory.kept_tokens
+        base = self.memory.kept_tokens + sum(self.recall.passages[i].tokens for i in self._loaded) \
+            if self.recall is not None else self.memory.kept_tokens
         self.cache.truncate(base + same)
         logits = self.cache.decode_main_tail(prompt[same:])
         self._after_memory = prompt.tolist()
@@ -97,3 +145,4 @@ class Conversation:
         for piece in generate_text(self.model, logits, step, sampling, should_stop):
             if piece:
                 yield piece
+

@@ -21,6 +21,18 @@ every kept cache slot.
 
 Writes are atomic (temporary file in the same folder, fsync, rename, fsync of the folder), so
 a crash or a full disk leaves the previous memory as it was.
+
+A **recall store** (the KV of every passage, written while the document is read) uses a second
+layout in this module, with its header at the end, because its sections are written one by one
+as the read goes and are too large to hold in memory until the header is known::
+
+    MAGIC "COMMARCL" (8 bytes) | format version (u32)
+    | data: the sections' bytes, in the order they were written
+    | header: JSON object, UTF-8, sorted keys | header length (u64)
+    | SHA-256 (32 bytes) of everything before it
+
+Its header lists every section with its offset, length and own SHA-256, so a question can load
+and verify the few passages it needs without reading the whole store.
 """
 
 from __future__ import annotations
@@ -41,7 +53,10 @@ from engine.errors import MemoryFileError
 
 FORMAT_VERSION = 1
 MAGIC = b"COMMAMEM"
+STORE_MAGIC = b"COMMARCL"
 _PREAMBLE = struct.Struct("<8sIQ")
+_STORE_PREAMBLE = struct.Struct("<8sI")
+_TRAILER = struct.Struct("<Q")
 _DIGEST = 32
 # EDQUOT does not exist on every platform (Windows reports a full disk as ENOSPC only).
 _NO_SPACE = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
@@ -61,6 +76,13 @@ def pack_offsets(offsets: np.ndarray) -> bytes:
 def unpack_offsets(data: bytes) -> np.ndarray:
     """Inverse of ``pack_offsets``: a writable native int64 array."""
     return np.frombuffer(data, dtype="<i8").astype(np.int64)
+
+
+def _write_failed(what: str, path: Path, exc: OSError) -> MemoryFileError:
+    if exc.errno in _NO_SPACE:
+        return MemoryFileError(f"not enough disk space to save the {what} ({path}); the previous {what} is unchanged")
+    return MemoryFileError(f"could not save the {what} to {path}: {exc.strerror or exc}; "
+                           f"the previous {what} is unchanged")
 
 
 def write_memory(path: str | os.PathLike, header: dict, sections: dict[str, bytes]) -> int:
@@ -92,11 +114,7 @@ def write_memory(path: str | os.PathLike, header: dict, sections: dict[str, byte
         os.replace(tmp, path)
         tmp = None
     except OSError as exc:
-        if exc.errno in _NO_SPACE:
-            raise MemoryFileError(f"not enough disk space to save the memory ({path}); "
-                                  "the previous memory is unchanged") from exc
-        raise MemoryFileError(f"could not save the memory to {path}: {exc.strerror or exc}; "
-                              "the previous memory is unchanged") from exc
+        raise _write_failed("memory", path, exc) from exc
     finally:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
@@ -207,3 +225,166 @@ def read_memory(path: str | os.PathLike, *, model_fingerprint: str | None = None
             "read the document again with this backend"
         )
     return MemoryFile(header, sections)
+
+
+class StoreWriter:
+    """Writes a recall store section by section into a temporary file beside ``path``.
+
+    ``seal(header)`` completes and syncs the file without making it visible; ``commit()`` then
+    renames it into place, so a caller can seal the store, save the memory it belongs to, and
+    only then replace the old store. Leaving a ``with`` block without committing removes the
+    temporary file, and nothing at ``path`` changes.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self._sections: list[dict] = []
+        self._offset = 0
+        self._sealed = False
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+            self._tmp: Path | None = Path(tmp)
+            self._file = os.fdopen(fd, "wb")
+            self._digest = hashlib.sha256()
+            self._write(_STORE_PREAMBLE.pack(STORE_MAGIC, FORMAT_VERSION))
+        except OSError as exc:
+            self.discard()
+            raise _write_failed("recall store", self.path, exc) from exc
+
+    @property
+    def bytes_written(self) -> int:
+        return self._offset
+
+    def _write(self, data: bytes | memoryview) -> None:
+        self._digest.update(data)
+        self._file.write(data)
+
+    def add(self, name: str, blob: bytes) -> None:
+        """Append one section (a passage's KV, say); its name must be new."""
+        try:
+            self._write(blob)
+        except OSError as exc:
+            self.discard()
+            raise _write_failed("recall store", self.path, exc) from exc
+        self._sections.append({"name": name, "offset": self._offset, "length": len(blob),
+                               "sha256": hashlib.sha256(blob).hexdigest()})
+        self._offset += len(blob)
+
+    def seal(self, header: dict) -> int:
+        """Write the header and checksum and sync the file; returns its size."""
+        header_bytes = json.dumps({**header, "format_version": FORMAT_VERSION, "sections": self._sections},
+                                  sort_keys=True).encode("utf-8")
+        try:
+            self._write(header_bytes)
+            self._write(_TRAILER.pack(len(header_bytes)))
+            self._file.write(self._digest.digest())
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+        except OSError as exc:
+            self.discard()
+            raise _write_failed("recall store", self.path, exc) from exc
+        self._sealed = True
+        return _STORE_PREAMBLE.size + self._offset + len(header_bytes) + _TRAILER.size + _DIGEST
+
+    def commit(self) -> None:
+        """Put the sealed store in place of any previous one."""
+        if not self._sealed or self._tmp is None:
+            raise RuntimeError("seal the recall store before committing it")
+        try:
+            os.replace(self._tmp, self.path)
+            self._tmp = None
+            fsync_folder(self.path.parent)
+        except OSError as exc:
+            self.discard()
+            raise _write_failed("recall store", self.path, exc) from exc
+
+    def discard(self) -> None:
+        file = getattr(self, "_file", None)
+        if file is not None and not file.closed:
+            file.close()
+        if self._tmp is not None:
+            self._tmp.unlink(missing_ok=True)
+            self._tmp = None
+
+    def __enter__(self) -> StoreWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.discard()
+
+
+@dataclass(frozen=True)
+class StoreFile:
+    """An opened recall store: its header, and where each section lies in the file."""
+
+    path: Path
+    header: dict
+    sections: dict[str, tuple[int, int, str]]  # name -> (file offset, length, sha256)
+
+    def read(self, names: list[str]) -> dict[str, bytes]:
+        """The named sections, each checked against its own SHA-256."""
+        out = {}
+        try:
+            with self.path.open("rb") as f:
+                for name in names:
+                    offset, length, digest = self.sections[name]
+                    f.seek(offset)
+                    blob = f.read(length)
+                    if len(blob) != length or hashlib.sha256(blob).hexdigest() != digest:
+                        raise MemoryFileError(f"recall store {self.path} was altered or corrupted (passage {name})")
+                    out[name] = blob
+        except OSError as exc:
+            raise MemoryFileError(f"cannot read recall store {self.path}: {exc.strerror or exc}") from exc
+        return out
+
+
+def open_store(path: str | os.PathLike, *, model_fingerprint: str, backend: str) -> StoreFile:
+    """Check a recall store's format, size, header and owner without reading its passages."""
+    path = Path(path)
+    damaged = f"recall store {path} is damaged (truncated, altered or not a recall store)"
+    try:
+        with path.open("rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            preamble = f.read(_STORE_PREAMBLE.size)
+            if len(preamble) < _STORE_PREAMBLE.size or size < _STORE_PREAMBLE.size + _TRAILER.size + _DIGEST:
+                raise MemoryFileError(damaged)
+            magic, version = _STORE_PREAMBLE.unpack(preamble)
+            if magic != STORE_MAGIC:
+                raise MemoryFileError(damaged)
+            if version != FORMAT_VERSION:
+                raise MemoryFileError(f"recall store {path} was written by format version {version}; this Comma "
+                                      f"reads version {FORMAT_VERSION}")
+            f.seek(size - _DIGEST - _TRAILER.size)
+            (header_len,) = _TRAILER.unpack(f.read(_TRAILER.size))
+            data_end = size - _DIGEST - _TRAILER.size - header_len
+            if header_len <= 0 or data_end < _STORE_PREAMBLE.size:
+                raise MemoryFileError(damaged)
+            f.seek(data_end)
+            header = json.loads(f.read(header_len))
+    except FileNotFoundError:
+        raise MemoryFileError(f"recall store not found: {path}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise MemoryFileError(damaged) from None
+    except OSError as exc:
+        raise MemoryFileError(f"cannot open recall store {path}: {exc.strerror or exc}") from exc
+    sections, offset = {}, 0
+    try:
+        if not isinstance(header, dict):
+            raise ValueError
+        for s in header["sections"]:
+            name, start, length, digest = s["name"], s["offset"], s["length"], s["sha256"]
+            if (not isinstance(name, str) or name in sections or type(start) is not int or start != offset
+                    or type(length) is not int or length < 0 or not isinstance(digest, str)):
+                raise ValueError
+            sections[name] = (_STORE_PREAMBLE.size + start, length, digest)
+            offset += length
+    except (KeyError, TypeError, ValueError):
+        raise MemoryFileError(damaged) from None
+    if _STORE_PREAMBLE.size + offset != data_end:
+        raise MemoryFileError(damaged)
+    if header.get("model_fingerprint") != model_fingerprint:
+        raise MemoryFileError(f"recall store {path} belongs to another model ({header.get('model_name', 'unknown')})")
+    if header.get("backend") != backend:
+        raise MemoryFileError(f"recall store {path} was made by the {header.get('backend')!r} backend, not {backend!r}")
+    return StoreFile(path, header, sections)

@@ -36,6 +36,7 @@ class Capabilities:
 
     parallel_reading: bool = False  # read independent chunks side by side (ParallelComp)
     chunk_choice: bool = False  # keep the chunks of a parallel memory that best predict a question
+    recall: bool = False  # its caches are RecallCaches: passages' KV can be stored, ranked and loaded
 
 
 @runtime_checkable
@@ -77,6 +78,18 @@ class Cache(Protocol):
     def __enter__(self) -> Cache: ...
 
     def __exit__(self, *exc: object) -> None: ...
+
+
+@runtime_checkable
+class RecallCache(Cache, Protocol):
+    """A cache of a backend whose ``capabilities`` say ``recall``."""
+
+    def export_slots(self, start: int, end: int) -> bytes: ...
+
+    def import_slots(self, state: bytes, offsets: np.ndarray) -> None: ...
+
+    def log_probs_after(self, branches: list[list[tuple[bytes, int]]], tokens: np.ndarray, scored: int,
+                        prefix: int) -> np.ndarray: ...
 
 
 @runtime_checkable

@@ -13,15 +13,18 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from engine.errors import CommaError, stop_reading_if
 from engine.generate import Sampling, generate_text
 from engine.memory import Memory, page_of
+from engine.memory_file import StoreWriter
 from engine.policy import Full, Policy
 from engine.prompts import document_prefix, note_suffix
-from engine.protocols import Cache, Logits, Model, ParallelModel, Progress
+from engine.protocols import Cache, Logits, Model, ParallelModel, Progress, RecallCache
+from engine.recall import RecallWriter, new_read_id
 
 DEFAULT_CHUNK = 512
 NOTE_TOKENS = 48
@@ -59,6 +62,10 @@ class ReadResult:
     memory: Memory
     notes: list[Note] = field(default_factory=list)
     seconds: float = 0.0
+    # The sealed recall store, still at a temporary name: ``commit()`` it once the memory is
+    # saved (a failure in between then leaves the previous memory and store as they were), or
+    # ``discard()`` it.
+    recall: StoreWriter | None = None
 
 
 def token_stream(model: Model, document, with_prompt: bool = True) -> TokenStream:
@@ -152,8 +159,10 @@ class NoteTaker:
 
 
 def memory_header(model: Model, document, stream: TokenStream, policy: Policy, kept_tokens: int) -> dict:
-    """What a memory file says about where it came from: model, backend, policy, document, pages."""
+    """What a memory file says about where it came from: model, backend, policy, document, pages,
+    and the id of the read, which its recall store carries too."""
     return {
+        "read_id": new_read_id(),
         "model_fingerprint": model.fingerprint,
         "model_name": model.name,
         "backend": model.backend,
@@ -167,22 +176,45 @@ def memory_header(model: Model, document, stream: TokenStream, policy: Policy, k
 
 
 def read(model: Model, document, policy: Policy, *, notes: bool = True, chunk: int = DEFAULT_CHUNK,
-         parallel: int | None = None, progress: Progress | None = None,
+         parallel: int | None = None, recall: Path | None = None, progress: Progress | None = None,
          cancelled: Callable[[], bool] | None = None) -> ReadResult:
     """Read ``document`` once under ``policy``; the result's memory is ready to save.
 
-    ``parallel``: read independent chunks of that many tokens side by side instead (a backend
-    capability, ``capabilities.parallel_reading``; no section notes)."""
+    ``recall``: where the recall store goes (the KV of every passage, written as the read goes;
+    backends whose ``capabilities`` say ``recall``). ``parallel``: read independent chunks of
+    that many tokens side by side instead (``capabilities.parallel_reading``; no section notes,
+    no recall store)."""
     if parallel:
         if not model.capabilities.parallel_reading or not isinstance(model, ParallelModel):
             raise CommaError(f"the {model.backend} engine cannot read in parallel chunks")
         return model.read_parallel(document, policy, parallel, progress=progress, cancelled=cancelled)
+    if recall is not None and not model.capabilities.recall:
+        raise CommaError(f"the {model.backend} engine cannot keep a recall store; read with --no-recall")
     started = time.perf_counter()
     stream = token_stream(model, document)
     n_ctx = cache_size(model, policy, len(stream), notes)
     with model.new_cache(n_ctx, policy.max_chunk(chunk)) as cache:
+        hooks: list[Callable[[int], None]] = []
+        writer = None
+        if recall is not None:
+            assert isinstance(cache, RecallCache)
+            writer = RecallWriter(cache, stream, recall)
+            hooks.append(writer)
         taker = NoteTaker(model, cache, stream) if notes else None
-        prefill(cache, stream, policy, chunk, after_chunk=taker, progress=progress, cancelled=cancelled)
-        memory = Memory(memory_header(model, document, stream, policy, cache.length), stream.tokens[cache.offsets],
-                        cache.offsets.copy(), cache.separators.copy(), cache.snapshot())
-    return ReadResult(memory, taker.notes if taker else [], time.perf_counter() - started)
+        if taker is not None:
+            hooks.append(taker)
+        def after_chunk(end: int) -> None:
+            for hook in hooks:
+                hook(end)
+
+        try:
+            prefill(cache, stream, policy, chunk, after_chunk=after_chunk, progress=progress, cancelled=cancelled)
+            header = memory_header(model, document, stream, policy, cache.length)
+            memory = Memory(header, stream.tokens[cache.offsets], cache.offsets.copy(), cache.separators.copy(),
+                            cache.snapshot())
+            store = writer.seal(header) if writer is not None else None
+        except BaseException:
+            if writer is not None:
+                writer.store.discard()
+            raise
+    return ReadResult(memory, taker.notes if taker else [], time.perf_counter() - started, store)

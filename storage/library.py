@@ -7,13 +7,15 @@ start of the SHA-256 of its bytes, so reading the same file again finds the same
 The schema carries a version (SQLite's ``user_version``); opening an older database migrates it
 in place, keeping every row. Version 1 added page text with full-text
 search (what the window's viewer and search read), session ``updated`` times (the sessions list
-is newest first) and the time each answer took.
+is newest first) and the time each answer took. Version 2 added each memory's recall store
+(path and size) and each answer's sources.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import uuid
 from datetime import UTC, datetime
@@ -25,8 +27,12 @@ import sqlite_utils
 from engine.errors import LibraryError
 
 DOC_ID_LENGTH = 12
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_S = 30.0
+# Words too common to say where an answer is; the question's other words are searched for.
+_STOPWORDS = frozenset("""a about an and are as at be by can could did do does for from had has have how i if in
+into is it its me my of on or our should so than that the their them then there these they this to was we were
+what when where which who whom why will with would you your""".split())
 
 
 def data_folder() -> Path:
@@ -71,7 +77,7 @@ class Library:
         """Bring the schema up to SCHEMA_VERSION one step at a time. Each step only adds (tables,
         columns, an index) and checks what is already there, and the version is recorded after it
         completes, so a step that was interrupted simply runs again on the next open."""
-        steps = {1: self._migrate_to_1}
+        steps = {1: self._migrate_to_1, 2: self._migrate_to_2}
         for version in range(self.schema_version + 1, SCHEMA_VERSION + 1):
             with self.db.conn:
                 steps[version]()
@@ -90,6 +96,15 @@ class Library:
                       where updated is null""")
         if "seconds" not in db["messages"].columns_dict:
             db["messages"].add_column("seconds", float)
+
+    def _migrate_to_2(self) -> None:
+        memories = self.db["memories"].columns_dict
+        if "recall_path" not in memories:
+            self.db["memories"].add_column("recall_path", str)
+        if "recall_bytes" not in memories:
+            self.db["memories"].add_column("recall_bytes", int)
+        if "sources" not in self.db["messages"].columns_dict:
+            self.db["messages"].add_column("sources", str)
 
     def _create_tables(self) -> None:
         db = self.db
@@ -193,6 +208,19 @@ class Library:
         names = [c[0] for c in cursor.description]
         return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
+    def candidate_pages(self, doc_id: str, question: str, limit: int) -> list[int]:
+        """Pages of one document that share the question's content words, best first (BM25 over
+        the stemmed page text; any of the words may match)."""
+        words = [w for w in re.findall(r"\w+", question.lower()) if w not in _STOPWORDS and len(w) > 1]
+        if not words:
+            return []
+        match = " OR ".join('"' + w + '"' for w in dict.fromkeys(words))
+        rows = self.db.execute(
+            """select pages.page from pages_fts join pages on pages.rowid = pages_fts.rowid
+               where pages_fts match ? and pages.doc_id = ? order by rank, pages.page limit ?""",
+            [match, doc_id, limit]).fetchall()
+        return [r[0] for r in rows]
+
     def remove_document(self, doc_id: str) -> None:
         """Forget a document: its pages, memories (and their files), notes, summaries, sessions."""
         doc = self.document(doc_id)
@@ -208,6 +236,8 @@ class Library:
             self.db["documents"].delete_where("id = ?", [doc["id"]])
         for m in memories:
             Path(m["path"]).unlink(missing_ok=True)
+            if m.get("recall_path"):
+                Path(m["recall_path"]).unlink(missing_ok=True)
 
     def document(self, doc_id: str) -> dict:
         rows = list(self.db["documents"].rows_where("id = ? or id like ?", [doc_id, f"{doc_id}%"]))
@@ -226,6 +256,10 @@ class Library:
 
     def memory_path(self, doc_id: str, policy_key: str, model_fingerprint: str, backend: str) -> Path:
         return self.memories_folder / f"{doc_id}-{backend}-{policy_key}-{model_fingerprint[:12]}.mem"
+
+    def recall_path(self, memory_path: Path) -> Path:
+        """Where the recall store of the memory at ``memory_path`` goes: beside it."""
+        return memory_path.with_suffix(".recall")
 
     def find_memory(self, doc_id: str, model_fingerprint: str, backend: str, policy_key: str | None = None):
         where = "doc_id = ? and model_fingerprint = ? and backend = ?"
@@ -304,11 +338,12 @@ class Library:
         return rows[0]
 
     def add_message(self, session_id: str, role: str, content: str, pages: list[int] | None = None,
-                    seconds: float | None = None) -> None:
+                    seconds: float | None = None, sources: list[dict] | None = None) -> None:
         now = _now()
         with self.db.conn:
             self.db["messages"].insert({"session_id": session_id, "role": role, "content": content,
-                                        "pages": json.dumps(pages or []), "created": now, "seconds": seconds})
+                                        "pages": json.dumps(pages or []), "created": now, "seconds": seconds,
+                                        "sources": json.dumps(sources or [])})
             self.db["sessions"].update(session_id, {"updated": now})
 
     def set_last_answer_seconds(self, session_id: str, seconds: float) -> None:
@@ -320,4 +355,4 @@ class Library:
 
     def messages(self, session_id: str) -> list[dict]:
         rows = self.db["messages"].rows_where("session_id = ?", [session_id], order_by="id")
-        return [{**r, "pages": json.loads(r["pages"])} for r in rows]
+        return [{**r, "pages": json.loads(r["pages"]), "sources": json.loads(r.get("sources") or "[]")} for r in rows]

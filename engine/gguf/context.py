@@ -22,7 +22,8 @@ from engine.protocols import Logits
 if TYPE_CHECKING:
     from engine.gguf.model import GGUFModel
 
-MAIN, SCRATCH = 0, 1
+MAIN, SCRATCH, SIDE = 0, 1, 2
+BRANCHES = 8  # candidate passages scored side by side in one batch (sequences SIDE+1..)
 
 
 class GGUFCache:
@@ -39,9 +40,9 @@ class GGUFCache:
         params.n_ctx = n_ctx
         params.n_batch = n_batch
         params.n_ubatch = n_batch
-        params.n_seq_max = 2
-        # One cell pool for both sequences, so the scratch branch shares the main cache's cells
-        # instead of splitting the context in two.
+        params.n_seq_max = SIDE + 1 + BRANCHES
+        # One cell pool for all sequences, so the scratch branch and the recall branches share
+        # the main cache's cells instead of splitting the context.
         params.kv_unified = True
         params.n_threads = params.n_threads_batch = threads or os.cpu_count() or 1
         # Flash attention reads a chunk after a few hundred cached tokens ~15% faster on the CPU
@@ -153,18 +154,117 @@ class GGUFCache:
         self.separators = self.separators[:length]
         self._tail = max(0, length - len(self.offsets))
 
-    def snapshot(self) -> bytes:
-        """The main sequence's KV state as llama.cpp serialises it."""
+    def _apply_shift(self) -> None:
         if self._shift_pending:
             # llama.cpp re-rotates shifted keys only at the next decode, and a saved state would
             # carry new positions with keys still rotated for the old ones. One throwaway token
             # on the scratch sequence applies the shift.
             self._decode(np.array([max(self.model.bos, 0)]), 0, SCRATCH, Logits.NONE)
             self.drop_scratch()
-        size = llama.llama_state_seq_get_size(self.ptr, MAIN)
+
+    def _state_of(self, seq: int) -> bytes:
+        size = llama.llama_state_seq_get_size(self.ptr, seq)
         buf = (ctypes.c_uint8 * size)()
-        written = llama.llama_state_seq_get_data(self.ptr, buf, size, MAIN)
+        written = llama.llama_state_seq_get_data(self.ptr, buf, size, seq)
         return bytes(memoryview(buf)[:written])
+
+    def snapshot(self) -> bytes:
+        """The main sequence's KV state as llama.cpp serialises it."""
+        self._apply_shift()
+        return self._state_of(MAIN)
+
+    def export_slots(self, start: int, end: int) -> bytes:
+        """The KV of main slots ``[start, end)`` alone, as the read computed it (a recall passage).
+
+        A side sequence shares those cells for the moment it takes to serialise them, so no KV
+        is copied inside llama.cpp."""
+        self._apply_shift()
+        llama.llama_memory_seq_rm(self.memory, SIDE, -1, -1)
+        llama.llama_memory_seq_cp(self.memory, MAIN, SIDE, start, end)
+        try:
+            return self._state_of(SIDE)
+        finally:
+            llama.llama_memory_seq_rm(self.memory, SIDE, -1, -1)
+
+    def _load_at(self, state: bytes, n_tokens: int, seq: int, position: int) -> None:
+        """Load a passage saved by ``export_slots`` into ``seq`` at ``position..``, re-rotating
+        its keys for the new positions (through the side sequence)."""
+        llama.llama_memory_seq_rm(self.memory, SIDE, -1, -1)
+        buf = (ctypes.c_uint8 * len(state)).from_buffer_copy(state)
+        read = llama.llama_state_seq_set_data(self.ptr, buf, len(state), SIDE)
+        low = llama.llama_memory_seq_pos_min(self.memory, SIDE)
+        high = llama.llama_memory_seq_pos_max(self.memory, SIDE)
+        if read == 0 or high - low + 1 != n_tokens:
+            llama.llama_memory_seq_rm(self.memory, SIDE, -1, -1)
+            raise MemoryFileError(f"a stored passage did not load into this model (expected {n_tokens} "
+                                  f"tokens, found {max(high - low + 1, 0)})")
+        if low != position:
+            llama.llama_memory_seq_add(self.memory, SIDE, -1, -1, position - low)
+            self._shift_pending = True
+        llama.llama_memory_seq_cp(self.memory, SIDE, seq, -1, -1)
+        llama.llama_memory_seq_rm(self.memory, SIDE, -1, -1)
+
+    def import_slots(self, state: bytes, offsets: np.ndarray) -> None:
+        """Append a stored passage after the document slots; ``offsets`` are its document offsets."""
+        if self._tail:
+            raise CommaError("passages go before the conversation; truncate the cache to its document slots first")
+        if self.length + len(offsets) > self.n_ctx:
+            raise CommaError(f"the cache would hold {self.length + len(offsets)} tokens but has room for {self.n_ctx}")
+        self._load_at(state, len(offsets), MAIN, self.length)
+        self.offsets = np.concatenate([self.offsets, np.asarray(offsets, dtype=np.int64)])
+        self.separators = np.concatenate([self.separators, np.zeros(len(offsets), dtype=bool)])
+
+    def log_probs_after(self, branches: list[list[tuple[bytes, int]]], tokens: np.ndarray, scored: int,
+                        prefix: int) -> np.ndarray:
+        """For each branch (stored passages as ``(state, n_tokens)``), the log-probabilities of the
+        last ``scored`` of ``tokens`` when the passages and then ``tokens`` follow the main
+        sequence's first ``prefix`` slots: ``[len(branches), scored]``.
+
+        Each branch is its own sequence sharing those cells, so only ``tokens`` are computed, for
+        up to BRANCHES branches in one batch; the main sequence is left as it was."""
+        tokens = np.asarray(tokens, dtype=np.int32)
+        base = prefix
+        out = np.zeros((len(branches), scored), dtype=np.float64)
+        targets = tokens[len(tokens) - scored:]
+        group = max(1, min(BRANCHES, self.n_batch // len(tokens)))
+        for lo in range(0, len(branches), group):
+            chunk = branches[lo:lo + group]
+            seqs = [SIDE + 1 + i for i in range(len(chunk))]
+            try:
+                ends = []
+                for seq, pieces in zip(seqs, chunk, strict=True):
+                    llama.llama_memory_seq_rm(self.memory, seq, -1, -1)
+                    llama.llama_memory_seq_cp(self.memory, MAIN, seq, 0, base)
+                    position = base
+                    for state, n in pieces:
+                        self._load_at(state, n, seq, position)
+                        position += n
+                    ends.append(position)
+                need = sum(ends) - base * len(chunk) + len(tokens) * len(chunk)
+                if self.length + need > self.n_ctx:
+                    raise CommaError(f"scoring passages needs {base + need} cache slots; this cache has {self.n_ctx}")
+                b = self._batch
+                i = 0
+                for seq, start in zip(seqs, ends, strict=True):
+                    for j, tok in enumerate(tokens):
+                        b.token[i] = int(tok)
+                        b.pos[i] = start + j
+                        b.n_seq_id[i] = 1
+                        b.seq_id[i][0] = seq
+                        b.logits[i] = j >= len(tokens) - scored - 1 and j < len(tokens) - 1
+                        i += 1
+                b.n_tokens = i
+                rc = llama.llama_decode(self.ptr, b)
+                if rc != 0:
+                    raise CommaError(f"llama.cpp failed to score passages (code {rc})")
+                self._shift_pending = False
+                rows = np.ctypeslib.as_array(llama.llama_get_logits(self.ptr), shape=(scored * len(chunk), self.model.n_vocab))
+                for k in range(len(chunk)):
+                    out[lo + k] = self.model.log_probs_at(rows[k * scored:(k + 1) * scored], targets)
+            finally:
+                for seq in seqs:
+                    llama.llama_memory_seq_rm(self.memory, seq, -1, -1)
+        return out
 
     def restore(self, state: bytes, offsets: np.ndarray, separators: np.ndarray) -> None:
         """Load a snapshot into the (empty) main sequence and check that it really arrived."""

@@ -32,7 +32,9 @@ class GGUFModel(PieceVocabulary):
     """The weights and vocabulary of one GGUF file, shared by every context made from it."""
 
     backend = "gguf"
-    capabilities = Capabilities()  # llama.cpp reads one sequence at a time; no parallel chunks
+    # llama.cpp reads one sequence at a time (no parallel chunks); side sequences sharing the
+    # main one's cells store, rank and load recall passages.
+    capabilities = Capabilities(recall=True)
 
     def __init__(self, path: str | os.PathLike | None = None, derived_from: str | None = None):
         """``derived_from``: the fingerprint of the model this file is a faster copy of, so that

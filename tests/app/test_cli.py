@@ -172,11 +172,14 @@ def test_ingest_reports_and_reuses_the_saved_memory(lib, capsys):
 def test_ask_follow_up_and_summary_leave_the_memory_untouched(lib, capsys):
     report = ingest_json(capsys, lib["doc"], "--cache", "320")
     before = sha(report["memory_path"])
+    store_before = sha(report["recall_path"])
     code, out, err = cli(capsys, "ask", report["doc_id"], "What does this license let me do?", "--json")
     assert code == 0, err
     first = json.loads(out)
-    assert set(first) == {"answer", "session_id", "pages", "ttft_s", "seconds"}
+    assert set(first) == {"answer", "session_id", "pages", "ttft_s", "seconds", "sources", "recall", "recall_reason"}
     assert first["answer"] and first["pages"] and 0 < first["ttft_s"] <= first["seconds"]
+    assert first["recall"] is True and first["recall_reason"] is None
+    assert first["sources"] and first["pages"][0] == first["sources"][0]["page"]
 
     code, out, err = cli(capsys, "ask", report["doc_id"], "Can I sell copies?", "--session", first["session_id"],
                          "--json")
@@ -188,7 +191,7 @@ def test_ask_follow_up_and_summary_leave_the_memory_untouched(lib, capsys):
     assert code == 0, err
     summary = json.loads(out)
     assert len(summary["summary"]) > 40 and summary["pages"][0] == 1
-    assert sha(report["memory_path"]) == before
+    assert sha(report["memory_path"]) == before and sha(report["recall_path"]) == store_before
 
 
 @pytest.mark.model

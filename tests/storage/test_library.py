@@ -171,9 +171,12 @@ def test_a_schema_0_library_opens_migrated_with_its_data(tmp_path):
     with sqlite3.connect(tmp_path / "library.db") as conn:
         conn.executescript(SCHEMA_0.format(sha=sha, path=source))
     lib = Library(tmp_path)
-    assert lib.schema_version == 1
+    assert lib.schema_version == 2
     assert [d["title"] for d in lib.documents()] == ["Old doc"]
     assert lib.documents()[0]["memories"][0]["kept_tokens"] == 50
+    # a memory read before recall stores has none; an old answer has no sources
+    assert lib.documents()[0]["memories"][0]["recall_path"] is None
+    assert lib.messages("s2")[1]["sources"] == []
     assert [n["text"] for n in lib.notes(1)] == ["a note"] and lib.summary(1)["text"] == "a summary"
     # sessions get an "updated" time from their last message, so the active one comes first
     assert [s["id"] for s in lib.sessions("abababababab")] == ["s2", "s1"]
@@ -184,7 +187,7 @@ def test_a_schema_0_library_opens_migrated_with_its_data(tmp_path):
     assert lib.search("copying")[0]["page"] == 1
     lib.add_message("s1", "user", "new")
     assert [s["id"] for s in Library(tmp_path).sessions("abababababab")] == ["s1", "s2"]
-    assert Library(tmp_path).schema_version == 1  # opening again changes nothing
+    assert Library(tmp_path).schema_version == 2  # opening again changes nothing
 
 
 def test_pages_of_a_changed_file_are_not_taken(tmp_path):

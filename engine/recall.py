@@ -1,0 +1,205 @@
+"""Recall: the KV of every passage, kept from the one read, and the choice of the passages a
+question needs.
+
+The separator memory keeps a document's gist and its last window; the sentence on page 3 is
+gone from it. So while a document is read, every chunk's KV also goes to a **recall store** on
+disk the moment it is computed, cut at page starts into pieces; the consecutive pieces of one
+page form a passage of at most ``PASSAGE_TOKENS`` tokens. Nothing is read twice.
+
+At question time the caller names candidate pages (the library's full-text index finds them);
+each of their passages is placed after the memory on its own branch of the cache and scored by
+the log-likelihood of the question that follows it, all branches in one batch (ParallelComp's
+chunk choice, with the passage's KV loaded rather than recomputed). The best passages, in
+document order, are then loaded after the memory for the answer, and cited as its sources.
+"""
+
+from __future__ import annotations
+
+import uuid
+from bisect import bisect_right
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from engine.errors import MemoryFileError
+from engine.memory_file import StoreFile, StoreWriter, open_store
+from engine.protocols import Model, RecallCache
+
+PASSAGE_TOKENS = 640
+MAX_PASSAGES = 3  # the most passages an answer is given; they hold about a page each
+CANDIDATE_PAGES = 8  # pages the full-text index proposes for ranking
+SCORED_TOKENS = 48  # the question's tokens whose likelihood ranks a passage (its start if longer)
+BRANCHES = 8  # candidates ranked side by side in one batch
+QUESTION_LEAD = "\n\nQuestion: "
+SNIPPET_WORDS = 14
+
+
+def new_read_id() -> str:
+    """Ties a memory and the recall store written by the same read to each other."""
+    return uuid.uuid4().hex
+
+
+@dataclass(frozen=True)
+class Passage:
+    index: int
+    page: int
+    first: int  # offset of its first token in the read token stream
+    tokens: int
+    pieces: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Source:
+    """A passage an answer was given, with how well it predicted the question."""
+
+    page: int
+    score: float  # mean log-probability of the question's tokens after it (higher: more relevant)
+    text: str  # its opening words
+    passage: int
+
+    def as_json(self) -> dict:
+        return {"page": self.page, "score": round(self.score, 4), "text": self.text}
+
+
+class RecallWriter:
+    """Called after each chunk of a read: stores the KV of the chunk's document tokens, page by
+    page, before eviction can drop it."""
+
+    def __init__(self, cache: RecallCache, stream, path: Path):
+        self.cache, self.stream = cache, stream
+        self.store = StoreWriter(path)
+        self.pieces: list[list[int]] = []  # [first offset, tokens, page, passage]
+        self.done = 0
+        self._passage_tokens = 0
+
+    def __call__(self, end: int) -> None:
+        start, self.done = self.done, end
+        first_slot = self.cache.length - (end - start)
+        starts = self.stream.page_token_starts
+        lo = max(start, self.stream.prompt_tokens)
+        while lo < end:
+            page = self.stream.page_of(lo)
+            following = bisect_right(starts, lo)
+            hi = min(end, starts[following]) if following < len(starts) else end
+            self._add(lo, hi, page, first_slot + lo - start)
+            lo = hi
+
+    def _add(self, lo: int, hi: int, page: int, slot: int) -> None:
+        passage = 0
+        if self.pieces:
+            last = self.pieces[-1]
+            passage = last[3]
+            if last[2] != page or self._passage_tokens + hi - lo > PASSAGE_TOKENS:
+                passage += 1
+                self._passage_tokens = 0
+        self._passage_tokens += hi - lo
+        self.store.add(f"piece{len(self.pieces)}", self.cache.export_slots(slot, slot + hi - lo))
+        self.pieces.append([lo, hi - lo, page, passage])
+
+    def seal(self, header: dict) -> StoreWriter:
+        """Finish the store beside its memory's ``header``; the caller commits it once the memory is saved."""
+        prompt = self.stream.prompt_tokens
+        self.store.add("tokens", self.stream.tokens[prompt:].astype("<i4").tobytes())
+        self.store.seal({
+            "kind": "recall", "pieces": self.pieces, "passage_tokens": PASSAGE_TOKENS,
+            **{k: header[k] for k in ("model_fingerprint", "model_name", "backend", "document_sha256",
+                                      "read_id", "prompt_tokens")},
+        })
+        return self.store
+
+
+class RecallStore:
+    """A recall store opened for the memory it belongs to; passages are read only when asked for."""
+
+    def __init__(self, file: StoreFile, memory_header: dict):
+        header = file.header
+        if header.get("read_id") != memory_header.get("read_id") or \
+                header.get("document_sha256") != memory_header.get("document_sha256"):
+            raise MemoryFileError(f"recall store {file.path} belongs to another reading of this document")
+        self.file = file
+        self.prompt_tokens = int(header["prompt_tokens"])
+        try:
+            pieces = [(int(first), int(n), int(page), int(passage)) for first, n, page, passage in header["pieces"]]
+        except (KeyError, TypeError, ValueError):
+            raise MemoryFileError(f"recall store {file.path} is damaged (unreadable passage table)") from None
+        if len(pieces) + 1 != len(file.sections) or "tokens" not in file.sections:
+            raise MemoryFileError(f"recall store {file.path} is damaged (passages and sections disagree)")
+        grouped: dict[int, list[int]] = {}
+        for i, piece in enumerate(pieces):
+            grouped.setdefault(piece[3], []).append(i)
+        self.pieces = pieces
+        self.passages = [
+            Passage(index, pieces[ids[0]][2], pieces[ids[0]][0], sum(pieces[i][1] for i in ids), tuple(ids))
+            for index, ids in sorted(grouped.items())
+        ]
+        self._tokens: np.ndarray | None = None
+
+    @classmethod
+    def open(cls, path: Path, model: Model, memory_header: dict) -> RecallStore:
+        return cls(open_store(path, model_fingerprint=model.fingerprint, backend=model.backend), memory_header)
+
+    def on_pages(self, pages: list[int]) -> list[Passage]:
+        wanted = set(pages)
+        return [p for p in self.passages if p.page in wanted]
+
+    def states(self, passage: Passage) -> list[tuple[bytes, int]]:
+        """The passage's pieces as ``(KV state, tokens)``, each verified against its checksum."""
+        names = [f"piece{i}" for i in passage.pieces]
+        blobs = self.file.read(names)
+        return [(blobs[name], self.pieces[i][1]) for name, i in zip(names, passage.pieces, strict=True)]
+
+    def piece_offsets(self, passage: Passage) -> list[np.ndarray]:
+        """The read-stream offsets of each of the passage's pieces (their pages follow from them)."""
+        return [np.arange(self.pieces[i][0], self.pieces[i][0] + self.pieces[i][1]) for i in passage.pieces]
+
+    def text(self, passage: Passage, model: Model, words: int = SNIPPET_WORDS) -> str:
+        """The passage's opening words, as the reader saw them."""
+        if self._tokens is None:
+            self._tokens = np.frombuffer(self.file.read(["tokens"])["tokens"], dtype="<i4")
+        start = passage.first - self.prompt_tokens
+        ids = self._tokens[start:start + min(passage.tokens, 8 * words)]
+        text = b"".join(model.pieces[int(t)] for t in ids).decode("utf-8", errors="replace")
+        split = text.split()
+        return " ".join(split[:words]) + (" …" if len(split) > words else "")
+
+
+def question_tokens(model: Model, question: str) -> tuple[np.ndarray, int]:
+    """The tokens that follow a passage when it is ranked, and how many of them are scored."""
+    lead = model.tokenize(QUESTION_LEAD)
+    asked = model.tokenize(question.strip())[:SCORED_TOKENS]
+    return np.concatenate([lead, asked]).astype(np.int32), len(asked)
+
+
+def rank(cache: RecallCache, model: Model, store: RecallStore, candidates: list[Passage], question: str,
+         prefix: int) -> list[tuple[Passage, float]]:
+    """Candidates with the mean log-probability of the question after each, placed right after
+    the cache's first ``prefix`` slots (the memory); best first."""
+    tokens, scored = question_tokens(model, question)
+    if scored == 0 or not candidates:
+        return []
+    scores: list[float] = []
+    for lo in range(0, len(candidates), BRANCHES):
+        group = candidates[lo:lo + BRANCHES]
+        log_probs = cache.log_probs_after([store.states(p) for p in group], tokens, scored, prefix)
+        scores += log_probs.mean(axis=1).tolist()
+    order = sorted(range(len(candidates)), key=lambda i: (-scores[i], candidates[i].index))
+    return [(candidates[i], scores[i]) for i in order]
+
+
+def choose(ranked: list[tuple[Passage, float]], budget: int, limit: int = MAX_PASSAGES) -> list[tuple[Passage, float]]:
+    """The best passages that fit ``budget`` tokens, at most ``limit``, best first."""
+    chosen: list[tuple[Passage, float]] = []
+    used = 0
+    for passage, score in ranked:
+        if len(chosen) == limit:
+            break
+        if used + passage.tokens <= budget:
+            chosen.append((passage, score))
+            used += passage.tokens
+    return chosen
+
+
+def ranking_room() -> int:
+    """Cache slots that ranking one batch of candidates needs beyond the memory."""
+    return BRANCHES * (PASSAGE_TOKENS + SCORED_TOKENS + 8)
