@@ -20,10 +20,11 @@ from engine.generate import Sampling, generate_text
 from engine.memory import Memory
 from engine.prompts import question_suffix
 from engine.protocols import Model, ParallelModel, RecallCache
-from engine.recall import RecallStore, Source, choose, rank, ranking_room
+from engine.recall import MAX_PASSAGES, PASSAGE_TOKENS, RecallStore, Source, choose, rank, ranking_room, sink_slots
 
 CONVERSATION_ROOM = 2048
 MAX_CITED = 5
+RANKINGS = ("likelihood", "words")
 
 
 def fit_to_question(model: Model, memory: Memory, question: str) -> Memory:
@@ -47,12 +48,18 @@ class Conversation:
     earlier turns stay as text. When a store cannot be used (a damaged passage, say), the
     answer comes from the memory alone and ``recall_error`` says why."""
 
-    def __init__(self, model: Model, memory: Memory, room: int = CONVERSATION_ROOM, recall: RecallStore | None = None):
-        self.model, self.memory, self.room, self.recall = model, memory, room, recall
+    def __init__(self, model: Model, memory: Memory, room: int = CONVERSATION_ROOM, recall: RecallStore | None = None,
+                 ranking: str = "likelihood"):
+        """``ranking``: "likelihood" orders candidate passages by the question's likelihood after
+        each; "words" keeps the order of the candidate pages (the full-text index's)."""
+        if ranking not in RANKINGS:
+            raise CommaError(f"unknown ranking {ranking!r}; choose one of {', '.join(RANKINGS)}")
+        self.model, self.memory, self.room, self.recall, self.ranking = model, memory, room, recall, ranking
         if recall is not None and not model.capabilities.recall:
             raise CommaError(f"the {model.backend} engine cannot load recall passages")
         # Passages fit the trained context after the memory and the conversation's room.
-        self.passage_budget = max(0, model.n_ctx_train - memory.kept_tokens - room) if recall else 0
+        self.passage_budget = min(max(0, model.n_ctx_train - memory.kept_tokens - room),
+                                  MAX_PASSAGES * PASSAGE_TOKENS) if recall else 0
         extra = max(self.passage_budget, ranking_room()) if recall else 0
         self.cache = model.new_cache(memory.kept_tokens + room + extra)
         try:
@@ -103,7 +110,13 @@ class Conversation:
         store, cache = self.recall, self.cache
         assert store is not None and isinstance(cache, RecallCache)
         try:
-            ranked = rank(cache, self.model, store, store.on_pages(candidate_pages), question, self.memory.kept_tokens)
+            candidates = store.on_pages(candidate_pages)
+            if self.ranking == "likelihood":
+                sinks = sink_slots(self.memory.offsets, self.memory.header["prompt_tokens"])
+                ranked = rank(cache, self.model, store, candidates, question, sinks)
+            else:  # the full-text index's order, for comparison
+                order = {page: i for i, page in enumerate(candidate_pages)}
+                ranked = [(p, 0.0) for p in sorted(candidates, key=lambda p: (order[p.page], p.index))]
             chosen = choose(ranked, self.passage_budget)
             in_order = sorted(chosen, key=lambda c: c[0].index)
             wanted = [p.index for p, _ in in_order]

@@ -26,12 +26,12 @@ from engine.errors import MemoryFileError
 from engine.memory_file import StoreFile, StoreWriter, open_store
 from engine.protocols import Model, RecallCache
 
-PASSAGE_TOKENS = 640
+PASSAGE_TOKENS = 1024
 MAX_PASSAGES = 3  # the most passages an answer is given; they hold about a page each
 CANDIDATE_PAGES = 8  # pages the full-text index proposes for ranking
 SCORED_TOKENS = 48  # the question's tokens whose likelihood ranks a passage (its start if longer)
 BRANCHES = 8  # candidates ranked side by side in one batch
-QUESTION_LEAD = "\n\nQuestion: "
+QUESTION_LEAD = "\nQuestion: "
 SNIPPET_WORDS = 14
 
 
@@ -173,8 +173,9 @@ def question_tokens(model: Model, question: str) -> tuple[np.ndarray, int]:
 
 def rank(cache: RecallCache, model: Model, store: RecallStore, candidates: list[Passage], question: str,
          prefix: int) -> list[tuple[Passage, float]]:
-    """Candidates with the mean log-probability of the question after each, placed right after
-    the cache's first ``prefix`` slots (the memory); best first."""
+    """Candidates with the mean log-probability of the question after each, alone after the
+    cache's first ``prefix`` slots (the memory's attention sinks), as ParallelComp ranks its
+    chunks; best first."""
     tokens, scored = question_tokens(model, question)
     if scored == 0 or not candidates:
         return []
@@ -198,6 +199,14 @@ def choose(ranked: list[tuple[Passage, float]], budget: int, limit: int = MAX_PA
             chosen.append((passage, score))
             used += passage.tokens
     return chosen
+
+
+def sink_slots(offsets: np.ndarray, prompt_tokens: int) -> int:
+    """How many of a memory's first slots still sit at their read positions (the prompt's start,
+    which every policy keeps as attention sinks): ranked passages follow them unshifted."""
+    head = np.asarray(offsets[:prompt_tokens])
+    same = head == np.arange(len(head))
+    return int(len(head) if same.all() else np.argmin(same))
 
 
 def ranking_room() -> int:

@@ -186,9 +186,10 @@ class GGUFCache:
         finally:
             llama.llama_memory_seq_rm(self.memory, SIDE, -1, -1)
 
-    def _load_at(self, state: bytes, n_tokens: int, seq: int, position: int) -> None:
-        """Load a passage saved by ``export_slots`` into ``seq`` at ``position..``, re-rotating
-        its keys for the new positions (through the side sequence)."""
+    def _load_at(self, state: bytes, n_tokens: int, seq: int, position: int | None) -> int:
+        """Load a passage saved by ``export_slots`` into ``seq``: at ``position..``, re-rotating its
+        keys for the new positions, or where it was read when ``position`` is None (no shift).
+        Returns the position after its last token."""
         llama.llama_memory_seq_rm(self.memory, SIDE, -1, -1)
         buf = (ctypes.c_uint8 * len(state)).from_buffer_copy(state)
         read = llama.llama_state_seq_set_data(self.ptr, buf, len(state), SIDE)
@@ -198,11 +199,15 @@ class GGUFCache:
             llama.llama_memory_seq_rm(self.memory, SIDE, -1, -1)
             raise MemoryFileError(f"a stored passage did not load into this model (expected {n_tokens} "
                                   f"tokens, found {max(high - low + 1, 0)})")
-        if low != position:
+        if position is not None and low != position:
+            # llama.cpp re-rotates the keys of its whole cache at the next decode: a cost worth
+            # paying once per answer, not once per ranked passage.
             llama.llama_memory_seq_add(self.memory, SIDE, -1, -1, position - low)
             self._shift_pending = True
+            high += position - low
         llama.llama_memory_seq_cp(self.memory, SIDE, seq, -1, -1)
         llama.llama_memory_seq_rm(self.memory, SIDE, -1, -1)
+        return high + 1
 
     def import_slots(self, state: bytes, offsets: np.ndarray) -> None:
         """Append a stored passage after the document slots; ``offsets`` are its document offsets."""
@@ -217,13 +222,15 @@ class GGUFCache:
     def log_probs_after(self, branches: list[list[tuple[bytes, int]]], tokens: np.ndarray, scored: int,
                         prefix: int) -> np.ndarray:
         """For each branch (stored passages as ``(state, n_tokens)``), the log-probabilities of the
-        last ``scored`` of ``tokens`` when the passages and then ``tokens`` follow the main
-        sequence's first ``prefix`` slots: ``[len(branches), scored]``.
+        last ``scored`` of ``tokens`` when they follow the main sequence's first ``prefix`` slots
+        and the passages: ``[len(branches), scored]``.
 
-        Each branch is its own sequence sharing those cells, so only ``tokens`` are computed, for
-        up to BRANCHES branches in one batch; the main sequence is left as it was."""
+        The passages keep the positions they were read at (``prefix`` must end before them: the
+        memory's first slots, its attention sinks), so ranking shifts no keys; ``tokens`` follow
+        a branch's last position. Each branch is its own sequence sharing those cells, so only
+        ``tokens`` are computed, for up to BRANCHES branches in one batch; the main sequence is
+        left as it was."""
         tokens = np.asarray(tokens, dtype=np.int32)
-        base = prefix
         out = np.zeros((len(branches), scored), dtype=np.float64)
         targets = tokens[len(tokens) - scored:]
         group = max(1, min(BRANCHES, self.n_batch // len(tokens)))
@@ -231,18 +238,15 @@ class GGUFCache:
             chunk = branches[lo:lo + group]
             seqs = [SIDE + 1 + i for i in range(len(chunk))]
             try:
+                need = sum(n for pieces in chunk for _, n in pieces) + len(tokens) * len(chunk)
+                if self.length + need > self.n_ctx:
+                    raise CommaError(f"scoring passages needs {self.length + need} cache slots; this cache has "
+                                     f"{self.n_ctx}")
                 ends = []
                 for seq, pieces in zip(seqs, chunk, strict=True):
                     llama.llama_memory_seq_rm(self.memory, seq, -1, -1)
-                    llama.llama_memory_seq_cp(self.memory, MAIN, seq, 0, base)
-                    position = base
-                    for state, n in pieces:
-                        self._load_at(state, n, seq, position)
-                        position += n
-                    ends.append(position)
-                need = sum(ends) - base * len(chunk) + len(tokens) * len(chunk)
-                if self.length + need > self.n_ctx:
-                    raise CommaError(f"scoring passages needs {base + need} cache slots; this cache has {self.n_ctx}")
+                    llama.llama_memory_seq_cp(self.memory, MAIN, seq, 0, prefix)
+                    ends.append(max([prefix] + [self._load_at(state, n, seq, None) for state, n in pieces]))
                 b = self._batch
                 i = 0
                 for seq, start in zip(seqs, ends, strict=True):

