@@ -146,7 +146,7 @@ class Comma:
     def open_recall(self, doc: dict, record: dict, memory: Memory) -> tuple[RecallStore | None, str | None]:
         """The memory's recall store, or None and why it cannot be used (answers then come from
         the memory alone)."""
-        again = f"read it again to find answers on every page: comma ingest --force {doc['path']}"
+        again = read_again(doc)
         if "chunks" in memory.header:
             return None, "a memory read in parallel chunks has no recall store"
         if not record.get("recall_path"):
@@ -187,6 +187,10 @@ class Comma:
 
     def list(self) -> list[dict]:
         return self.library.documents()
+
+
+def read_again(doc: dict) -> str:
+    return f"read it again to find answers on every page: comma ingest --force {doc['path']}"
 
 
 class DocumentConversation:
@@ -230,7 +234,7 @@ class DocumentConversation:
         library.add_message(session_id, "user", question)
         library.add_message(session_id, "assistant", answer, pages, sources=sources)
         seconds = time.perf_counter() - started
-        reason = self.reason or conversation.recall_error
+        reason = self.reason or (f"{conversation.recall_error}; {read_again(doc)}" if conversation.recall_error else None)
         return AskResult(answer, session_id, pages, round(ttft if ttft is not None else seconds, 3), round(seconds, 3),
                          sources, conversation.recall is not None, reason)
 

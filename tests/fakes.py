@@ -93,6 +93,29 @@ class FakeCache:
         self.tokens, self.offsets = tokens, np.asarray(offsets, dtype=np.int64)
         self.separators = np.asarray(separators, dtype=bool)
 
+    def export_slots(self, start: int, end: int) -> bytes:
+        return json.dumps(self.tokens[start:end]).encode()
+
+    def import_slots(self, state: bytes, offsets) -> None:
+        tokens = json.loads(state)
+        if len(tokens) != len(offsets):
+            raise MemoryFileError("a fake passage does not match its offsets")
+        self._add(tokens)
+        self.offsets = np.concatenate([self.offsets, np.asarray(offsets, dtype=np.int64)])
+        self.separators = np.concatenate([self.separators, np.zeros(len(tokens), dtype=bool)])
+
+    def log_probs_after(self, branches, tokens, scored: int, prefix: int) -> np.ndarray:
+        """A question byte is likely after a passage that holds it with the two bytes before it:
+        enough to rank passages by the words they share with the question."""
+        out = np.zeros((len(branches), scored))
+        tokens = [int(t) for t in tokens]
+        for i, pieces in enumerate(branches):
+            text = [t for state, _n in pieces for t in json.loads(state)]
+            held = set(zip(text, text[1:], text[2:], strict=False))
+            out[i] = [0.0 if tuple(tokens[j - 2:j + 1]) in held else -5.0
+                      for j in range(len(tokens) - scored, len(tokens))]
+        return out
+
     def close(self) -> None:
         self.tokens = []
 
@@ -112,7 +135,7 @@ class FakeModel(PieceVocabulary):
     n_ctx_train = 1 << 20
     n_layer = 1
     bos = START
-    capabilities = Capabilities()
+    capabilities = Capabilities(recall=True)
 
     def __init__(self, token_seconds: float = 0.0):
         self.token_seconds = token_seconds

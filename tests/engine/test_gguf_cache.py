@@ -87,3 +87,32 @@ def test_compressed_caches_keep_perplexity_near_full(model, tokens):
     # Without re-positioning keys inside the cache, perplexity explodes past 100 here.
     assert full < streaming < 1.5 * full
     assert full < sepllm < 1.5 * full
+
+
+def test_a_stored_passage_loads_and_ranks_exactly_as_it_was_read(model, tokens):
+    question = model.tokenize(" What does the licence say about copying?")
+    scored = len(question) - 1
+    with fill(model, tokens[:600], 2048) as read:
+        passage = read.export_slots(400, 600)
+        direct = read.log_probs_after([[]], question, scored, 600)
+    with fill(model, tokens[:400], 2048) as later:
+        # Ranked where it was read (no shift), after the same 400 slots ...
+        ranked = later.log_probs_after([[(passage, 200)]], question, scored, 400)
+        assert later.length == 400  # ranking leaves the main sequence as it was
+        later.import_slots(passage, np.arange(400, 600))
+        imported = later.log_probs_after([[]], question, scored, 600)
+    np.testing.assert_allclose(ranked, direct, atol=1e-3)
+    np.testing.assert_allclose(imported, direct, atol=1e-3)
+    with fill(model, tokens[:100], 2048) as moved:
+        # ... and moved to follow a shorter cache: keys are re-rotated, predictions stay sane.
+        moved.import_slots(passage, np.arange(400, 600))
+        assert moved.length == 300 and moved.offsets[-1] == 599
+        shifted = moved.log_probs_after([[]], question, scored, 300)
+    assert abs(shifted.mean() - direct.mean()) < 1.0
+
+
+def test_a_passage_that_does_not_match_its_tokens_is_refused(model, tokens):
+    with fill(model, tokens[:300]) as read:
+        passage = read.export_slots(100, 200)
+    with fill(model, tokens[:50]) as later, pytest.raises(MemoryFileError, match="did not load"):
+        later.import_slots(passage, np.arange(0, 150))

@@ -1,0 +1,217 @@
+"""Recall: the store written in the read, the passages a question gets, and every way a store can
+be unusable (then the answer comes from the memory alone, says why, and nothing saved changes).
+
+Most tests run on the fake model (tests.fakes), whose cache keeps token ids as its "KV"; the
+tests marked ``model`` check the llama.cpp side with the bundled model."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from app.actions import Comma
+from engine.errors import MemoryFileError
+from engine.memory_file import StoreWriter, open_store
+from engine.recall import PASSAGE_TOKENS, RecallStore, sink_slots
+from storage.library import Library
+from tests.fakes import use_fake_model
+
+NEEDLE = "The secret harbour code is 4417, and it opens the east gate."
+QUESTION = "What is the secret harbour code?"
+
+
+def filler(page: int) -> str:
+    words = ["river", "market", "lantern", "orchard", "meadow", "bridge", "window", "garden", "candle", "valley"]
+    sentences = [f"Page {page} tells of the {words[(page + i) % 10]} and the {words[(page * 3 + i) % 10]} in turn {i}."
+                 for i in range(30)]
+    return " ".join(sentences)
+
+
+def write_doc(path: Path, needle_at: int = 3, parts: int = 6) -> Path:
+    """A TXT file (cut into 3,000-character pages when read) with the needle in part ``needle_at``."""
+    path.write_text(" ".join(filler(p) + (f" {NEEDLE} " if p == needle_at else "") for p in range(1, parts + 1)))
+    return path
+
+
+def needle_page(comma, doc_id: str) -> int:
+    return next(p for p in range(1, 100) if "4417" in comma.library.page_text(doc_id, p))
+
+
+def sha(path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def comma(tmp_path, monkeypatch):
+    use_fake_model(monkeypatch, token_seconds=0)
+    return Comma(Library(tmp_path / "home"))
+
+
+@pytest.fixture
+def read_doc(comma, tmp_path):
+    report = comma.ingest(write_doc(tmp_path / "harbour.txt"), notes=False)
+    return report
+
+
+def test_the_read_stores_every_document_token_once_in_page_sized_passages(comma, read_doc):
+    doc, record = comma._memory_record(read_doc["doc_id"])
+    memory = comma.load_memory(record)
+    store = RecallStore.open(Path(record["recall_path"]), comma.model, memory.header)
+    prompt = memory.header["prompt_tokens"]
+    covered = np.concatenate([o for p in store.passages for o in store.piece_offsets(p)])
+    assert covered.tolist() == list(range(prompt, prompt + memory.header["document_tokens"]))
+    starts = memory.header["page_token_starts"]
+    for passage in store.passages:
+        assert passage.tokens <= PASSAGE_TOKENS
+        offsets = np.concatenate(store.piece_offsets(passage))
+        page_of = np.searchsorted(starts, offsets, side="right")
+        assert set(page_of.tolist()) == {passage.page}  # a passage never spans two pages
+    assert read_doc["recall_bytes"] == Path(record["recall_path"]).stat().st_size
+
+
+def test_the_question_gets_the_page_that_holds_its_answer(comma, read_doc):
+    result = comma.ask(read_doc["doc_id"], QUESTION)
+    assert result.recall is True and result.recall_reason is None
+    gold = needle_page(comma, read_doc["doc_id"])
+    assert result.pages[0] == gold and result.sources[0]["page"] == gold
+    assert len(result.pages) <= 5 and len(result.sources) <= 3
+    assert {"page", "score", "text"} == set(result.sources[0])
+    saved = comma.library.messages(result.session_id)[-1]
+    assert saved["sources"] == result.sources and saved["pages"] == result.pages
+
+
+def test_a_question_with_no_candidate_pages_is_answered_from_the_memory(comma, read_doc):
+    result = comma.ask(read_doc["doc_id"], "Zzyzx?")
+    assert result.answer and result.recall is True and result.sources == []
+    doc, record = comma._memory_record(read_doc["doc_id"])
+    memory = comma.load_memory(record)
+    assert result.pages == memory.pages(np.flatnonzero(~memory.separators))
+
+
+def test_a_follow_up_runs_on_the_same_live_cache(comma, read_doc):
+    with comma.conversation(read_doc["doc_id"]) as conversation:
+        first = conversation.ask(QUESTION)
+        made = len(comma.model.created)
+        second = conversation.ask("And which gate does the harbour code open?", first.session_id)
+        assert len(comma.model.created) == made  # no new cache, no memory loaded again
+    assert second.session_id == first.session_id and second.pages[0] == needle_page(comma, read_doc["doc_id"])
+    assert len(comma.library.messages(first.session_id)) == 4
+
+
+def test_no_recall_keeps_only_the_memory_and_says_so_when_asked(comma, tmp_path):
+    report = comma.ingest(write_doc(tmp_path / "small.txt"), notes=False, recall=False)
+    assert report["recall_path"] is None
+    assert not list((comma.library.memories_folder).glob("*.recall"))
+    result = comma.ask(report["doc_id"], QUESTION)
+    assert result.recall is False and "without a recall store" in result.recall_reason
+    assert "--force" in result.recall_reason and result.answer
+    # Asking for a store later reads the document again rather than reusing the bare memory.
+    again = comma.ingest(tmp_path / "small.txt", notes=False)
+    assert not again["reused"] and Path(again["recall_path"]).is_file()
+
+
+def damage_truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:-100])
+
+
+def damage_passage(path: Path) -> None:
+    """One flipped byte in every passage (a store's passages are verified when they are loaded)."""
+    data = bytearray(path.read_bytes())
+    for name, (offset, _length, _digest) in open_store(path, model_fingerprint="f" * 64, backend="fake").sections.items():
+        if name.startswith("piece"):
+            data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def damage_remove(path: Path) -> None:
+    path.unlink()
+
+
+def damage_not_a_store(path: Path) -> None:
+    path.write_bytes(b"not a recall store at all, just bytes" * 10)
+
+
+@pytest.mark.parametrize("damage, words", [
+    (damage_truncate, "damaged"),
+    (damage_passage, "altered or corrupted"),
+    (damage_remove, "not found"),
+    (damage_not_a_store, "damaged"),
+])
+def test_an_unusable_store_means_an_answer_from_the_memory_and_nothing_changed(comma, read_doc, damage, words):
+    store = Path(read_doc["recall_path"])
+    damage(store)
+    before = (sha(read_doc["memory_path"]), store.read_bytes() if store.exists() else None)
+    result = comma.ask(read_doc["doc_id"], QUESTION)
+    assert result.answer and result.recall is False and result.sources == []
+    assert words in result.recall_reason and "ingest --force" in result.recall_reason
+    assert (sha(read_doc["memory_path"]), store.read_bytes() if store.exists() else None) == before
+
+
+def test_a_store_from_another_reading_or_model_is_refused(comma, read_doc, tmp_path):
+    other = comma.ingest(write_doc(tmp_path / "other.txt", needle_at=2), notes=False)
+    store = Path(read_doc["recall_path"])
+    store.write_bytes(Path(other["recall_path"]).read_bytes())
+    result = comma.ask(read_doc["doc_id"], QUESTION)
+    assert result.recall is False and "another reading" in result.recall_reason
+    with pytest.raises(MemoryFileError, match="another model"):
+        open_store(store, model_fingerprint="0" * 64, backend="fake")
+    with pytest.raises(MemoryFileError, match="backend"):
+        open_store(store, model_fingerprint="f" * 64, backend="gguf")
+
+
+def test_a_store_is_invisible_until_committed_and_a_failed_write_leaves_no_file(tmp_path):
+    path = tmp_path / "doc.recall"
+    path.write_bytes(b"the previous store")
+    with StoreWriter(path) as writer:
+        writer.add("piece0", b"kv bytes")
+        writer.seal({"model_fingerprint": "m", "backend": "fake"})
+    assert path.read_bytes() == b"the previous store"  # never committed
+    with StoreWriter(path) as writer:
+        writer.add("piece0", b"kv bytes")
+        writer.add("tokens", b"1234")
+        size = writer.seal({"model_fingerprint": "m", "backend": "fake"})
+        writer.commit()
+    assert path.stat().st_size == size and sorted(p.name for p in tmp_path.iterdir()) == ["doc.recall"]
+    store = open_store(path, model_fingerprint="m", backend="fake")
+    assert store.read(["tokens", "piece0"]) == {"tokens": b"1234", "piece0": b"kv bytes"}
+
+
+def test_a_cancelled_read_leaves_no_store(comma, tmp_path):
+    from engine.errors import Cancelled
+
+    calls = []
+    with pytest.raises(Cancelled):
+        comma.ingest(write_doc(tmp_path / "c.txt"), notes=False,
+                     cancelled=lambda: calls.append(1) or len(calls) > 3)
+    assert list(comma.library.memories_folder.iterdir()) == []
+
+
+def test_candidate_pages_take_any_content_word_of_the_question(comma, read_doc):
+    library = comma.library
+    gold = needle_page(comma, read_doc["doc_id"])
+    assert library.candidate_pages(read_doc["doc_id"], QUESTION, 8)[0] == gold
+    assert library.candidate_pages(read_doc["doc_id"], "what is the", 8) == []  # stop words only
+    assert library.candidate_pages(read_doc["doc_id"], '"harbour" OR (', 8) == [gold]  # no FTS syntax leaks
+
+
+def test_sinks_are_the_memory_slots_still_at_their_read_positions():
+    assert sink_slots(np.array([0, 1, 2, 3, 9, 17]), 6) == 4
+    assert sink_slots(np.array([0, 1, 2]), 3) == 3
+
+
+def test_cli_json_reports_recall_and_a_note_when_it_is_off(comma, read_doc, capsys, monkeypatch):
+    from app.cli import run
+
+    monkeypatch.setenv("COMMA_HOME", str(comma.library.folder))
+    assert run(["ask", read_doc["doc_id"], QUESTION, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    gold = needle_page(comma, read_doc["doc_id"])
+    assert out["recall"] is True and out["pages"][0] == gold and out["sources"][0]["page"] == gold
+    Path(read_doc["recall_path"]).unlink()
+    assert run(["ask", read_doc["doc_id"], QUESTION]) == 0
+    captured = capsys.readouterr()
+    assert "note: answered from the memory alone" in captured.err and "Traceback" not in captured.err
