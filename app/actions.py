@@ -49,6 +49,7 @@ class Comma:
     notice: Callable[[str], None] | None = None
     preparing: Progress | None = None
     _model: object = None
+    _live: DocumentConversation | None = None
 
     @property
     def model(self):
@@ -161,14 +162,35 @@ class Comma:
         doc, record = self._memory_record(doc_id)
         memory = self.load_memory(record)
         store, reason = self.open_recall(doc, record, memory)
-        return DocumentConversation(self, doc, memory, store, reason)
+        return DocumentConversation(self, doc, record, memory, store, reason)
 
     def ask(self, doc_id: str, question: str, session_id: str | None = None,
             on_text: Callable[[str], None] | None = None,
-            should_stop: Callable[[], bool] = lambda: False) -> AskResult:
+            should_stop: Callable[[], bool] = lambda: False, live: bool = False) -> AskResult:
+        """``live``: keep the conversation's cache for the next question about the same
+        document (the window does; a one-shot command does not)."""
         started = time.perf_counter()
-        with self.conversation(doc_id) as conversation:
+        conversation = self._live_conversation(doc_id) if live else self.conversation(doc_id)
+        try:
             return conversation.ask(question, session_id, on_text, should_stop, started=started)
+        finally:
+            if not live:
+                conversation.close()
+
+    def _live_conversation(self, doc_id: str) -> DocumentConversation:
+        doc, record = self._memory_record(doc_id)
+        live = self._live
+        # A document read again since has a new memory: the old cache would answer from the old one.
+        if live is None or live.record != record:
+            self.close_conversation()
+            self._live = live = self.conversation(doc_id)
+        return live
+
+    def close_conversation(self) -> None:
+        """Free the live conversation's cache (leaving a document, closing the window)."""
+        if self._live is not None:
+            self._live.close()
+            self._live = None
 
     def summarize(self, doc_id: str, force: bool = False, progress: Progress | None = None) -> dict:
         started = time.perf_counter()
@@ -197,8 +219,9 @@ class DocumentConversation:
     """Questions about one document on one live cache: a follow-up skips loading the model's
     context and the memory again, and reuses the turns already in the cache."""
 
-    def __init__(self, comma: Comma, doc: dict, memory: Memory, store: RecallStore | None, reason: str | None):
-        self.comma, self.doc, self.memory = comma, doc, memory
+    def __init__(self, comma: Comma, doc: dict, record: dict, memory: Memory, store: RecallStore | None,
+                 reason: str | None):
+        self.comma, self.doc, self.record, self.memory = comma, doc, record, memory
         self.store, self.reason = store, reason
         self._live: Conversation | None = None
 

@@ -191,6 +191,13 @@ class ConversationPanel(QWidget):
                 links.append(f'<a href="cite:{message_index}:{part[0]}">{label}</a>')
         return f'<span style="color:#555">Pages: {" ".join(links)}</span>'
 
+    @staticmethod
+    def _source_links(sources: list[dict], message_index: int) -> str:
+        """The passages an answer was given, most relevant first: page link and opening words."""
+        rows = [f'<a href="cite:{message_index}:{s["page"]}">p.&nbsp;{s["page"]}</a> '
+                f'<span style="color:#555">“{html.escape(s["text"])}”</span>' for s in sources]
+        return '<span style="color:#555">Sources:</span><br>' + "<br>".join(rows)
+
     def _render(self) -> None:
         parts = []
         if not self.messages:
@@ -203,9 +210,11 @@ class ConversationPanel(QWidget):
                              f'{_when(m.get("created"))}</span><br>{_paragraphs(m["content"])}</p>')
             else:
                 took = f" · {m['seconds']:.1f} s" if m.get("seconds") else ""
+                cited = self._source_links(m["sources"], i) if m.get("sources") else \
+                    self._page_links(m.get("pages") or [], i)
                 parts.append(f'<p><b>Comma</b> <span style="color:#888">{_when(m.get("created"))}{took}</span>'
                              f'<br>{_paragraphs(m["content"]) or "<i>(no answer)</i>"}</p>'
-                             f'<p>{self._page_links(m.get("pages") or [], i)}</p>')
+                             f'<p>{cited}</p>')
         self.transcript.setHtml("".join(parts))
         self.transcript.moveCursor(QTextCursor.MoveOperation.End)
         self.transcript.ensureCursorVisible()
@@ -249,11 +258,14 @@ class ConversationPanel(QWidget):
 
     def end_answer(self, result: dict) -> None:
         self._streaming = False
-        self.messages[-1].update(content=result["answer"], pages=result["pages"], seconds=result["seconds"])
+        self.messages[-1].update(content=result["answer"], pages=result["pages"], seconds=result["seconds"],
+                                 sources=result.get("sources") or [])
         self._render()
         self._idle()
         stopped = " (stopped)" if result.get("stopped") else ""
-        self.status.setText(f"First words in {result['ttft_s']:.1f} s, answer in {result['seconds']:.1f} s{stopped}.")
+        alone = f" Answered from the memory alone: {result['recall_reason']}" if result.get("recall_reason") else ""
+        self.status.setText(f"First words in {result['ttft_s']:.1f} s, answer in {result['seconds']:.1f} s"
+                            f"{stopped}.{alone}")
 
     def fail_answer(self, message: str) -> None:
         self._streaming = False

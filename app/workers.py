@@ -157,6 +157,8 @@ class Lane(QObject):
     def _run(self, job: Job) -> None:
         if self._comma is None or self._built != self._generation:
             self._built = self._generation
+            if self._comma is not None:
+                self._comma.close_conversation()  # its cache belongs to the old settings' model
             self._comma = None
             try:
                 self._comma = self._make_comma()
@@ -220,7 +222,8 @@ class Engine(QObject):
 
     def ask(self, doc_id: str, question: str, session_id: str | None) -> Job:
         def work(job: Job, comma: Comma) -> dict:
-            result = comma.ask(doc_id, question, session_id, on_text=job.report_text, should_stop=job.is_cancelled)
+            result = comma.ask(doc_id, question, session_id, on_text=job.report_text, should_stop=job.is_cancelled,
+                               live=True)
             comma.library.set_last_answer_seconds(result.session_id, result.seconds)
             return {**result.__dict__, "stopped": job.is_cancelled(), "doc_id": doc_id, "question": question}
 

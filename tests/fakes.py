@@ -179,3 +179,25 @@ def use_fake_model(monkeypatch, token_seconds: float = 0.02) -> FakeModel:
     fake = FakeModel(token_seconds)
     monkeypatch.setattr("engine.backends.load_model", lambda *args, **kwargs: fake)
     return fake
+
+
+# A document with one fact to find, for recall tests on the fake model.
+NEEDLE = "The secret harbour code is 4417, and it opens the east gate."
+QUESTION = "What is the secret harbour code?"
+
+
+def filler(page: int) -> str:
+    words = ["river", "market", "lantern", "orchard", "meadow", "bridge", "window", "garden", "candle", "valley"]
+    sentences = [f"Page {page} tells of the {words[(page + i) % 10]} and the {words[(page * 3 + i) % 10]} in turn {i}."
+                 for i in range(30)]
+    return " ".join(sentences)
+
+
+def write_doc(path: Path, needle_at: int = 3, parts: int = 6) -> Path:
+    """A TXT file (cut into 3,000-character pages when read) with the needle in part ``needle_at``."""
+    path.write_text(" ".join(filler(p) + (f" {NEEDLE} " if p == needle_at else "") for p in range(1, parts + 1)))
+    return path
+
+
+def needle_page(comma, doc_id: str) -> int:
+    return next(p for p in range(1, 100) if "4417" in comma.library.page_text(doc_id, p))

@@ -434,3 +434,36 @@ def test_pyside_keeps_every_reference_to_true_and_none():
     # The bug loses one reference per call (200 here); noise is a few either way.
     assert true_before - sys.getrefcount(True) < 50, "this PySide6 loses a reference to True per emit()"
     assert none_before - sys.getrefcount(None) < 50, "this PySide6 loses a reference to None per void call"
+
+
+def test_sources_under_an_answer_open_their_page_and_a_follow_up_keeps_the_cache(qtbot, home, tmp_path, monkeypatch):
+    from tests.fakes import QUESTION, write_doc
+
+    fake = use_fake_model(monkeypatch, token_seconds=0)
+    window = make_window(qtbot)
+    drop(window, [write_doc(tmp_path / "harbour.txt")])
+    wait_until(qtbot, lambda: window.doc is not None and not window.engine.jobs[-1].state == "running")
+    wait_until(qtbot, lambda: window.library.memories(window.doc["id"]))
+    conv = window.conversation
+    gold = next(p for p in range(1, 20) if "4417" in window.library.page_text(window.doc["id"], p))
+    window.ask(QUESTION)
+    wait_until(qtbot, lambda: not conv.streaming and conv.messages and conv.messages[-1]["content"])
+    answer = conv.messages[-1]
+    assert answer["sources"][0]["page"] == gold
+    shown = conv.transcript.toPlainText()
+    assert "Sources:" in shown and answer["sources"][0]["text"].split()[0] in shown
+    assert conv.citation_links()[0] == f"cite:{len(conv.messages) - 1}:{gold}"
+    conv.open_link(conv.citation_links()[0])
+    assert window.viewer.view.cited_page == gold - 1
+
+    caches = len(fake.created)
+    window.ask("And which gate does the code open?")
+    wait_until(qtbot, lambda: not conv.streaming and len(conv.messages) == 4 and conv.messages[-1]["content"])
+    assert len(fake.created) == caches  # the follow-up ran on the live conversation's cache
+    assert window.banner.text() == ""
+
+    # Without its recall store the answer still comes, from the memory, and says so.
+    Path(window.library.memories(window.doc["id"])[0]["recall_path"]).unlink()
+    window.ask("Once more: the harbour code?")
+    wait_until(qtbot, lambda: not conv.streaming and len(conv.messages) == 6 and conv.messages[-1]["content"])
+    assert "memory alone" in conv.status.text() and "--force" in conv.status.text()

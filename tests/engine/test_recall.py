@@ -18,27 +18,7 @@ from engine.errors import MemoryFileError
 from engine.memory_file import StoreWriter, open_store
 from engine.recall import PASSAGE_TOKENS, RecallStore, sink_slots
 from storage.library import Library
-from tests.fakes import use_fake_model
-
-NEEDLE = "The secret harbour code is 4417, and it opens the east gate."
-QUESTION = "What is the secret harbour code?"
-
-
-def filler(page: int) -> str:
-    words = ["river", "market", "lantern", "orchard", "meadow", "bridge", "window", "garden", "candle", "valley"]
-    sentences = [f"Page {page} tells of the {words[(page + i) % 10]} and the {words[(page * 3 + i) % 10]} in turn {i}."
-                 for i in range(30)]
-    return " ".join(sentences)
-
-
-def write_doc(path: Path, needle_at: int = 3, parts: int = 6) -> Path:
-    """A TXT file (cut into 3,000-character pages when read) with the needle in part ``needle_at``."""
-    path.write_text(" ".join(filler(p) + (f" {NEEDLE} " if p == needle_at else "") for p in range(1, parts + 1)))
-    return path
-
-
-def needle_page(comma, doc_id: str) -> int:
-    return next(p for p in range(1, 100) if "4417" in comma.library.page_text(doc_id, p))
+from tests.fakes import QUESTION, needle_page, use_fake_model, write_doc
 
 
 def sha(path) -> str:
