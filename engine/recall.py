@@ -27,7 +27,9 @@ from engine.memory_file import StoreFile, StoreWriter, open_store
 from engine.protocols import Model, RecallCache
 
 PASSAGE_TOKENS = 1024
-MAX_PASSAGES = 3  # the most passages an answer is given; they hold about a page each
+# The most passages an answer is given (about a page each). The bundled 135M model answered a
+# needle from 1 or 2 passages and lost it among 3 (bench/recall.py, 8K haystack, depths 10 and 20%).
+MAX_PASSAGES = 2
 CANDIDATE_PAGES = 8  # pages the full-text index proposes for ranking
 SCORED_TOKENS = 48  # the question's tokens whose likelihood ranks a passage (its start if longer)
 BRANCHES = 8  # candidates ranked side by side in one batch
