@@ -148,6 +148,8 @@ class Comma:
         """The memory's recall store, or None and why it cannot be used (answers then come from
         the memory alone)."""
         again = read_again(doc)
+        if not self.model.capabilities.recall:
+            return None, f"the {self.model.backend} engine does not keep recall stores yet"
         if "chunks" in memory.header:
             return None, "a memory read in parallel chunks has no recall store"
         if not record.get("recall_path"):

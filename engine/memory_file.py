@@ -80,7 +80,9 @@ def unpack_offsets(data: bytes) -> np.ndarray:
 
 def _write_failed(what: str, path: Path, exc: OSError) -> MemoryFileError:
     if exc.errno in _NO_SPACE:
-        return MemoryFileError(f"not enough disk space to save the {what} ({path}); the previous {what} is unchanged")
+        hint = "; read with --no-recall to keep only the small memory" if what == "recall store" else ""
+        return MemoryFileError(f"not enough disk space to save the {what} ({path}); the previous {what} is "
+                               f"unchanged{hint}")
     return MemoryFileError(f"could not save the {what} to {path}: {exc.strerror or exc}; "
                            f"the previous {what} is unchanged")
 

@@ -195,3 +195,23 @@ def test_cli_json_reports_recall_and_a_note_when_it_is_off(comma, read_doc, caps
     assert run(["ask", read_doc["doc_id"], QUESTION]) == 0
     captured = capsys.readouterr()
     assert "note: answered from the memory alone" in captured.err and "Traceback" not in captured.err
+
+
+def test_a_full_disk_while_the_store_is_written_saves_nothing(comma, tmp_path, monkeypatch):
+    import errno
+
+    from engine.memory_file import StoreWriter
+
+    real = StoreWriter._write
+    calls = []
+
+    def fill_up(self, data):
+        calls.append(1)
+        if len(calls) > 5:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(self, data)
+
+    monkeypatch.setattr(StoreWriter, "_write", fill_up)
+    with pytest.raises(MemoryFileError, match="not enough disk space.*--no-recall"):
+        comma.ingest(write_doc(tmp_path / "full.txt"), notes=False)
+    assert list(comma.library.memories_folder.iterdir()) == [] and comma.library.documents() == []
