@@ -233,15 +233,23 @@ class GGUFCache:
         tokens = np.asarray(tokens, dtype=np.int32)
         out = np.zeros((len(branches), scored), dtype=np.float64)
         targets = tokens[len(tokens) - scored:]
-        group = max(1, min(BRANCHES, self.n_batch // len(tokens)))
-        for lo in range(0, len(branches), group):
-            chunk = branches[lo:lo + group]
+        per_batch = max(1, min(BRANCHES, self.n_batch // len(tokens)))
+        lo = 0
+        while lo < len(branches):
+            # As many branches as one batch takes and the free cells hold.
+            free = self.n_ctx - self.length
+            chunk: list[list[tuple[bytes, int]]] = []
+            for pieces in branches[lo:lo + per_batch]:
+                need = sum(n for _, n in pieces) + len(tokens)
+                if need > free:
+                    break
+                chunk.append(pieces)
+                free -= need
+            if not chunk:
+                raise CommaError(f"a passage of {sum(n for _, n in branches[lo])} tokens does not fit the "
+                                 f"{self.n_ctx - self.length} free slots of this cache")
             seqs = [SIDE + 1 + i for i in range(len(chunk))]
             try:
-                need = sum(n for pieces in chunk for _, n in pieces) + len(tokens) * len(chunk)
-                if self.length + need > self.n_ctx:
-                    raise CommaError(f"scoring passages needs {self.length + need} cache slots; this cache has "
-                                     f"{self.n_ctx}")
                 ends = []
                 for seq, pieces in zip(seqs, chunk, strict=True):
                     llama.llama_memory_seq_rm(self.memory, seq, -1, -1)
@@ -268,6 +276,7 @@ class GGUFCache:
             finally:
                 for seq in seqs:
                     llama.llama_memory_seq_rm(self.memory, seq, -1, -1)
+            lo += len(chunk)
         return out
 
     def restore(self, state: bytes, offsets: np.ndarray, separators: np.ndarray) -> None:
