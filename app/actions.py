@@ -17,6 +17,7 @@ from engine.conversation import Conversation, fit_to_question
 from engine.documents import read_document
 from engine.errors import CommaError, LibraryError, MemoryFileError
 from engine.memory import Memory
+from engine.memory_file import open_store, read_header
 from engine.policy import make_policy, policy_key
 from engine.protocols import Progress
 from engine.reader import read
@@ -78,25 +79,31 @@ class Comma:
         # A parallel reading keeps other slots than a sequential one under the same policy.
         key = policy_key(chosen) + (f"-parallel{parallel}" if parallel else "")
         existing = self.library.find_memory(doc_id, model.fingerprint, model.backend, key)
-        wants_store = recall and model.capabilities.recall and not parallel
-        has_store = bool(existing and existing.get("recall_path") and Path(existing["recall_path"]).is_file())
-        if existing and not force and Path(existing["path"]).is_file() and (has_store or not wants_store):
+        # A full-attention memory already holds every passage.
+        wants_store = recall and model.capabilities.recall and not parallel and chosen.describe()["name"] != "full"
+        if existing and not force and Path(existing["path"]).is_file() and \
+                (self._store_matches(existing) or not wants_store):
             self.library.add_document(document)  # the file may have moved since
             return self._ingest_report(doc_id, document, existing, time.perf_counter() - started, reused=True)
         target = self.library.memory_path(doc_id, key, model.fingerprint, model.backend)
         store_path = self.library.recall_path(target) if wants_store else None
         result = read(model, document, chosen, notes=notes, parallel=parallel, recall=store_path, progress=progress,
                       cancelled=cancelled)
+        # The new store goes in beside the old pair under a name of its own; saving the memory is
+        # the switch; only then is the old store removed. A failure at any step leaves the
+        # previous memory and store as they were.
         try:
-            size = result.memory.save(target)
             if result.recall is not None:
                 result.recall.commit()
+            try:
+                size = result.memory.save(target)
+            except BaseException:
+                if store_path is not None:
+                    store_path.unlink(missing_ok=True)
+                raise
         finally:
             if result.recall is not None:
                 result.recall.discard()
-        if store_path is None:
-            # A store left from an earlier reading no longer matches this memory.
-            self.library.recall_path(target).unlink(missing_ok=True)
         # The library learns of the document only once its memory is on disk: a cancelled or
         # failed read, or a full disk, leaves no trace.
         self.library.add_document(document)
@@ -109,6 +116,9 @@ class Comma:
             "recall_bytes": store_path.stat().st_size if store_path else None,
         }
         self.library.save_memory(record, result.notes)
+        old_store = existing.get("recall_path") if existing else None
+        if old_store and old_store != record["recall_path"]:
+            Path(old_store).unlink(missing_ok=True)
         saved = self.library.find_memory(doc_id, model.fingerprint, model.backend, key)
         return self._ingest_report(doc_id, document, saved, time.perf_counter() - started, reused=False)
 
@@ -143,6 +153,17 @@ class Comma:
     def load_memory(self, record: dict) -> Memory:
         return Memory.load(Path(record["path"]), model_fingerprint=self.model.fingerprint,
                            backend=self.model.backend)
+
+    def _store_matches(self, record: dict) -> bool:
+        """Whether a memory row's recall store is there and belongs to that very reading."""
+        if not record.get("recall_path"):
+            return False
+        try:
+            store = open_store(record["recall_path"], model_fingerprint=record["model_fingerprint"],
+                               backend=record["backend"])
+            return store.header.get("read_id") == read_header(record["path"]).get("read_id")
+        except MemoryFileError:
+            return False
 
     def open_recall(self, doc: dict, record: dict, memory: Memory) -> tuple[RecallStore | None, str | None]:
         """The memory's recall store, or None and why it cannot be used (answers then come from

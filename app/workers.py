@@ -175,6 +175,8 @@ class Lane(QObject):
         destroyed while it runs."""
         self.thread.quit()
         self.thread.wait()
+        if self._comma is not None:
+            self._comma.close_conversation()  # the thread has ended: nothing else touches it
 
 
 class Engine(QObject):

@@ -109,6 +109,10 @@ class Conversation:
         """Rank the candidates' passages for ``question`` and load the best after the memory."""
         store, cache = self.recall, self.cache
         assert store is not None and isinstance(cache, RecallCache)
+        if self.passage_budget == 0:
+            self.recall, self.sources = None, []
+            self.recall_error = "the memory leaves no room for passages within the model's trained context"
+            return
         try:
             candidates = store.on_pages(candidate_pages)
             if self.ranking == "likelihood":
@@ -127,7 +131,7 @@ class Conversation:
                     for (state, _n), offsets in zip(store.states(passage), store.piece_offsets(passage), strict=True):
                         cache.import_slots(state, offsets)
                 self._loaded = wanted
-            self.sources = [Source(p.page, score, store.text(p, self.model), p.index) for p, score in chosen]
+            self.sources = [Source(p.page, score, store.text(p, self.model)) for p, score in chosen]
         except MemoryFileError as exc:
             self.recall, self.recall_error, self.sources = None, str(exc), []
             cache.truncate(self.memory.kept_tokens)

@@ -29,10 +29,11 @@ as the read goes and are too large to hold in memory until the header is known::
     MAGIC "COMMARCL" (8 bytes) | format version (u32)
     | data: the sections' bytes, in the order they were written
     | header: JSON object, UTF-8, sorted keys | header length (u64)
-    | SHA-256 (32 bytes) of everything before it
+    | SHA-256 (32 bytes) of the header
 
 Its header lists every section with its offset, length and own SHA-256, so a question can load
-and verify the few passages it needs without reading the whole store.
+and verify the few passages it needs without reading the whole store; every byte a question
+uses is verified before it is used.
 """
 
 from __future__ import annotations
@@ -243,22 +244,23 @@ class StoreWriter:
         self._sections: list[dict] = []
         self._offset = 0
         self._sealed = False
+        self._tmp: Path | None = None
+        self._file = None
         try:
             fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-            self._tmp: Path | None = Path(tmp)
-            self._file = os.fdopen(fd, "wb")
-            self._digest = hashlib.sha256()
+            self._tmp = Path(tmp)
+            try:
+                self._file = os.fdopen(fd, "wb")
+            except OSError:
+                os.close(fd)
+                raise
             self._write(_STORE_PREAMBLE.pack(STORE_MAGIC, FORMAT_VERSION))
         except OSError as exc:
             self.discard()
             raise _write_failed("recall store", self.path, exc) from exc
 
-    @property
-    def bytes_written(self) -> int:
-        return self._offset
-
     def _write(self, data: bytes | memoryview) -> None:
-        self._digest.update(data)
+        assert self._file is not None
         self._file.write(data)
 
     def add(self, name: str, blob: bytes) -> None:
@@ -277,9 +279,10 @@ class StoreWriter:
         header_bytes = json.dumps({**header, "format_version": FORMAT_VERSION, "sections": self._sections},
                                   sort_keys=True).encode("utf-8")
         try:
+            assert self._file is not None
             self._write(header_bytes)
             self._write(_TRAILER.pack(len(header_bytes)))
-            self._file.write(self._digest.digest())
+            self._write(hashlib.sha256(header_bytes).digest())
             self._file.flush()
             os.fsync(self._file.fileno())
             self._file.close()
@@ -296,10 +299,14 @@ class StoreWriter:
         try:
             os.replace(self._tmp, self.path)
             self._tmp = None
-            fsync_folder(self.path.parent)
         except OSError as exc:
             self.discard()
             raise _write_failed("recall store", self.path, exc) from exc
+        try:
+            fsync_folder(self.path.parent)
+        except OSError as exc:
+            raise MemoryFileError(f"the recall store was saved to {self.path}, but its folder could not be synced "
+                                  f"to disk ({exc.strerror or exc}); a power cut now could lose it") from exc
 
     def discard(self) -> None:
         file = getattr(self, "_file", None)
@@ -359,11 +366,15 @@ def open_store(path: str | os.PathLike, *, model_fingerprint: str, backend: str)
                                       f"reads version {FORMAT_VERSION}")
             f.seek(size - _DIGEST - _TRAILER.size)
             (header_len,) = _TRAILER.unpack(f.read(_TRAILER.size))
+            digest = f.read(_DIGEST)
             data_end = size - _DIGEST - _TRAILER.size - header_len
             if header_len <= 0 or data_end < _STORE_PREAMBLE.size:
                 raise MemoryFileError(damaged)
             f.seek(data_end)
-            header = json.loads(f.read(header_len))
+            header_bytes = f.read(header_len)
+            if hashlib.sha256(header_bytes).digest() != digest:
+                raise MemoryFileError(damaged)
+            header = json.loads(header_bytes)
     except FileNotFoundError:
         raise MemoryFileError(f"recall store not found: {path}") from None
     except (UnicodeDecodeError, json.JSONDecodeError):

@@ -32,8 +32,8 @@ PASSAGE_TOKENS = 1024
 MAX_PASSAGES = 2
 CANDIDATE_PAGES = 8  # pages the full-text index proposes for ranking
 SCORED_TOKENS = 48  # the question's tokens whose likelihood ranks a passage (its start if longer)
-BRANCHES = 8  # candidates ranked side by side in one batch
-QUESTION_LEAD = "\nQuestion: "
+RANK_GROUP = 4  # candidates whose KV is read from the store and held at once while ranking
+QUESTION_LEAD = "\nQuestion:"
 SNIPPET_WORDS = 14
 
 
@@ -58,7 +58,6 @@ class Source:
     page: int
     score: float  # mean log-probability of the question's tokens after it (higher: more relevant)
     text: str  # its opening words
-    passage: int
 
     def as_json(self) -> dict:
         return {"page": self.page, "score": round(self.score, 4), "text": self.text}
@@ -104,7 +103,7 @@ class RecallWriter:
         prompt = self.stream.prompt_tokens
         self.store.add("tokens", self.stream.tokens[prompt:].astype("<i4").tobytes())
         self.store.seal({
-            "kind": "recall", "pieces": self.pieces, "passage_tokens": PASSAGE_TOKENS,
+            "kind": "recall", "pieces": self.pieces,
             **{k: header[k] for k in ("model_fingerprint", "model_name", "backend", "document_sha256",
                                       "read_id", "prompt_tokens")},
         })
@@ -120,20 +119,26 @@ class RecallStore:
                 header.get("document_sha256") != memory_header.get("document_sha256"):
             raise MemoryFileError(f"recall store {file.path} belongs to another reading of this document")
         self.file = file
-        self.prompt_tokens = int(header["prompt_tokens"])
+        damaged = MemoryFileError(f"recall store {file.path} is damaged (unreadable passage table)")
         try:
+            self.prompt_tokens = int(header["prompt_tokens"])
             pieces = [(int(first), int(n), int(page), int(passage)) for first, n, page, passage in header["pieces"]]
         except (KeyError, TypeError, ValueError):
-            raise MemoryFileError(f"recall store {file.path} is damaged (unreadable passage table)") from None
-        if len(pieces) + 1 != len(file.sections) or "tokens" not in file.sections:
-            raise MemoryFileError(f"recall store {file.path} is damaged (passages and sections disagree)")
+            raise damaged from None
+        names = {f"piece{i}" for i in range(len(pieces))} | {"tokens"}
+        ids = [p[3] for p in pieces]
+        if set(file.sections) != names or ids != sorted(ids) or (ids and (ids[0] != 0 or ids[-1] != len(set(ids)) - 1)) \
+                or any(first < self.prompt_tokens or n <= 0 for first, n, _, _ in pieces):
+            raise damaged
         grouped: dict[int, list[int]] = {}
         for i, piece in enumerate(pieces):
             grouped.setdefault(piece[3], []).append(i)
         self.pieces = pieces
+        # Passage ids run 0..n-1 (checked above), so a passage's index is its place in this list.
         self.passages = [
-            Passage(index, pieces[ids[0]][2], pieces[ids[0]][0], sum(pieces[i][1] for i in ids), tuple(ids))
-            for index, ids in sorted(grouped.items())
+            Passage(index, pieces[members[0]][2], pieces[members[0]][0], sum(pieces[i][1] for i in members),
+                    tuple(members))
+            for index, members in sorted(grouped.items())
         ]
         self._tokens: np.ndarray | None = None
 
@@ -167,10 +172,12 @@ class RecallStore:
 
 
 def question_tokens(model: Model, question: str) -> tuple[np.ndarray, int]:
-    """The tokens that follow a passage when it is ranked, and how many of them are scored."""
-    lead = model.tokenize(QUESTION_LEAD)
-    asked = model.tokenize(question.strip())[:SCORED_TOKENS]
-    return np.concatenate([lead, asked]).astype(np.int32), len(asked)
+    """The tokens that follow a passage when it is ranked, and how many of them (the question's,
+    up to SCORED_TOKENS) are scored. Lead and question are tokenized as one text, so the
+    question's first word keeps the form it has after a space."""
+    lead = len(model.tokenize(QUESTION_LEAD))
+    tokens = model.tokenize(f"{QUESTION_LEAD} {question.strip()}")[:lead + SCORED_TOKENS]
+    return tokens.astype(np.int32), max(0, len(tokens) - lead)
 
 
 def rank(cache: RecallCache, model: Model, store: RecallStore, candidates: list[Passage], question: str,
@@ -182,8 +189,8 @@ def rank(cache: RecallCache, model: Model, store: RecallStore, candidates: list[
     if scored == 0 or not candidates:
         return []
     scores: list[float] = []
-    for lo in range(0, len(candidates), BRANCHES):
-        group = candidates[lo:lo + BRANCHES]
+    for lo in range(0, len(candidates), RANK_GROUP):
+        group = candidates[lo:lo + RANK_GROUP]
         log_probs = cache.log_probs_after([store.states(p) for p in group], tokens, scored, prefix)
         scores += log_probs.mean(axis=1).tolist()
     order = sorted(range(len(candidates)), key=lambda i: (-scores[i], candidates[i].index))
@@ -212,6 +219,7 @@ def sink_slots(offsets: np.ndarray, prompt_tokens: int) -> int:
 
 
 def ranking_room() -> int:
-    """Cache slots kept free for ranking beyond the memory: four candidates side by side (the
-    cache ranks as many at a time as fit; on this CPU one at a time costs about the same)."""
+    """Cache slots kept free for ranking beyond the memory: four candidates side by side while the
+    conversation is short (the cache ranks as many at a time as its free cells hold; on this CPU
+    one at a time costs about the same as eight in a batch)."""
     return 4 * (PASSAGE_TOKENS + SCORED_TOKENS + 8)

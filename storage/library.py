@@ -17,6 +17,7 @@ import json
 import os
 import re
 import sqlite3
+import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -68,6 +69,7 @@ class Library:
         self.db.execute("PRAGMA foreign_keys = ON")
         self._create_tables()
         self._migrate()
+        self.remove_stale_temporaries()
 
     @property
     def schema_version(self) -> int:
@@ -258,8 +260,20 @@ class Library:
         return self.memories_folder / f"{doc_id}-{backend}-{policy_key}-{model_fingerprint[:12]}.mem"
 
     def recall_path(self, memory_path: Path) -> Path:
-        """Where the recall store of the memory at ``memory_path`` goes: beside it."""
-        return memory_path.with_suffix(".recall")
+        """A new name for the recall store of a reading of the memory at ``memory_path``: beside
+        it, unique, so a new store can be in place before the memory it belongs to is replaced."""
+        return memory_path.with_name(f"{memory_path.stem}.{uuid.uuid4().hex[:12]}.recall")
+
+    def remove_stale_temporaries(self, older_than_s: float = 86_400) -> None:
+        """Delete what an interrupted save left in the memories folder (a crash mid-read leaves a
+        partial recall store); a day's age keeps another process's save in progress safe."""
+        cutoff = time.time() - older_than_s
+        for leftover in self.memories_folder.glob(".*.tmp"):
+            try:
+                if leftover.stat().st_mtime < cutoff:
+                    leftover.unlink()
+            except OSError:
+                pass
 
     def find_memory(self, doc_id: str, model_fingerprint: str, backend: str, policy_key: str | None = None):
         where = "doc_id = ? and model_fingerprint = ? and backend = ?"

@@ -5,6 +5,8 @@ with ``llama_memory_seq_rm`` and slides every surviving run left with ``llama_me
 which makes llama.cpp re-rotate those keys by the shift (RoPE is relative, so a key rotated by
 its old position and then by the delta equals a key rotated by its new slot). Sequence 1 is a
 scratch branch for side generations (section notes) that must not disturb sequence 0.
+Sequence 2 is where recall passages are serialised and loaded, and sequences 3.. are the
+branches on which candidate passages are ranked side by side (engine.recall).
 """
 
 from __future__ import annotations
@@ -149,6 +151,7 @@ class GGUFCache:
 
     def truncate(self, length: int) -> None:
         """Drop every slot from ``length`` on (what a question and its answer added)."""
+        length = min(length, self.length)
         llama.llama_memory_seq_rm(self.memory, MAIN, length, -1)
         self.offsets = self.offsets[:length]
         self.separators = self.separators[:length]
@@ -225,12 +228,16 @@ class GGUFCache:
         last ``scored`` of ``tokens`` when they follow the main sequence's first ``prefix`` slots
         and the passages: ``[len(branches), scored]``.
 
-        The passages keep the positions they were read at (``prefix`` must end before them: the
-        memory's first slots, its attention sinks), so ranking shifts no keys; ``tokens`` follow
-        a branch's last position. Each branch is its own sequence sharing those cells, so only
-        ``tokens`` are computed, for up to BRANCHES branches in one batch; the main sequence is
-        left as it was."""
+        A passage's first piece keeps the positions it was read at (``prefix`` must end before
+        them: the memory's first slots, its attention sinks), so a one-piece passage is ranked
+        exactly as read with no key re-rotated; a later piece (read in the next chunk, after
+        eviction moved the cache) is moved to follow the one before it, and ``tokens`` follow
+        the last. Each branch is its own sequence sharing the prefix's cells, so only ``tokens``
+        are computed, for up to BRANCHES branches in one batch; the main sequence is left as it
+        was."""
         tokens = np.asarray(tokens, dtype=np.int32)
+        if not 0 < scored < len(tokens) or len(tokens) > self.n_batch:
+            raise ValueError(f"cannot score {scored} of {len(tokens)} tokens in batches of {self.n_batch}")
         out = np.zeros((len(branches), scored), dtype=np.float64)
         targets = tokens[len(tokens) - scored:]
         per_batch = max(1, min(BRANCHES, self.n_batch // len(tokens)))
@@ -254,7 +261,10 @@ class GGUFCache:
                 for seq, pieces in zip(seqs, chunk, strict=True):
                     llama.llama_memory_seq_rm(self.memory, seq, -1, -1)
                     llama.llama_memory_seq_cp(self.memory, MAIN, seq, 0, prefix)
-                    ends.append(max([prefix] + [self._load_at(state, n, seq, None) for state, n in pieces]))
+                    end = prefix
+                    for k, (state, n) in enumerate(pieces):
+                        end = self._load_at(state, n, seq, None if k == 0 else end)
+                    ends.append(end)
                 b = self._batch
                 i = 0
                 for seq, start in zip(seqs, ends, strict=True):

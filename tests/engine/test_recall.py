@@ -215,3 +215,23 @@ def test_a_full_disk_while_the_store_is_written_saves_nothing(comma, tmp_path, m
     with pytest.raises(MemoryFileError, match="not enough disk space.*--no-recall"):
         comma.ingest(write_doc(tmp_path / "full.txt"), notes=False)
     assert list(comma.library.memories_folder.iterdir()) == [] and comma.library.documents() == []
+
+
+def test_reading_again_replaces_the_pair_and_a_mismatched_store_is_read_again(comma, read_doc, tmp_path):
+    again = comma.ingest(tmp_path / "harbour.txt", notes=False, force=True)
+    stores = list(comma.library.memories_folder.glob("*.recall"))
+    assert stores == [Path(again["recall_path"])] and again["recall_path"] != read_doc["recall_path"]
+    # A store that is not this memory's (swapped in from another reading) is not reused.
+    other = comma.ingest(write_doc(tmp_path / "other.txt", needle_at=2), notes=False)
+    Path(again["recall_path"]).write_bytes(Path(other["recall_path"]).read_bytes())
+    third = comma.ingest(tmp_path / "harbour.txt", notes=False)
+    assert not third["reused"] and comma.ask(third["doc_id"], QUESTION).recall
+
+
+def test_an_altered_store_header_is_refused(comma, read_doc):
+    store = Path(read_doc["recall_path"])
+    data = store.read_bytes()
+    at = data.rindex(b'"prompt_tokens": ') + len(b'"prompt_tokens": ')
+    store.write_bytes(data[:at] + b"9" + data[at + 1:])
+    with pytest.raises(MemoryFileError, match="damaged"):
+        open_store(store, model_fingerprint="f" * 64, backend="fake")
