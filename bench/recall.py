@@ -27,7 +27,7 @@ Prints one JSON object (and writes it to --out).
     python bench/recall.py niah [--lengths 8000,32000] [--depths 0,10,...,100]
     python bench/recall.py qa
     python bench/recall.py speed [--runs 5]
-    python bench/recall.py plot RESULTS.json OUT.png
+    python bench/recall.py plot RESULTS.json [MORE.json] OUT.png
 """
 
 from __future__ import annotations
@@ -212,14 +212,14 @@ def speed(comma: Comma, args) -> dict:
     }
 
 
-def plot(results: Path, out: Path) -> None:
+def plot(results: list[Path], out: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
-    cells = json.loads(results.read_text())["cells"]
+    cells = [c for path in results for c in json.loads(path.read_text())["cells"]]
     methods = [m for m in ("memory", "words", "likelihood", "full") if any(m in c for c in cells)]
     lengths = sorted({c["length"] for c in cells})
     depths = sorted({c["depth"] for c in cells})
@@ -254,16 +254,15 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "recall_speed_cpu.json")
     p = sub.add_parser("plot")
-    p.add_argument("results", type=Path)
-    p.add_argument("out", type=Path)
+    p.add_argument("results", type=Path, nargs="+", help="niah results to draw side by side, then the PNG")
     args = parser.parse_args()
     if args.what == "plot":
-        plot(args.results, args.out)
+        plot(args.results[:-1], args.results[-1])
         return
     with tempfile.TemporaryDirectory() as home:
         comma = Comma(Library(Path(home)))
         figures = {"niah": niah, "qa": qa, "speed": speed}[args.what](comma, args)
-    emit(f"recall_{args.what}", __doc__.split("Method")[1], comma.model, figures, args.out)
+    emit(f"recall_{args.what}", __doc__.split("Method", 1)[1], comma.model, figures, args.out)
 
 
 if __name__ == "__main__":
