@@ -21,7 +21,7 @@ from engine.memory_file import open_store, read_header
 from engine.policy import make_policy, policy_key
 from engine.protocols import Progress
 from engine.reader import read
-from engine.recall import CANDIDATE_PAGES, RecallStore
+from engine.recall import CANDIDATE_PAGES, DEFAULT_RANKING, RecallStore
 from engine.summary import summarize_notes
 from storage.library import Library, document_id
 
@@ -180,20 +180,21 @@ class Comma:
         except MemoryFileError as exc:
             return None, f"{exc}; {again}"
 
-    def conversation(self, doc_id: str) -> DocumentConversation:
+    def conversation(self, doc_id: str, ranking: str = DEFAULT_RANKING) -> DocumentConversation:
         """A live conversation over a document's memory, for several questions in a row."""
         doc, record = self._memory_record(doc_id)
         memory = self.load_memory(record)
         store, reason = self.open_recall(doc, record, memory)
-        return DocumentConversation(self, doc, record, memory, store, reason)
+        return DocumentConversation(self, doc, record, memory, store, reason, ranking)
 
     def ask(self, doc_id: str, question: str, session_id: str | None = None,
             on_text: Callable[[str], None] | None = None,
-            should_stop: Callable[[], bool] = lambda: False, live: bool = False) -> AskResult:
+            should_stop: Callable[[], bool] = lambda: False, live: bool = False,
+            ranking: str = DEFAULT_RANKING) -> AskResult:
         """``live``: keep the conversation's cache for the next question about the same
         document (the window does; a one-shot command does not)."""
         started = time.perf_counter()
-        conversation = self._live_conversation(doc_id) if live else self.conversation(doc_id)
+        conversation = self._live_conversation(doc_id) if live else self.conversation(doc_id, ranking)
         try:
             return conversation.ask(question, session_id, on_text, should_stop, started=started)
         finally:
@@ -243,8 +244,8 @@ class DocumentConversation:
     context and the memory again, and reuses the turns already in the cache."""
 
     def __init__(self, comma: Comma, doc: dict, record: dict, memory: Memory, store: RecallStore | None,
-                 reason: str | None):
-        self.comma, self.doc, self.record, self.memory = comma, doc, record, memory
+                 reason: str | None, ranking: str = DEFAULT_RANKING):
+        self.comma, self.doc, self.record, self.memory, self.ranking = comma, doc, record, memory, ranking
         self.store, self.reason = store, reason
         self._live: Conversation | None = None
 
@@ -252,7 +253,7 @@ class DocumentConversation:
         if self._live is None:
             # A parallel memory keeps the chunks that suit the first question.
             memory = fit_to_question(self.comma.model, self.memory, question)
-            self._live = Conversation(self.comma.model, memory, recall=self.store)
+            self._live = Conversation(self.comma.model, memory, recall=self.store, ranking=self.ranking)
         return self._live
 
     def ask(self, question: str, session_id: str | None = None, on_text: Callable[[str], None] | None = None,

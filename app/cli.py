@@ -13,8 +13,10 @@ import sys
 from contextlib import contextmanager
 
 from engine.backends import BACKENDS
+from engine.conversation import RANKINGS
 from engine.errors import CommaError
 from engine.policy import DEFAULT_CAPACITY, POLICIES
+from engine.recall import DEFAULT_RANKING
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("doc_id")
     p.add_argument("question")
     p.add_argument("--session", metavar="ID", help="continue this conversation")
+    p.add_argument("--ranking", choices=list(RANKINGS), default=DEFAULT_RANKING,
+                   help="how the passages for the question are chosen among the pages that share its words: "
+                        "words (the full-text index's order) or likelihood (the model ranks them; slower)")
     common(p)
 
     p = sub.add_parser("summarize", help="summarise a whole document from its reading notes")
@@ -146,7 +151,7 @@ def _dispatch(args) -> int:
             + f"{' (already read)' if r['reused'] else ''} in {r['seconds']:.1f} s"))
     elif args.command == "ask":
         stream = None if args.json else (lambda text: (sys.stdout.write(text), sys.stdout.flush()))
-        result = comma.ask(args.doc_id, args.question, args.session, on_text=stream)
+        result = comma.ask(args.doc_id, args.question, args.session, on_text=stream, ranking=args.ranking)
         if args.json:
             print(json.dumps(result.__dict__, ensure_ascii=False))
         else:

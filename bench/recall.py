@@ -27,7 +27,7 @@ Prints one JSON object (and writes it to --out).
     python bench/recall.py niah [--lengths 8000,32000] [--depths 0,10,...,100]
     python bench/recall.py qa
     python bench/recall.py speed [--runs 5]
-    python bench/recall.py plot RESULTS.json [MORE.json] OUT.png
+    python bench/recall.py plot RESULTS.json [MORE.json] OUT.png   # needs matplotlib
 """
 
 from __future__ import annotations

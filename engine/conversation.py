@@ -20,11 +20,21 @@ from engine.generate import Sampling, generate_text
 from engine.memory import Memory
 from engine.prompts import question_suffix
 from engine.protocols import Model, ParallelModel, RecallCache
-from engine.recall import MAX_PASSAGES, PASSAGE_TOKENS, RecallStore, Source, choose, rank, ranking_room, sink_slots
+from engine.recall import (
+    DEFAULT_RANKING,
+    MAX_PASSAGES,
+    PASSAGE_TOKENS,
+    RecallStore,
+    Source,
+    choose,
+    rank,
+    ranking_room,
+    sink_slots,
+)
 
 CONVERSATION_ROOM = 2048
 MAX_CITED = 5
-RANKINGS = ("likelihood", "words")
+RANKINGS = ("words", "likelihood")
 
 
 def fit_to_question(model: Model, memory: Memory, question: str) -> Memory:
@@ -49,9 +59,9 @@ class Conversation:
     answer comes from the memory alone and ``recall_error`` says why."""
 
     def __init__(self, model: Model, memory: Memory, room: int = CONVERSATION_ROOM, recall: RecallStore | None = None,
-                 ranking: str = "likelihood"):
-        """``ranking``: "likelihood" orders candidate passages by the question's likelihood after
-        each; "words" keeps the order of the candidate pages (the full-text index's)."""
+                 ranking: str = DEFAULT_RANKING):
+        """``ranking``: "words" keeps the order of the candidate pages (the full-text index's);
+        "likelihood" orders their passages by the question's likelihood after each."""
         if ranking not in RANKINGS:
             raise CommaError(f"unknown ranking {ranking!r}; choose one of {', '.join(RANKINGS)}")
         self.model, self.memory, self.room, self.recall, self.ranking = model, memory, room, recall, ranking
@@ -60,7 +70,8 @@ class Conversation:
         # Passages fit the trained context after the memory and the conversation's room.
         self.passage_budget = min(max(0, model.n_ctx_train - memory.kept_tokens - room),
                                   MAX_PASSAGES * PASSAGE_TOKENS) if recall else 0
-        extra = max(self.passage_budget, ranking_room()) if recall else 0
+        extra = (max(self.passage_budget, ranking_room()) if ranking == "likelihood" else self.passage_budget) \
+            if recall else 0
         self.cache = model.new_cache(memory.kept_tokens + room + extra)
         try:
             self.cache.restore(memory.state, memory.offsets, memory.separators)
@@ -105,7 +116,7 @@ class Conversation:
             return list(dict.fromkeys(s.page for s in self.sources))[:MAX_CITED]
         return self.memory.pages(np.flatnonzero(~self.memory.separators))
 
-    def _choose_passages(self, question: str, candidate_pages: list[int]) -> None:
+    def _choose_passages(self, question: str, candidate_pages: list[tuple[int, float]]) -> None:
         """Rank the candidates' passages for ``question`` and load the best after the memory."""
         store, cache = self.recall, self.cache
         assert store is not None and isinstance(cache, RecallCache)
@@ -114,13 +125,13 @@ class Conversation:
             self.recall_error = "the memory leaves no room for passages within the model's trained context"
             return
         try:
-            candidates = store.on_pages(candidate_pages)
+            candidates = store.on_pages([page for page, _ in candidate_pages])
             if self.ranking == "likelihood":
                 sinks = sink_slots(self.memory.offsets, self.memory.header["prompt_tokens"])
                 ranked = rank(cache, self.model, store, candidates, question, sinks)
-            else:  # the full-text index's order, for comparison
-                order = {page: i for i, page in enumerate(candidate_pages)}
-                ranked = [(p, 0.0) for p in sorted(candidates, key=lambda p: (order[p.page], p.index))]
+            else:  # the full-text index's order and relevance
+                order = {page: (i, relevance) for i, (page, relevance) in enumerate(candidate_pages)}
+                ranked = [(p, order[p.page][1]) for p in sorted(candidates, key=lambda p: (order[p.page][0], p.index))]
             chosen = choose(ranked, self.passage_budget)
             in_order = sorted(chosen, key=lambda c: c[0].index)
             wanted = [p.index for p, _ in in_order]
@@ -139,7 +150,7 @@ class Conversation:
 
     def ask(self, question: str, history: list[dict[str, str]] | None = None,
             sampling: Sampling = Sampling(), should_stop: Callable[[], bool] = lambda: False,
-            candidate_pages: list[int] | None = None) -> Iterator[str]:
+            candidate_pages: list[tuple[int, float]] | None = None) -> Iterator[str]:
         """Yield the answer's text as it is generated."""
         prompt = self._prompt_tokens(history or [], question, sampling.max_tokens)
         if self.recall is not None:

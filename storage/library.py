@@ -210,18 +210,19 @@ class Library:
         names = [c[0] for c in cursor.description]
         return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
-    def candidate_pages(self, doc_id: str, question: str, limit: int) -> list[int]:
-        """Pages of one document that share the question's content words, best first (BM25 over
-        the stemmed page text; any of the words may match)."""
+    def candidate_pages(self, doc_id: str, question: str, limit: int) -> list[tuple[int, float]]:
+        """Pages of one document that share the question's content words, best first, each with
+        its BM25 relevance (over the stemmed page text; any of the words may match; higher is
+        more relevant)."""
         words = [w for w in re.findall(r"\w+", question.lower()) if w not in _STOPWORDS and len(w) > 1]
         if not words:
             return []
         match = " OR ".join('"' + w + '"' for w in dict.fromkeys(words))
         rows = self.db.execute(
-            """select pages.page from pages_fts join pages on pages.rowid = pages_fts.rowid
+            """select pages.page, -rank from pages_fts join pages on pages.rowid = pages_fts.rowid
                where pages_fts match ? and pages.doc_id = ? order by rank, pages.page limit ?""",
             [match, doc_id, limit]).fetchall()
-        return [r[0] for r in rows]
+        return [(r[0], r[1]) for r in rows]
 
     def remove_document(self, doc_id: str) -> None:
         """Forget a document: its pages, memories (and their files), notes, summaries, sessions."""

@@ -173,9 +173,10 @@ def test_a_cancelled_read_leaves_no_store(comma, tmp_path):
 def test_candidate_pages_take_any_content_word_of_the_question(comma, read_doc):
     library = comma.library
     gold = needle_page(comma, read_doc["doc_id"])
-    assert library.candidate_pages(read_doc["doc_id"], QUESTION, 8)[0] == gold
+    best = library.candidate_pages(read_doc["doc_id"], QUESTION, 8)
+    assert best[0][0] == gold and best[0][1] > 0 and [r for _, r in best] == sorted((r for _, r in best), reverse=True)
     assert library.candidate_pages(read_doc["doc_id"], "what is the", 8) == []  # stop words only
-    assert library.candidate_pages(read_doc["doc_id"], '"harbour" OR (', 8) == [gold]  # no FTS syntax leaks
+    assert [p for p, _ in library.candidate_pages(read_doc["doc_id"], '"harbour" OR (', 8)] == [gold]  # no FTS syntax
 
 
 def test_sinks_are_the_memory_slots_still_at_their_read_positions():
@@ -235,3 +236,15 @@ def test_an_altered_store_header_is_refused(comma, read_doc):
     store.write_bytes(data[:at] + b"9" + data[at + 1:])
     with pytest.raises(MemoryFileError, match="damaged"):
         open_store(store, model_fingerprint="f" * 64, backend="fake")
+
+
+def test_both_rankings_find_the_page_and_the_cli_takes_either(comma, read_doc, capsys, monkeypatch):
+    from app.cli import run
+
+    gold = needle_page(comma, read_doc["doc_id"])
+    for ranking in ("words", "likelihood"):
+        result = comma.ask(read_doc["doc_id"], QUESTION, ranking=ranking)
+        assert result.pages[0] == gold and result.sources[0]["score"] > (0 if ranking == "words" else -5)
+    monkeypatch.setenv("COMMA_HOME", str(comma.library.folder))
+    assert run(["ask", read_doc["doc_id"], QUESTION, "--ranking", "likelihood", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["pages"][0] == gold
