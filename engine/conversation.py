@@ -160,8 +160,8 @@ class Conversation:
         limit = min(len(previous), len(prompt) - 1)
         while same < limit and previous[same] == prompt[same]:
             same += 1
-        base = self.memory.kept_tokens + sum(self.recall.passages[i].tokens for i in self._loaded) \
-            if self.recall is not None else self.memory.kept_tokens
+        # The document slots (memory, then any passages) carry offsets; the conversation follows them.
+        base = len(self.cache.offsets)
         self.cache.truncate(base + same)
         logits = self.cache.decode_main_tail(prompt[same:])
         self._after_memory = prompt.tolist()

@@ -248,3 +248,8 @@ def test_both_rankings_find_the_page_and_the_cli_takes_either(comma, read_doc, c
     monkeypatch.setenv("COMMA_HOME", str(comma.library.folder))
     assert run(["ask", read_doc["doc_id"], QUESTION, "--ranking", "likelihood", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["pages"][0] == gold
+
+
+def test_a_store_that_cannot_be_created_is_a_message(tmp_path):
+    with pytest.raises(MemoryFileError, match="could not save the recall store"):
+        StoreWriter(tmp_path / "no such folder" / "doc.recall")
