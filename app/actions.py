@@ -13,15 +13,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from engine import spot_reading
 from engine.conversation import Conversation, fit_to_question
 from engine.documents import read_document
-from engine.errors import CommaError, LibraryError, MemoryFileError
+from engine.errors import Cancelled, CommaError, LibraryError, MemoryFileError
 from engine.memory import Memory
 from engine.memory_file import open_store, read_header
-from engine.policy import make_policy, policy_key
+from engine.policy import Full, make_policy, policy_key
 from engine.protocols import Progress
 from engine.reader import read
-from engine.recall import CANDIDATE_PAGES, DEFAULT_RANKING, RecallStore
+from engine.recall import CANDIDATE_PAGES, DEFAULT_RANKING, RecallStore, Source, snippet
 from engine.summary import summarize_notes
 from storage.library import Library, document_id
 
@@ -36,20 +37,28 @@ class AskResult:
     sources: list[dict] = field(default_factory=list)  # {"page", "score", "text"}, most relevant first
     recall: bool = False  # whether passages were looked for in the recall store
     recall_reason: str | None = None  # why not, when not
+    model: str = "reading"  # which model answered: "answering" or "reading" (the small one)
+    model_name: str = ""
+    model_reason: str | None = None  # why the small model answered although an answering model was expected
+    read_on_the_spot: list[int] = field(default_factory=list)  # pages the answering model read for this answer
 
 
 @dataclass
 class Comma:
-    """The library plus a lazily loaded model (loading it is the slow part of a cold start)."""
+    """The library plus lazily loaded models (loading one is the slow part of a cold start): the
+    reading model, and the answering model beside it when it is installed (``answering``:
+    "auto" uses it, "off" lets the reading model answer)."""
 
     library: Library = field(default_factory=Library)
     model_path: str | Path | None = None
     backend: str = "auto"
-    # Told what the first start does to the bundled model's weights (a faster copy, once) and
-    # how far it got, in bytes.
+    answering: str = "auto"
+    # Told what the first start does to the models' files (a faster copy, the answering model's
+    # assembly, once each) and how far it got, in bytes.
     notice: Callable[[str], None] | None = None
     preparing: Progress | None = None
     _model: object = None
+    _answerer: tuple | None = None  # (model or None, why not)
     _live: DocumentConversation | None = None
 
     @property
@@ -62,16 +71,66 @@ class Comma:
                                      progress=self.preparing, notice=self.notice)
         return self._model
 
+    def _load_answerer(self) -> tuple:
+        from engine.backends import load_answering_model
+
+        return load_answering_model(self.answering, self.backend, self.model_path, self.library.models_folder,
+                                    self.preparing, self.notice)
+
+    @property
+    def answerer(self):
+        """The answering model, or None when the reading model answers (``answerer_reason`` says why)."""
+        if self._answerer is None:
+            self._answerer = self._load_answerer()
+        return self._answerer[0]
+
+    @property
+    def answerer_reason(self) -> str | None:
+        self.answerer  # noqa: B018  # loading it is what tells why not
+        assert self._answerer is not None
+        return self._answerer[1]
+
     def ingest(self, path: str | Path, policy: str = "sepllm", cache: int | None = None, force: bool = False,
                notes: bool = True, progress: Progress | None = None,
-               cancelled: Callable[[], bool] | None = None, parallel: int | None = None, recall: bool = True) -> dict:
+               cancelled: Callable[[], bool] | None = None, parallel: int | None = None, recall: bool = True,
+               deep: bool = True, deep_progress: Progress | None = None) -> dict:
         """``parallel``: read as independent chunks of that many tokens side by side (torch only).
         ``recall``: keep the KV of every passage too, so answers can come from any page (where
-        the backend can; a parallel reading cannot)."""
+        the backend can; a parallel reading cannot). ``deep``: then read it again with the
+        answering model, when there is one (its report is under "deep")."""
         started = time.perf_counter()
         document = read_document(path)
+        report = self._read_into_library(self.model, document, policy, cache, force, notes, progress, cancelled,
+                                         parallel, recall, started)
+        if deep and not parallel and self.answerer is not None:
+            report["deep"] = self._read_into_library(self.answerer, document, policy, cache, force, False,
+                                                     deep_progress, cancelled, None, recall, time.perf_counter())
+        return report
+
+    def deep_read(self, doc_id: str, policy: str = "sepllm", cache: int | None = None, force: bool = False,
+                  progress: Progress | None = None, cancelled: Callable[[], bool] | None = None) -> dict:
+        """Read a document of the library with the answering model (the window runs this in the
+        background after the fast read); it must be the file that was read before."""
+        if self.answerer is None:
+            raise CommaError(self.answerer_reason or "there is no answering model: the reading model answers")
+        doc = self.library.document(doc_id)
+        document = read_document(doc["path"])
+        if document_id(document) != doc["id"]:
+            raise CommaError(f"{doc['path']} has changed since it was read; read it again first: "
+                             f"comma ingest {doc['path']}")
+        return self._read_into_library(self.answerer, document, policy, cache, force, False, progress, cancelled,
+                                       None, True, time.perf_counter())
+
+    def deep_read_done(self, doc_id: str) -> bool:
+        """Whether the answering model has a memory of the document (True when there is none to make)."""
+        answerer = self.answerer
+        return answerer is None or self.library.find_memory(
+            self.library.document(doc_id)["id"], answerer.fingerprint, answerer.backend) is not None
+
+    def _read_into_library(self, model, document, policy: str, cache: int | None, force: bool, notes: bool,
+                           progress: Progress | None, cancelled: Callable[[], bool] | None, parallel: int | None,
+                           recall: bool, started: float) -> dict:
         chosen = make_policy(policy, cache)
-        model = self.model
         if parallel is not None and (not model.capabilities.parallel_reading or parallel < 1):
             raise CommaError(f"the {model.backend} engine cannot read in parallel chunks; parallel reading "
                              "needs --backend torch and a chunk of at least one token")
@@ -129,12 +188,12 @@ class Comma:
             "tokens": memory["document_tokens"], "kept_tokens": memory["kept_tokens"],
             "memory_path": memory["path"], "memory_bytes": memory["bytes"],
             "recall_path": memory.get("recall_path"), "recall_bytes": memory.get("recall_bytes"),
-            "seconds": round(seconds, 3), "reused": reused,
+            "model": memory["model_name"], "seconds": round(seconds, 3), "reused": reused,
         }
 
-    def _memory_record(self, doc_id: str) -> tuple[dict, dict]:
+    def _memory_record(self, doc_id: str, model=None) -> tuple[dict, dict]:
         doc = self.library.document(doc_id)
-        model = self.model
+        model = model or self.model
         record = self.library.find_memory(doc["id"], model.fingerprint, model.backend)
         if record is None and model.derived_from and \
                 self.library.find_memory(doc["id"], model.derived_from, model.backend):
@@ -145,14 +204,14 @@ class Comma:
             )
         if record is None:
             raise LibraryError(
-                f"document {doc['id']} ({doc['title']}) has no memory for the model {self.model.name}; "
+                f"document {doc['id']} ({doc['title']}) has no memory for the model {model.name}; "
                 f"read it first: comma ingest {doc['path']}"
             )
         return doc, record
 
-    def load_memory(self, record: dict) -> Memory:
-        return Memory.load(Path(record["path"]), model_fingerprint=self.model.fingerprint,
-                           backend=self.model.backend)
+    def load_memory(self, record: dict, model=None) -> Memory:
+        model = model or self.model
+        return Memory.load(Path(record["path"]), model_fingerprint=model.fingerprint, backend=model.backend)
 
     def _store_matches(self, record: dict) -> bool:
         """Whether a memory row's recall store is there and belongs to that very reading."""
@@ -165,49 +224,65 @@ class Comma:
         except MemoryFileError:
             return False
 
-    def open_recall(self, doc: dict, record: dict, memory: Memory) -> tuple[RecallStore | None, str | None]:
+    def open_recall(self, doc: dict, record: dict, memory: Memory, model=None) -> tuple[RecallStore | None, str | None]:
         """The memory's recall store, or None and why it cannot be used (answers then come from
         the memory alone)."""
+        model = model or self.model
         again = read_again(doc)
-        if not self.model.capabilities.recall:
-            return None, f"the {self.model.backend} engine does not keep recall stores yet"
+        if not model.capabilities.recall:
+            return None, f"the {model.backend} engine does not keep recall stores yet"
         if "chunks" in memory.header:
             return None, "a memory read in parallel chunks has no recall store"
         if not record.get("recall_path"):
             return None, f"this memory was read without a recall store; {again}"
         try:
-            return RecallStore.open(Path(record["recall_path"]), self.model, memory.header), None
+            return RecallStore.open(Path(record["recall_path"]), model, memory.header), None
         except MemoryFileError as exc:
             return None, f"{exc}; {again}"
 
+    def _answering_plan(self, doc_id: str) -> tuple:
+        """Which model answers questions about a document now, from what: ``(model, doc, record)``,
+        where ``record`` is None when the answering model has not read it yet (it then reads the
+        pages a question needs on the spot)."""
+        answerer = self.answerer
+        if answerer is None:
+            doc, record = self._memory_record(doc_id)
+            return self.model, doc, record
+        doc = self.library.document(doc_id)
+        return answerer, doc, self.library.find_memory(doc["id"], answerer.fingerprint, answerer.backend)
+
     def conversation(self, doc_id: str, ranking: str = DEFAULT_RANKING) -> DocumentConversation:
-        """A live conversation over a document's memory, for several questions in a row."""
-        doc, record = self._memory_record(doc_id)
-        memory = self.load_memory(record)
-        store, reason = self.open_recall(doc, record, memory)
-        return DocumentConversation(self, doc, record, memory, store, reason, ranking)
+        """A live conversation over a document, for several questions in a row."""
+        model, doc, record = self._answering_plan(doc_id)
+        if record is None:
+            return DocumentConversation(self, model, doc, None, None, None, None, ranking)
+        memory = self.load_memory(record, model)
+        store, reason = self.open_recall(doc, record, memory, model)
+        return DocumentConversation(self, model, doc, record, memory, store, reason, ranking)
 
     def ask(self, doc_id: str, question: str, session_id: str | None = None,
             on_text: Callable[[str], None] | None = None,
             should_stop: Callable[[], bool] = lambda: False, live: bool = False,
-            ranking: str = DEFAULT_RANKING) -> AskResult:
+            ranking: str = DEFAULT_RANKING, on_status: Callable[[str], None] | None = None) -> AskResult:
         """``live``: keep the conversation's cache for the next question about the same
-        document (the window does; a one-shot command does not)."""
+        document (the window does; a one-shot command does not). ``on_status`` hears what is
+        done before the answer starts (pages read on the spot)."""
         started = time.perf_counter()
-        conversation = self._live_conversation(doc_id) if live else self.conversation(doc_id, ranking)
+        conversation = self._live_conversation(doc_id, ranking) if live else self.conversation(doc_id, ranking)
         try:
-            return conversation.ask(question, session_id, on_text, should_stop, started=started)
+            return conversation.ask(question, session_id, on_text, should_stop, started=started, on_status=on_status)
         finally:
             if not live:
                 conversation.close()
 
-    def _live_conversation(self, doc_id: str) -> DocumentConversation:
-        doc, record = self._memory_record(doc_id)
+    def _live_conversation(self, doc_id: str, ranking: str = DEFAULT_RANKING) -> DocumentConversation:
+        model, doc, record = self._answering_plan(doc_id)
         live = self._live
-        # A document read again since has a new memory: the old cache would answer from the old one.
-        if live is None or live.record != record:
+        # A document read again since (or read by the answering model meanwhile) has a new
+        # memory: the old cache would answer from the old one.
+        if live is None or live.model is not model or live.record != record or live.doc["id"] != doc["id"]:
             self.close_conversation()
-            self._live = live = self.conversation(doc_id)
+            self._live = live = self.conversation(doc_id, ranking)
         return live
 
     def close_conversation(self) -> None:
@@ -224,7 +299,8 @@ class Comma:
             notes = self.library.notes(record["id"])
             if not notes:
                 raise LibraryError("this memory was read without section notes; read it again with --force")
-            text = summarize_notes(self.model, [n["text"] for n in notes], progress)
+            # The notes are the small model's, taken while it read; the answering model writes better.
+            text = summarize_notes(self.answerer or self.model, [n["text"] for n in notes], progress)
             pages = sorted({p for n in notes for p in range(n["first_page"], n["last_page"] + 1)})
             self.library.save_summary(record["id"], text, pages)
             saved = self.library.summary(record["id"])
@@ -241,23 +317,51 @@ def read_again(doc: dict) -> str:
 
 class DocumentConversation:
     """Questions about one document on one live cache: a follow-up skips loading the model's
-    context and the memory again, and reuses the turns already in the cache."""
+    context and the memory again, and reuses the turns already in the cache.
 
-    def __init__(self, comma: Comma, doc: dict, record: dict, memory: Memory, store: RecallStore | None,
-                 reason: str | None, ranking: str = DEFAULT_RANKING):
-        self.comma, self.doc, self.record, self.memory, self.ranking = comma, doc, record, memory, ranking
-        self.store, self.reason = store, reason
+    Without a memory (``record`` None: the answering model has not read the document yet),
+    every question reads its best pages on the spot (``engine.spot_reading``) and is answered
+    from them alone."""
+
+    def __init__(self, comma: Comma, model, doc: dict, record: dict | None, memory: Memory | None,
+                 store: RecallStore | None, reason: str | None, ranking: str = DEFAULT_RANKING):
+        self.comma, self.model, self.doc, self.record, self.memory = comma, model, doc, record, memory
+        self.store, self.reason, self.ranking = store, reason, ranking
+        self.role = "answering" if model is comma.answerer else "reading"
         self._live: Conversation | None = None
 
     def _conversation(self, question: str) -> Conversation:
         if self._live is None:
+            assert self.memory is not None
             # A parallel memory keeps the chunks that suit the first question.
-            memory = fit_to_question(self.comma.model, self.memory, question)
-            self._live = Conversation(self.comma.model, memory, recall=self.store, ranking=self.ranking)
+            memory = fit_to_question(self.model, self.memory, question)
+            self._live = Conversation(self.model, memory, recall=self.store, ranking=self.ranking)
         return self._live
 
+    def _read_on_the_spot(self, question: str, on_status: Callable[[str], None] | None,
+                          should_stop: Callable[[], bool]) -> tuple[Conversation, list[int]]:
+        library, doc, model = self.comma.library, self.doc, self.model
+        candidates = library.candidate_pages(doc["id"], question, CANDIDATE_PAGES)
+        texts = {page: library.page_text(doc["id"], page) for page, _ in candidates}
+        lengths = {page: len(model.tokenize(text)) for page, text in texts.items()}
+        chosen = spot_reading.choose_pages(candidates, lengths)
+        if not chosen:
+            raise CommaError("no page of this document shares a word with the question, and the answering "
+                             "model has not read the whole document yet; ask with the document's own words, "
+                             "or wait for the background reading to finish")
+        if on_status is not None:
+            pages = ", ".join(str(page) for page, _ in chosen)
+            on_status(f"reading {len(chosen)} page{'s' if len(chosen) > 1 else ''} for this answer (p. {pages})…")
+        pages = {page: spot_reading.cut(texts[page], lengths[page], take) for page, take in chosen}
+        document = spot_reading.pages_document(Path(doc["path"]), doc["title"], pages, doc["pages"])
+        memory = read(model, document, Full(), notes=False, cancelled=should_stop).memory
+        self.close()
+        self._live = Conversation(model, memory)
+        return self._live, [page for page, _ in chosen]
+
     def ask(self, question: str, session_id: str | None = None, on_text: Callable[[str], None] | None = None,
-            should_stop: Callable[[], bool] = lambda: False, started: float | None = None) -> AskResult:
+            should_stop: Callable[[], bool] = lambda: False, started: float | None = None,
+            on_status: Callable[[str], None] | None = None) -> AskResult:
         started = started if started is not None else time.perf_counter()
         library, doc = self.comma.library, self.doc
         if session_id is None:
@@ -265,9 +369,18 @@ class DocumentConversation:
         elif library.session(session_id)["doc_id"] != doc["id"]:
             raise LibraryError(f"session {session_id} belongs to another document")
         history = [{"role": m["role"], "content": m["content"]} for m in library.messages(session_id)]
-        conversation = self._conversation(question)
-        candidates = library.candidate_pages(doc["id"], question, CANDIDATE_PAGES) \
-            if conversation.recall is not None else []
+        spot: list[int] = []
+        if self.record is None:
+            try:
+                conversation, spot = self._read_on_the_spot(question, on_status, should_stop)
+            except Cancelled:
+                return AskResult("", session_id, [], 0.0, round(time.perf_counter() - started, 3),
+                                 model=self.role, model_name=self.model.name)
+            candidates: list[tuple[int, float]] = []
+        else:
+            conversation = self._conversation(question)
+            candidates = library.candidate_pages(doc["id"], question, CANDIDATE_PAGES) \
+                if conversation.recall is not None else []
         ttft = None
         parts = []
         for piece in conversation.ask(question, history, should_stop=should_stop, candidate_pages=candidates):
@@ -276,14 +389,17 @@ class DocumentConversation:
             if on_text is not None:
                 on_text(piece)
         pages = conversation.answer_pages()
-        sources = [s.as_json() for s in conversation.sources]
+        sources = [s.as_json() for s in conversation.sources] or \
+            [Source(page, 0.0, snippet(library.page_text(doc["id"], page))).as_json() for page in spot]
         answer = "".join(parts).strip()
         library.add_message(session_id, "user", question)
         library.add_message(session_id, "assistant", answer, pages, sources=sources)
         seconds = time.perf_counter() - started
         reason = self.reason or (f"{conversation.recall_error}; {read_again(doc)}" if conversation.recall_error else None)
         return AskResult(answer, session_id, pages, round(ttft if ttft is not None else seconds, 3), round(seconds, 3),
-                         sources, conversation.recall is not None, reason)
+                         sources, conversation.recall is not None or bool(spot), None if spot else reason,
+                         self.role, self.model.name, self.comma.answerer_reason if self.role == "reading" else None,
+                         spot)
 
     def close(self) -> None:
         if self._live is not None:

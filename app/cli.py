@@ -12,7 +12,7 @@ import json
 import sys
 from contextlib import contextmanager
 
-from engine.backends import BACKENDS
+from engine.backends import ANSWERING, BACKENDS
 from engine.conversation import RANKINGS
 from engine.errors import CommaError
 from engine.policy import DEFAULT_CAPACITY, POLICIES
@@ -36,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--backend", choices=list(BACKENDS), default="auto",
                            help="gguf: llama.cpp on the CPU; torch: transformers with Comma's kernels "
                                 "(CUDA, or the CPU); auto: torch when CUDA is present, else gguf")
+            p.add_argument("--answering", choices=list(ANSWERING), default="auto",
+                           help="auto: the answering model (Qwen2.5-Coder-1.5B) reads and answers beside the "
+                                "bundled small model when it is installed; off: the reading model answers")
 
     p = sub.add_parser("ingest", help="read a document into a memory on disk")
     p.add_argument("path")
@@ -46,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-recall", action="store_true",
                    help="keep only the small memory, not the KV of every passage (less disk; answers then "
                         "know the gist and the last pages, not every page)")
+    p.add_argument("--fast-only", action="store_true",
+                   help="stop after the fast read with the small model; the answering model then reads the "
+                        "pages each question needs on the spot (slower answers) until it reads the document")
     p.add_argument("--parallel", type=int, metavar="TOKENS",
                    help="read independent chunks of TOKENS tokens side by side, one memory each "
                         "(torch backend; no section notes)")
@@ -138,20 +144,23 @@ def _dispatch(args) -> int:
     from app.actions import Comma
 
     comma = Comma(model_path=getattr(args, "model", None), backend=getattr(args, "backend", "auto"),
+                  answering=getattr(args, "answering", "auto"),
                   notice=lambda text: print(f"note: {text}", file=sys.stderr),
                   preparing=preparing_bar(_show_bars(args)))
     if args.command == "ingest":
-        with progress_bar(_show_bars(args), "tok", "reading") as bar:
+        with progress_bar(_show_bars(args), "tok", "fast read") as bar, \
+                progress_bar(_show_bars(args), "tok", "deep read") as deep_bar:
             report = comma.ingest(args.path, args.policy, args.cache, args.force, notes=not args.no_notes,
-                                  progress=bar, parallel=args.parallel, recall=not args.no_recall)
-        _print(args, report, lambda r: (
-            f"{r['doc_id']}  {r['title']}  {r['pages']} pages, {r['tokens']} tokens -> "
-            f"{r['kept_tokens']} kept, {r['memory_bytes'] / 1e6:.1f} MB"
-            + (f" + recall store {r['recall_bytes'] / 1e6:.0f} MB" if r["recall_bytes"] else "")
-            + f"{' (already read)' if r['reused'] else ''} in {r['seconds']:.1f} s"))
+                                  progress=bar, parallel=args.parallel, recall=not args.no_recall,
+                                  deep=not args.fast_only, deep_progress=deep_bar)
+        _print(args, report, _format_ingest)
+        if not args.fast_only and "deep" not in report and comma.answerer_reason:
+            print(f"note: no deep read: {comma.answerer_reason}", file=sys.stderr)
     elif args.command == "ask":
         stream = None if args.json else (lambda text: (sys.stdout.write(text), sys.stdout.flush()))
-        result = comma.ask(args.doc_id, args.question, args.session, on_text=stream, ranking=args.ranking)
+        status = None if args.json else (lambda text: print(f"note: {text}", file=sys.stderr))
+        result = comma.ask(args.doc_id, args.question, args.session, on_text=stream, ranking=args.ranking,
+                           on_status=status)
         if args.json:
             print(json.dumps(result.__dict__, ensure_ascii=False))
         else:
@@ -160,6 +169,8 @@ def _dispatch(args) -> int:
                 print(f"  p. {source['page']}: {source['text']}")
         if result.recall_reason:
             print(f"note: answered from the memory alone: {result.recall_reason}", file=sys.stderr)
+        if result.model_reason:
+            print(f"note: answered by the small model {result.model_name}: {result.model_reason}", file=sys.stderr)
     elif args.command == "summarize":
         with progress_bar(_show_bars(args), "part", "summarising") as bar:
             report = comma.summarize(args.doc_id, args.force, progress=bar)
@@ -169,6 +180,19 @@ def _dispatch(args) -> int:
         docs = comma.list()
         _print(args, docs, _format_list)
     return 0
+
+
+def _format_ingest(report: dict) -> str:
+    lines = []
+    for label, r in (("fast read", report), ("deep read", report.get("deep"))):
+        if r is not None:
+            lines.append(
+                f"{r['doc_id']}  {r['title']}  {r['pages']} pages, {r['tokens']} tokens -> "
+                f"{r['kept_tokens']} kept, {r['memory_bytes'] / 1e6:.1f} MB"
+                + (f" + recall store {r['recall_bytes'] / 1e6:.0f} MB" if r["recall_bytes"] else "")
+                + f"{' (already read)' if r['reused'] else ''} in {r['seconds']:.1f} s"
+                + (f"  [{label}: {r['model']}]" if "deep" in report else ""))
+    return "\n".join(lines)
 
 
 def _format_list(docs: list[dict]) -> str:

@@ -37,6 +37,8 @@ class SharedModel:
         self._lock = threading.Lock()
         self._model = None
         self._key = None
+        self._answerer: tuple | None = None
+        self._answerer_key = None
 
     def get(self, backend: str, path, models_folder, progress=None, notice=None) -> object:
         key = (backend, str(path or ""), str(models_folder))
@@ -49,6 +51,19 @@ class SharedModel:
                                          progress=progress, notice=notice)
                 self._key = key
             return self._model
+
+    def answerer(self, answering: str, backend: str, path, models_folder, progress=None, notice=None) -> tuple:
+        """The answering model (or None and why), loaded once for every lane like the reading one."""
+        key = (answering, backend, str(path or ""), str(models_folder))
+        with self._lock:
+            if self._answerer is None or self._answerer_key != key:
+                from engine.backends import load_answering_model
+
+                self._answerer = None
+                self._answerer = load_answering_model(answering, backend, path or None, models_folder,
+                                                      progress, notice)
+                self._answerer_key = key
+            return self._answerer
 
     @property
     def loaded(self) -> bool:
@@ -65,6 +80,10 @@ class SharedComma(Comma):
     def model(self):
         return self.shared.get(self.backend, self.model_path, self.library.models_folder, self.preparing,
                                self.notice)
+
+    def _load_answerer(self) -> tuple:
+        return self.shared.answerer(self.answering, self.backend, self.model_path, self.library.models_folder,
+                                    self.preparing, self.notice)
 
 
 class Job(QObject):

@@ -173,9 +173,13 @@ class RecallStore:
             self._tokens = np.frombuffer(self.file.read(["tokens"])["tokens"], dtype="<i4")
         start = passage.first - self.prompt_tokens
         ids = self._tokens[start:start + min(passage.tokens, 8 * words)]
-        text = b"".join(model.pieces[int(t)] for t in ids).decode("utf-8", errors="replace")
-        split = text.split()
-        return " ".join(split[:words]) + (" …" if len(split) > words else "")
+        return snippet(b"".join(model.pieces[int(t)] for t in ids).decode("utf-8", errors="replace"), words)
+
+
+def snippet(text: str, words: int = SNIPPET_WORDS) -> str:
+    """The opening words of a passage, as sources show it."""
+    split = text.split()
+    return " ".join(split[:words]) + (" …" if len(split) > words else "")
 
 
 def question_tokens(model: Model, question: str) -> tuple[np.ndarray, int]:
