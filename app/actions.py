@@ -14,9 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine import spot_reading
+from engine.backends import default_answering
 from engine.conversation import Conversation, fit_to_question
 from engine.documents import read_document
 from engine.errors import Cancelled, CommaError, LibraryError, MemoryFileError
+from engine.generate import Sampling
 from engine.memory import Memory
 from engine.memory_file import open_store, read_header
 from engine.policy import Full, make_policy, policy_key
@@ -52,7 +54,7 @@ class Comma:
     library: Library = field(default_factory=Library)
     model_path: str | Path | None = None
     backend: str = "auto"
-    answering: str = "auto"
+    answering: str = field(default_factory=default_answering)
     # Told what the first start does to the models' files (a faster copy, the answering model's
     # assembly, once each) and how far it got, in bytes.
     notice: Callable[[str], None] | None = None
@@ -263,14 +265,16 @@ class Comma:
     def ask(self, doc_id: str, question: str, session_id: str | None = None,
             on_text: Callable[[str], None] | None = None,
             should_stop: Callable[[], bool] = lambda: False, live: bool = False,
-            ranking: str = DEFAULT_RANKING, on_status: Callable[[str], None] | None = None) -> AskResult:
+            ranking: str = DEFAULT_RANKING, on_status: Callable[[str], None] | None = None,
+            sampling: Sampling = Sampling()) -> AskResult:
         """``live``: keep the conversation's cache for the next question about the same
         document (the window does; a one-shot command does not). ``on_status`` hears what is
         done before the answer starts (pages read on the spot)."""
         started = time.perf_counter()
         conversation = self._live_conversation(doc_id, ranking) if live else self.conversation(doc_id, ranking)
         try:
-            return conversation.ask(question, session_id, on_text, should_stop, started=started, on_status=on_status)
+            return conversation.ask(question, session_id, on_text, should_stop, started=started, on_status=on_status,
+                                    sampling=sampling)
         finally:
             if not live:
                 conversation.close()
@@ -361,7 +365,7 @@ class DocumentConversation:
 
     def ask(self, question: str, session_id: str | None = None, on_text: Callable[[str], None] | None = None,
             should_stop: Callable[[], bool] = lambda: False, started: float | None = None,
-            on_status: Callable[[str], None] | None = None) -> AskResult:
+            on_status: Callable[[str], None] | None = None, sampling: Sampling = Sampling()) -> AskResult:
         started = started if started is not None else time.perf_counter()
         library, doc = self.comma.library, self.doc
         if session_id is None:
@@ -383,7 +387,7 @@ class DocumentConversation:
                 if conversation.recall is not None else []
         ttft = None
         parts = []
-        for piece in conversation.ask(question, history, should_stop=should_stop, candidate_pages=candidates):
+        for piece in conversation.ask(question, history, sampling, should_stop, candidates):
             ttft = ttft if ttft is not None else time.perf_counter() - started
             parts.append(piece)
             if on_text is not None:

