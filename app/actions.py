@@ -23,7 +23,7 @@ from engine.memory import Memory
 from engine.memory_file import open_store, read_header
 from engine.policy import Full, make_policy, policy_key
 from engine.protocols import Progress
-from engine.reader import read
+from engine.reader import DEFAULT_CHUNK, read
 from engine.recall import CANDIDATE_PAGES, DEFAULT_RANKING, RecallStore, Source, snippet
 from engine.summary import summarize_notes
 from storage.library import Library, document_id
@@ -110,18 +110,25 @@ class Comma:
         return report
 
     def deep_read(self, doc_id: str, policy: str = "sepllm", cache: int | None = None, force: bool = False,
-                  progress: Progress | None = None, cancelled: Callable[[], bool] | None = None) -> dict:
+                  progress: Progress | None = None, cancelled: Callable[[], bool] | None = None,
+                  chunk: int = DEFAULT_CHUNK) -> dict:
         """Read a document of the library with the answering model (the window runs this in the
         background after the fast read); it must be the file that was read before."""
         if self.answerer is None:
             raise CommaError(self.answerer_reason or "there is no answering model: the reading model answers")
         doc = self.library.document(doc_id)
+        answerer = self.answerer
+        key = policy_key(make_policy(policy, cache))
+        existing = self.library.find_memory(doc["id"], answerer.fingerprint, answerer.backend, key)
+        if existing and not force and Path(existing["path"]).is_file() and self._store_matches(existing):
+            # Done before: the file itself is not even opened (it may have moved since).
+            return self._ingest_report(doc["id"], doc["title"], doc["pages"], existing, 0.0, reused=True)
         document = read_document(doc["path"])
         if document_id(document) != doc["id"]:
             raise CommaError(f"{doc['path']} has changed since it was read; read it again first: "
                              f"comma ingest {doc['path']}")
         return self._read_into_library(self.answerer, document, policy, cache, force, False, progress, cancelled,
-                                       None, True, time.perf_counter())
+                                       None, True, time.perf_counter(), chunk)
 
     def deep_read_done(self, doc_id: str) -> bool:
         """Whether the answering model has a memory of the document (True when there is none to make)."""
@@ -131,7 +138,7 @@ class Comma:
 
     def _read_into_library(self, model, document, policy: str, cache: int | None, force: bool, notes: bool,
                            progress: Progress | None, cancelled: Callable[[], bool] | None, parallel: int | None,
-                           recall: bool, started: float) -> dict:
+                           recall: bool, started: float, chunk: int = DEFAULT_CHUNK) -> dict:
         chosen = make_policy(policy, cache)
         if parallel is not None and (not model.capabilities.parallel_reading or parallel < 1):
             raise CommaError(f"the {model.backend} engine cannot read in parallel chunks; parallel reading "
@@ -145,11 +152,12 @@ class Comma:
         if existing and not force and Path(existing["path"]).is_file() and \
                 (self._store_matches(existing) or not wants_store):
             self.library.add_document(document)  # the file may have moved since
-            return self._ingest_report(doc_id, document, existing, time.perf_counter() - started, reused=True)
+            return self._ingest_report(doc_id, document.title, document.pages, existing, time.perf_counter() - started,
+                                       reused=True)
         target = self.library.memory_path(doc_id, key, model.fingerprint, model.backend)
         store_path = self.library.recall_path(target) if wants_store else None
-        result = read(model, document, chosen, notes=notes, parallel=parallel, recall=store_path, progress=progress,
-                      cancelled=cancelled)
+        result = read(model, document, chosen, notes=notes, chunk=chunk, parallel=parallel, recall=store_path,
+                      progress=progress, cancelled=cancelled)
         # The new store goes in beside the old pair under a name of its own; saving the memory is
         # the switch; only then is the old store removed. A failure at any step leaves the
         # previous memory and store as they were.
@@ -181,12 +189,13 @@ class Comma:
         if old_store and old_store != record["recall_path"]:
             Path(old_store).unlink(missing_ok=True)
         saved = self.library.find_memory(doc_id, model.fingerprint, model.backend, key)
-        return self._ingest_report(doc_id, document, saved, time.perf_counter() - started, reused=False)
+        return self._ingest_report(doc_id, document.title, document.pages, saved, time.perf_counter() - started,
+                                   reused=False)
 
     @staticmethod
-    def _ingest_report(doc_id, document, memory: dict, seconds: float, reused: bool) -> dict:
+    def _ingest_report(doc_id, title: str, pages: int, memory: dict, seconds: float, reused: bool) -> dict:
         return {
-            "doc_id": doc_id, "title": document.title, "pages": document.pages,
+            "doc_id": doc_id, "title": title, "pages": pages,
             "tokens": memory["document_tokens"], "kept_tokens": memory["kept_tokens"],
             "memory_path": memory["path"], "memory_bytes": memory["bytes"],
             "recall_path": memory.get("recall_path"), "recall_bytes": memory.get("recall_bytes"),

@@ -264,8 +264,12 @@ class ConversationPanel(QWidget):
         self._idle()
         stopped = " (stopped)" if result.get("stopped") else ""
         alone = f" Answered from the memory alone: {result['recall_reason']}" if result.get("recall_reason") else ""
+        small = f" Answered by the small model: {result['model_reason']}" if result.get("model_reason") else ""
+        spot = result.get("read_on_the_spot") or []
+        read = (f" The answering model read p. {', '.join(map(str, spot))} for it; answers get faster once it has "
+                "read the whole document in the background.") if spot else ""
         self.status.setText(f"First words in {result['ttft_s']:.1f} s, answer in {result['seconds']:.1f} s"
-                            f"{stopped}.{alone}")
+                            f"{stopped}.{alone}{small}{read}")
 
     def fail_answer(self, message: str) -> None:
         self._streaming = False

@@ -129,6 +129,7 @@ class LibraryPanel(QWidget):
         layout.addWidget(self.list, 3)
         layout.addWidget(self.progress)
         self._pending: dict[object, QListWidgetItem] = {}
+        self._deep: dict[str, str] = {}  # doc id → how far the answering model's background read is
 
     # documents -----------------------------------------------------------------------------
 
@@ -146,8 +147,10 @@ class LibraryPanel(QWidget):
                 state = f"ready · {m['kept_tokens']:,} of {m['document_tokens']:,} tokens kept"
             else:
                 state = "not read with this library's models"
-            item = QListWidgetItem(f"{d['title']}\n{d['pages']} page{'s' * (d['pages'] != 1)} · {state}")
+            item = QListWidgetItem()
             item.setData(DOC_ROLE, d["id"])
+            item.setData(Qt.ItemDataRole.UserRole + 4, f"{d['title']}\n{d['pages']} page{'s' * (d['pages'] != 1)} · {state}")
+            self._label(item)
             item.setToolTip(d["path"])
             self.list.addItem(item)
             if d["id"] == current:
@@ -157,6 +160,23 @@ class LibraryPanel(QWidget):
         self.list.blockSignals(False)
         if select and chosen is not None:
             self.documentSelected.emit(select)
+
+    def _label(self, item: QListWidgetItem) -> None:
+        deep = self._deep.get(item.data(DOC_ROLE))
+        item.setText(item.data(Qt.ItemDataRole.UserRole + 4) + (f"\n{deep}" if deep else ""))
+
+    def set_deep(self, doc_id: str, state: str | None) -> None:
+        """Show (or, with None, clear) how far the answering model's reading of a document is."""
+        if state is None:
+            self._deep.pop(doc_id, None)
+        else:
+            self._deep[doc_id] = state
+        for row in range(self.list.count()):
+            if self.list.item(row).data(DOC_ROLE) == doc_id:
+                self._label(self.list.item(row))
+
+    def deep_state(self, doc_id: str) -> str | None:
+        return self._deep.get(doc_id)
 
     def current_doc(self) -> str | None:
         item = self.list.currentItem()

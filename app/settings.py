@@ -9,7 +9,7 @@ The recent-files list and the last document opened live there too.
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from PySide6.QtCore import QSettings
@@ -29,7 +29,7 @@ from PySide6.QtWidgets import (
 )
 
 from app.faster_model import FasterModelRow
-from engine.backends import BACKENDS
+from engine.backends import ANSWERING, BACKENDS, default_answering
 from engine.policy import DEFAULT_CAPACITY, POLICIES
 from storage.library import data_folder, models_folder
 
@@ -40,6 +40,7 @@ RECENT_LIMIT = 10
 class Settings:
     model_path: str = ""  # empty: the bundled SmolLM2-135M-Instruct
     backend: str = "auto"  # auto | gguf | torch
+    answering: str = field(default_factory=default_answering)  # auto: the answering model beside the bundled one | off
     policy: str = "sepllm"  # sepllm | streaming | full
     cache: int = 0  # KV cache capacity in tokens; 0: the policy's default (800)
     notes: bool = True  # section notes while reading, needed for whole-document summaries
@@ -125,6 +126,11 @@ class SettingsDialog(QDialog):
         self.backend = QComboBox()
         self.backend.addItems(list(BACKENDS))
         self.backend.setCurrentText(settings.backend)
+        self.answering = QComboBox()
+        self.answering.addItems(list(ANSWERING))
+        self.answering.setCurrentText(settings.answering)
+        self.answering.setToolTip("auto: with the bundled model, the answering model (Qwen2.5-Coder-1.5B) reads each "
+                                  "document again in the background and answers; off: the reading model answers")
         self.policy = QComboBox()
         self.policy.addItems(list(POLICIES))
         self.policy.setCurrentText(settings.policy)
@@ -148,6 +154,7 @@ class SettingsDialog(QDialog):
         form.addRow("Model file", self._with_browse(self.model, self._browse_model))
         form.addRow("", self.faster)
         form.addRow("Backend", self.backend)
+        form.addRow("Answering model", self.answering)
         form.addRow("Memory policy", self.policy)
         form.addRow("Cache size", self.cache)
         form.addRow("", self.notes)
@@ -182,5 +189,6 @@ class SettingsDialog(QDialog):
 
     def result_settings(self) -> Settings:
         return Settings(model_path=self.model.text().strip(), backend=self.backend.currentText(),
+                        answering=self.answering.currentText(),
                         policy=self.policy.currentText(), cache=self.cache.value(),
                         notes=self.notes.isChecked(), data_folder=self.folder.text().strip())

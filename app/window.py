@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -113,6 +114,10 @@ class MainWindow(QMainWindow):
         elif self.library_panel.doc_ids():
             self.library_panel.select(self.library_panel.doc_ids()[0])
         self.statusBar().showMessage(f"Library: {self.library.folder}")
+        self.deep_jobs: dict[str, Job] = {}
+        # Deep reads that a restart, a crash or a cancel left unfinished go on in the background.
+        for doc_id in self.library_panel.doc_ids():
+            self.deep_read(doc_id)
 
     # building --------------------------------------------------------------------------------
 
@@ -310,11 +315,53 @@ class MainWindow(QMainWindow):
         self.refresh_library(select)
         if select and (self.doc is None or self.doc["id"] != select):
             self.open_document(select)
+        self.deep_read(report["doc_id"])
         reused = " (already read: its memory was reused)" if report["reused"] else ""
         self.statusBar().showMessage(
             f"Read {report['title']}: {report['pages']} pages, {report['tokens']:,} tokens → memory of "
             f"{report['kept_tokens']:,} tokens, {report['memory_bytes'] / 1e6:.1f} MB, in {report['seconds']:.1f} s"
             f"{reused}")
+
+    # the answering model's reading, in the background ------------------------------------------
+
+    def deep_read(self, doc_id: str) -> Job | None:
+        """Queue the answering model's reading of a document (a document it has read finishes at once)."""
+        if self.settings.answering == "off" or self.settings.model_path or doc_id in self.deep_jobs:
+            return None
+        job = self.engine.deep_read(doc_id)
+        self.deep_jobs[doc_id] = job
+        started = []
+
+        def progress(done: int, total: int) -> None:
+            if not started:
+                started.append((time.monotonic(), done))
+            t0, done0 = started[0]
+            elapsed = time.monotonic() - t0
+            rate = (done - done0) / elapsed if elapsed > 5 else 0.0
+            left = f", about {max(1, round((total - done) / rate / 60))} min" if rate else ""
+            self.library_panel.set_deep(doc_id, f"accurate answers: {100 * done // max(total, 1)}%{left}")
+
+        def ended(state: str | None, message: str = "") -> None:
+            self.deep_jobs.pop(doc_id, None)
+            self.library_panel.set_deep(doc_id, state)
+            if message:
+                self.statusBar().showMessage(message)
+
+        def finished(report: dict) -> None:
+            if report.get("skipped"):
+                return ended(None)
+            ended(None, "" if report["reused"] else
+                  f"Accurate answers are ready for {report['title']}: the answering model read it in "
+                  f"{report['seconds'] / 60:.0f} min.")
+
+        job.started.connect(lambda: self.library_panel.set_deep(doc_id, "accurate answers: starting…"))
+        job.progress.connect(progress)
+        job.notice.connect(lambda text: self.library_panel.set_deep(doc_id, f"accurate answers: {text}"))
+        job.finished.connect(finished)
+        job.failed.connect(lambda message: ended(f"accurate answers: not read ({message})"))
+        job.cancelled.connect(lambda _: ended("accurate answers: stopped; they resume at the next start"))
+        self.library_panel.set_deep(doc_id, "accurate answers: waiting to read in the background")
+        return self.engine.start(job)
 
     def _reading_failed(self, job: Job, message: str) -> None:
         self._reading_finished(job)

@@ -16,7 +16,10 @@ connection belongs to the thread that made it.
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -28,6 +31,23 @@ from engine.errors import Cancelled, CommaError, stop_reading_if
 from storage.library import Library
 
 log = logging.getLogger(__name__)
+
+
+# A deep read polls between chunks; at ~40 tokens/s a 128-token chunk lets a question in within
+# about 3 s of asking, where the reader's 512 would keep it waiting 13 s.
+DEEP_CHUNK = 128
+# Deep reads yield the CPU to the window and to reading and asking (Linux nice values are per thread).
+DEEP_NICE = 10
+
+
+def lower_this_thread_priority() -> None:
+    """Run the calling thread, and the compute threads it starts, at a lower CPU priority."""
+    if hasattr(os, "setpriority") and sys.platform.startswith("linux"):
+        try:
+            tid = threading.get_native_id()
+            os.setpriority(os.PRIO_PROCESS, tid, max(os.getpriority(os.PRIO_PROCESS, tid), DEEP_NICE))
+        except OSError:
+            pass  # not allowed here: the read still runs, at normal priority
 
 
 class SharedModel:
@@ -209,22 +229,26 @@ class Engine(QObject):
         self.jobs: list[Job] = []
         self.reading = Lane("comma-reading", self._make_comma)
         self.asking = Lane("comma-asking", self._make_comma)
+        # The answering model's deep reads, one document after another, in the background.
+        self.deep = Lane("comma-deep", self._make_comma)
+        self._answering = threading.Event()  # set while a question is answered: deep reads wait
 
     def _make_comma(self) -> Comma:
         s = self.settings
         return SharedComma(library=Library(s.library_folder()), model_path=s.model_path or None,
-                           backend=s.backend, shared=self.shared)
+                           backend=s.backend, answering=s.answering, shared=self.shared)
 
     def configure(self, settings: Settings) -> None:
         self.settings = settings
-        for lane in (self.reading, self.asking):
+        for lane in (self.reading, self.asking, self.deep):
             lane.reconfigure()
 
     def start(self, job: Job) -> Job:
         """Queue a job on its lane. Connect to its signals first: a job may start, and even
         finish, before the next line of the caller runs."""
         self.jobs = [j for j in self.jobs if j.state in ("queued", "running")] + [job]
-        return (self.reading if job.kind == "read" else self.asking).submit(job)
+        lane = {"read": self.reading, "deep": self.deep}.get(job.kind, self.asking)
+        return lane.submit(job)
 
     def read(self, path: str, force: bool = False) -> Job:
         s = self.settings
@@ -236,15 +260,43 @@ class Engine(QObject):
             document = read_document(path)
             job.described.emit({"title": document.title, "pages": document.pages, "path": str(document.path)})
             stop_reading_if(job.is_cancelled)
+            # The answering model's read follows on its own lane (Engine.deep_read), in the background.
             return comma.ingest(path, s.policy, s.cache or None, force=force, notes=s.notes,
-                                progress=job.report_progress, cancelled=job.is_cancelled)
+                                progress=job.report_progress, cancelled=job.is_cancelled, deep=False)
 
         return Job("read", work, path=path)
 
+    def deep_read(self, doc_id: str) -> Job:
+        """The answering model's reading of a document, in the background: at a lower CPU
+        priority, in short chunks, pausing while a question is answered. A document it has read
+        already finishes at once (``reused``); without an answering model the job says why."""
+        s = self.settings
+
+        def work(job: Job, comma: Comma) -> dict:
+            lower_this_thread_priority()
+            if comma.answerer is None:
+                return {"doc_id": doc_id, "skipped": comma.answerer_reason}
+
+            def paused_or_cancelled() -> bool:
+                if self._answering.is_set():
+                    job.report_notice("paused while a question is answered")
+                while self._answering.is_set() and not job.is_cancelled():
+                    time.sleep(0.05)
+                return job.is_cancelled()
+
+            return comma.deep_read(doc_id, s.policy, s.cache or None, progress=job.report_progress,
+                                   cancelled=paused_or_cancelled, chunk=DEEP_CHUNK)
+
+        return Job("deep", work, doc_id=doc_id)
+
     def ask(self, doc_id: str, question: str, session_id: str | None) -> Job:
         def work(job: Job, comma: Comma) -> dict:
-            result = comma.ask(doc_id, question, session_id, on_text=job.report_text, should_stop=job.is_cancelled,
-                               live=True)
+            self._answering.set()
+            try:
+                result = comma.ask(doc_id, question, session_id, on_text=job.report_text,
+                                   should_stop=job.is_cancelled, live=True, on_status=job.report_notice)
+            finally:
+                self._answering.clear()
             comma.library.set_last_answer_seconds(result.session_id, result.seconds)
             return {**result.__dict__, "stopped": job.is_cancelled(), "doc_id": doc_id, "question": question}
 
@@ -259,5 +311,5 @@ class Engine(QObject):
     def shutdown(self) -> None:
         for job in self.jobs:
             job.cancel()
-        for lane in (self.reading, self.asking):
+        for lane in (self.reading, self.asking, self.deep):
             lane.stop()

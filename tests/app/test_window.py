@@ -472,3 +472,77 @@ def test_sources_under_an_answer_open_their_page_and_a_follow_up_keeps_the_cache
     wait_until(qtbot, lambda: not again.conversation.streaming and again.conversation.messages
                and again.conversation.messages[-1]["content"])
     assert "memory alone" in again.conversation.status.text() and "--force" in again.conversation.status.text()
+
+
+def test_the_answering_model_reads_in_the_background_and_answers_before_and_after(qtbot, home, tmp_path, monkeypatch):
+    from tests.fakes import QUESTION, FakeAnswerer, write_doc
+
+    answerer = FakeAnswerer(token_seconds=0.002)
+    use_fake_model(monkeypatch, token_seconds=0, answerer=answerer)
+    settings = Settings(cache=320, notes=False, answering="auto")
+    window = make_window(qtbot, settings)
+    states = []
+    spy(window.library_panel, "set_deep", states)
+    drop(window, [write_doc(tmp_path / "harbour.txt")])
+    wait_until(qtbot, lambda: window.doc is not None and window.library.memories(window.doc["id"]))
+    doc_id = window.doc["id"]
+    wait_until(qtbot, lambda: any(s[1] and "%" in s[1] for s in states), timeout=10_000)  # it reports how far it is
+    assert any("accurate answers" in (s[1] or "") for s in states)
+    wait_until(qtbot, lambda: doc_id not in window.deep_jobs)
+    assert window.library_panel.deep_state(doc_id) is None
+    memories = window.library.memories(doc_id)
+    assert {m["model_name"] for m in memories} == {"Fake model", "Fake answering model"}
+    conv = window.conversation
+    window.ask(QUESTION)
+    wait_until(qtbot, lambda: not conv.streaming and conv.messages and conv.messages[-1]["content"])
+    assert "read p." not in conv.status.text() and window.banner.text() == ""
+    window.close()
+
+    # After a restart, a document whose deep read is done is not read again.
+    again = make_window(qtbot, settings)
+    wait_until(qtbot, lambda: doc_id not in again.deep_jobs)
+    assert len(again.library.memories(doc_id)) == 2 and again.library_panel.deep_state(doc_id) is None
+
+
+def test_a_question_before_the_deep_read_is_answered_from_its_pages_read_on_the_spot(qtbot, home, tmp_path,
+                                                                                     monkeypatch):
+    from tests.fakes import QUESTION, FakeAnswerer, write_doc
+
+    answerer = FakeAnswerer(token_seconds=0)
+    use_fake_model(monkeypatch, token_seconds=0, answerer=answerer)
+    window = make_window(qtbot, Settings(cache=320, notes=False, answering="auto"))
+    monkeypatch.setattr(window, "deep_read", lambda doc_id: None)  # the background read has not got there
+    drop(window, [write_doc(tmp_path / "harbour.txt")])
+    wait_until(qtbot, lambda: window.doc is not None and window.library.memories(window.doc["id"]))
+    wait_until(qtbot, lambda: not window.engine.jobs or window.engine.jobs[-1].state != "running")
+    conv = window.conversation
+    window.ask(QUESTION)
+    wait_until(qtbot, lambda: not conv.streaming and conv.messages and conv.messages[-1]["content"])
+    gold = next(p for p in range(1, 20) if "4417" in window.library.page_text(window.doc["id"], p))
+    assert f"read p. {gold}" in conv.status.text()
+    assert conv.messages[-1]["sources"][0]["page"] == gold
+
+
+def test_a_deep_read_waits_while_a_question_is_answered(qtbot, home, tmp_path, monkeypatch):
+    from tests.fakes import FakeAnswerer, write_doc
+
+    answerer = FakeAnswerer(token_seconds=0)
+    use_fake_model(monkeypatch, token_seconds=0, answerer=answerer)
+    window = make_window(qtbot, Settings(cache=320, notes=False, answering="auto"))
+    monkeypatch.setattr(window, "deep_read", lambda doc_id: None)
+    drop(window, [write_doc(tmp_path / "harbour.txt")])
+    wait_until(qtbot, lambda: window.doc is not None and window.library.memories(window.doc["id"]))
+    doc_id = window.doc["id"]
+    window.engine._answering.set()  # as while a question is answered
+    job = window.engine.deep_read(doc_id)
+    notices, done = [], []
+    job.notice.connect(notices.append)
+    job.finished.connect(done.append)
+    window.engine.start(job)
+    wait_until(qtbot, lambda: notices)
+    assert notices == ["paused while a question is answered"]
+    qtbot.wait(300)
+    assert not done and len(window.library.memories(doc_id)) == 1
+    window.engine._answering.clear()
+    wait_until(qtbot, lambda: done)
+    assert len(window.library.memories(doc_id)) == 2
