@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine import spot_reading
+from engine import read_checkpoint, spot_reading
 from engine.backends import default_answering
 from engine.conversation import Conversation, fit_to_question
 from engine.documents import read_document
@@ -106,7 +106,8 @@ class Comma:
                                          parallel, recall, started)
         if deep and not parallel and self.answerer is not None:
             report["deep"] = self._read_into_library(self.answerer, document, policy, cache, force, False,
-                                                     deep_progress, cancelled, None, recall, time.perf_counter())
+                                                     deep_progress, cancelled, None, recall, time.perf_counter(),
+                                                     resumable=True)
         return report
 
     def deep_read(self, doc_id: str, policy: str = "sepllm", cache: int | None = None, force: bool = False,
@@ -128,7 +129,7 @@ class Comma:
             raise CommaError(f"{doc['path']} has changed since it was read; read it again first: "
                              f"comma ingest {doc['path']}")
         return self._read_into_library(self.answerer, document, policy, cache, force, False, progress, cancelled,
-                                       None, True, time.perf_counter(), chunk)
+                                       None, True, time.perf_counter(), chunk, resumable=True)
 
     def deep_read_done(self, doc_id: str) -> bool:
         """Whether the answering model has a memory of the document (True when there is none to make)."""
@@ -138,7 +139,8 @@ class Comma:
 
     def _read_into_library(self, model, document, policy: str, cache: int | None, force: bool, notes: bool,
                            progress: Progress | None, cancelled: Callable[[], bool] | None, parallel: int | None,
-                           recall: bool, started: float, chunk: int = DEFAULT_CHUNK) -> dict:
+                           recall: bool, started: float, chunk: int = DEFAULT_CHUNK, resumable: bool = False) -> dict:
+        """``resumable``: keep a checkpoint as the read goes, and go on from one (a long read)."""
         chosen = make_policy(policy, cache)
         if parallel is not None and (not model.capabilities.parallel_reading or parallel < 1):
             raise CommaError(f"the {model.backend} engine cannot read in parallel chunks; parallel reading "
@@ -156,8 +158,9 @@ class Comma:
                                        reused=True)
         target = self.library.memory_path(doc_id, key, model.fingerprint, model.backend)
         store_path = self.library.recall_path(target) if wants_store else None
+        checkpoint = self.library.checkpoint_path(target) if resumable else None
         result = read(model, document, chosen, notes=notes, chunk=chunk, parallel=parallel, recall=store_path,
-                      progress=progress, cancelled=cancelled)
+                      progress=progress, cancelled=cancelled, checkpoint=checkpoint)
         # The new store goes in beside the old pair under a name of its own; saving the memory is
         # the switch; only then is the old store removed. A failure at any step leaves the
         # previous memory and store as they were.
@@ -188,6 +191,8 @@ class Comma:
         old_store = existing.get("recall_path") if existing else None
         if old_store and old_store != record["recall_path"]:
             Path(old_store).unlink(missing_ok=True)
+        if checkpoint is not None:
+            read_checkpoint.remove(checkpoint)
         saved = self.library.find_memory(doc_id, model.fingerprint, model.backend, key)
         return self._ingest_report(doc_id, document.title, document.pages, saved, time.perf_counter() - started,
                                    reused=False)

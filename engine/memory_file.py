@@ -44,6 +44,7 @@ import json
 import os
 import struct
 import tempfile
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,6 +58,7 @@ MAGIC = b"COMMAMEM"
 STORE_MAGIC = b"COMMARCL"
 _PREAMBLE = struct.Struct("<8sIQ")
 _STORE_PREAMBLE = struct.Struct("<8sI")
+STORE_PREAMBLE_BYTES = _STORE_PREAMBLE.size
 _TRAILER = struct.Struct("<Q")
 _DIGEST = 32
 # EDQUOT does not exist on every platform (Windows reports a full disk as ENOSPC only).
@@ -239,25 +241,65 @@ class StoreWriter:
     temporary file, and nothing at ``path`` changes.
     """
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, tmp: Path | None = None, resume: dict | None = None):
+        """``tmp``: write there instead of a new temporary name (a resumable read keeps its
+        store under a name it can find again); ``resume``: what ``checkpoint()`` returned,
+        to go on from there in an existing ``tmp`` (anything written after it is cut off)."""
         self.path = Path(path)
         self._sections: list[dict] = []
         self._offset = 0
         self._sealed = False
         self._tmp: Path | None = None
-        self._file = None
+        self._file: typing.BinaryIO | None = None
         try:
-            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-            self._tmp = Path(tmp)
-            try:
-                self._file = os.fdopen(fd, "wb")
-            except OSError:
-                os.close(fd)
-                raise
+            if resume is not None and tmp is not None:
+                self._tmp = tmp
+                sections = [dict(s) for s in resume["sections"]]
+                offset = int(resume["offset"])
+                if tmp.stat().st_size < _STORE_PREAMBLE.size + offset:
+                    raise MemoryFileError(f"the partial recall store {tmp} is shorter than its checkpoint says")
+                self._file = tmp.open("r+b")
+                self._file.truncate(_STORE_PREAMBLE.size + offset)
+                self._file.seek(0, os.SEEK_END)
+                self._sections, self._offset = sections, offset
+                return
+            if tmp is not None:
+                self._tmp = tmp
+                self._file = tmp.open("wb")
+            else:
+                fd, name = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+                self._tmp = Path(name)
+                try:
+                    self._file = os.fdopen(fd, "wb")
+                except OSError:
+                    os.close(fd)
+                    raise
             self._write(_STORE_PREAMBLE.pack(STORE_MAGIC, FORMAT_VERSION))
+        except (OSError, KeyError, TypeError, ValueError) as exc:
+            if resume is not None:
+                self.detach()
+                raise MemoryFileError(f"the partial recall store {tmp} cannot be resumed ({exc})") from exc
+            self.discard()
+            if not isinstance(exc, OSError):
+                raise
+            raise _write_failed("recall store", self.path, exc) from exc
+
+    def checkpoint(self) -> dict:
+        """Sync what is written so far; returns what ``StoreWriter(path, tmp, resume=...)`` needs."""
+        assert self._file is not None
+        try:
+            self._file.flush()
+            os.fsync(self._file.fileno())
         except OSError as exc:
             self.discard()
             raise _write_failed("recall store", self.path, exc) from exc
+        return {"sections": [dict(s) for s in self._sections], "offset": self._offset}
+
+    def detach(self) -> None:
+        """Close the file but keep it, for a later read to resume (after a cancel)."""
+        if self._file is not None and not self._file.closed:
+            self._file.close()
+        self._tmp = None
 
     def _write(self, data: bytes | memoryview) -> None:
         assert self._file is not None

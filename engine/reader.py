@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from engine import read_checkpoint
 from engine.errors import CommaError, stop_reading_if
 from engine.generate import Sampling, generate_text
 from engine.memory import Memory, page_of
@@ -97,15 +98,16 @@ def cache_size(model: Model, policy: Policy, stream_len: int, notes: bool) -> in
 def prefill(cache: Cache, stream: TokenStream, policy: Policy, chunk: int, *,
             after_chunk: Callable[[int], None] | None = None,
             on_logits: Callable[[int, np.ndarray], None] | None = None,
-            progress: Progress | None = None, cancelled: Callable[[], bool] | None = None) -> None:
-    """Feed the stream through ``cache`` under ``policy``, chunk by chunk.
+            progress: Progress | None = None, cancelled: Callable[[], bool] | None = None, begin: int = 0) -> None:
+    """Feed the stream through ``cache`` under ``policy``, chunk by chunk, from ``begin`` (a chunk
+    boundary of a read resumed from its checkpoint) on.
 
     ``on_logits(start, logits)`` receives every position's logits when given (scoring);
     reading asks for none, which spares llama.cpp the output projection.
     """
     chunk = policy.max_chunk(chunk)
     total = len(stream)
-    for start in range(0, total, chunk):
+    for start in range(begin, total, chunk):
         stop_reading_if(cancelled)
         end = min(start + chunk, total)
         keep = policy.keep(cache.separators, end - start)
@@ -177,13 +179,15 @@ def memory_header(model: Model, document, stream: TokenStream, policy: Policy, k
 
 def read(model: Model, document, policy: Policy, *, notes: bool = True, chunk: int = DEFAULT_CHUNK,
          parallel: int | None = None, recall: Path | None = None, progress: Progress | None = None,
-         cancelled: Callable[[], bool] | None = None) -> ReadResult:
+         cancelled: Callable[[], bool] | None = None, checkpoint: Path | None = None) -> ReadResult:
     """Read ``document`` once under ``policy``; the result's memory is ready to save.
 
     ``recall``: where the recall store goes (the KV of every passage, written as the read goes;
     backends whose ``capabilities`` say ``recall``). ``parallel``: read independent chunks of
     that many tokens side by side instead (``capabilities.parallel_reading``; no section notes,
-    no recall store)."""
+    no recall store). ``checkpoint``: save where the read stands there every
+    CHECKPOINT_TOKENS, and go on from a checkpoint of this same read found there; the caller
+    removes it (``read_checkpoint.remove``) once the memory is saved."""
     if parallel:
         if not model.capabilities.parallel_reading or not isinstance(model, ParallelModel):
             raise CommaError(f"the {model.backend} engine cannot read in parallel chunks")
@@ -193,28 +197,52 @@ def read(model: Model, document, policy: Policy, *, notes: bool = True, chunk: i
     started = time.perf_counter()
     stream = token_stream(model, document)
     n_ctx = cache_size(model, policy, len(stream), notes)
-    with model.new_cache(n_ctx, policy.max_chunk(chunk)) as cache:
+    chunk = policy.max_chunk(chunk)
+    read_identity = read_checkpoint.identity(model, document, policy, chunk)
+    resume = read_checkpoint.load(checkpoint, read_identity, recall is not None) if checkpoint is not None else None
+    if checkpoint is not None and resume is None:
+        read_checkpoint.remove(checkpoint)  # another read's, or damaged: begin again
+    with model.new_cache(n_ctx, chunk) as cache:
+        if resume is not None:
+            cache.restore(resume.cache.state, resume.cache.offsets, resume.cache.separators)
         hooks: list[Callable[[int], None]] = []
         writer = None
         if recall is not None:
             assert isinstance(cache, RecallCache)
-            writer = RecallWriter(cache, stream, recall)
+            partial = read_checkpoint.partial_store(checkpoint) if checkpoint is not None else None
+            writer = RecallWriter(cache, stream, recall, partial, resume)
             hooks.append(writer)
         taker = NoteTaker(model, cache, stream) if notes else None
         if taker is not None:
             hooks.append(taker)
+            if resume is not None:
+                taker.notes = [Note(n["first_page"], n["last_page"], n["text"]) for n in resume.notes]
+                taker.last = resume.note_last
+        saved_at = [resume.done if resume is not None else 0]
+        if checkpoint is not None:
+            def save_checkpoint(end: int) -> None:
+                if end - saved_at[0] >= read_checkpoint.CHECKPOINT_TOKENS and end < len(stream):
+                    read_checkpoint.save(checkpoint, read_identity, end, cache, writer, taker)
+                    saved_at[0] = end
+            hooks.append(save_checkpoint)
+
         def after_chunk(end: int) -> None:
             for hook in hooks:
                 hook(end)
 
         try:
-            prefill(cache, stream, policy, chunk, after_chunk=after_chunk, progress=progress, cancelled=cancelled)
+            prefill(cache, stream, policy, chunk, after_chunk=after_chunk, progress=progress, cancelled=cancelled,
+                    begin=resume.done if resume is not None else 0)
             header = memory_header(model, document, stream, policy, cache.length)
             memory = Memory(header, stream.tokens[cache.offsets], cache.offsets.copy(), cache.separators.copy(),
                             cache.snapshot())
             store = writer.seal(header) if writer is not None else None
         except BaseException:
             if writer is not None:
-                writer.store.discard()
+                # A checkpoint refers to the partial store: keep it for the read to go on.
+                if checkpoint is not None and checkpoint.is_file():
+                    writer.store.detach()
+                else:
+                    writer.store.discard()
             raise
     return ReadResult(memory, taker.notes if taker else [], time.perf_counter() - started, store)

@@ -74,12 +74,14 @@ class RecallWriter:
     """Called after each chunk of a read: stores the KV of the chunk's document tokens, page by
     page, before eviction can drop it."""
 
-    def __init__(self, cache: RecallCache, stream, path: Path):
+    def __init__(self, cache: RecallCache, stream, path: Path, partial: Path | None = None, resume=None):
+        """``partial``: write the store there until it is sealed (a resumable read);
+        ``resume``: the read's ``engine.read_checkpoint.Checkpoint`` to go on from."""
         self.cache, self.stream = cache, stream
-        self.store = StoreWriter(path)
-        self.pieces: list[list[int]] = []  # [first offset, tokens, page, passage]
-        self.done = 0
-        self._passage_tokens = 0
+        self.store = StoreWriter(path, partial, resume.store if resume is not None else None)
+        self.pieces: list[list[int]] = resume.pieces if resume is not None else []  # [first offset, tokens, page, passage]
+        self.done = resume.done if resume is not None else 0
+        self.passage_tokens = resume.passage_tokens if resume is not None else 0
 
     def __call__(self, end: int) -> None:
         start, self.done = self.done, end
@@ -98,10 +100,10 @@ class RecallWriter:
         if self.pieces:
             last = self.pieces[-1]
             passage = last[3]
-            if last[2] != page or self._passage_tokens + hi - lo > PASSAGE_TOKENS:
+            if last[2] != page or self.passage_tokens + hi - lo > PASSAGE_TOKENS:
                 passage += 1
-                self._passage_tokens = 0
-        self._passage_tokens += hi - lo
+                self.passage_tokens = 0
+        self.passage_tokens += hi - lo
         self.store.add(f"piece{len(self.pieces)}", self.cache.export_slots(slot, slot + hi - lo))
         self.pieces.append([lo, hi - lo, page, passage])
 

@@ -241,6 +241,8 @@ class Library:
             Path(m["path"]).unlink(missing_ok=True)
             if m.get("recall_path"):
                 Path(m["recall_path"]).unlink(missing_ok=True)
+        for partial in self.memories_folder.glob(f"{doc['id']}-*.partial*"):  # a read stopped half-way
+            partial.unlink(missing_ok=True)
 
     def document(self, doc_id: str) -> dict:
         rows = list(self.db["documents"].rows_where("id = ? or id like ?", [doc_id, f"{doc_id}%"]))
@@ -264,6 +266,10 @@ class Library:
         """A new name for the recall store of a reading of the memory at ``memory_path``: beside
         it, unique, so a new store can be in place before the memory it belongs to is replaced."""
         return memory_path.with_name(f"{memory_path.stem}.{uuid.uuid4().hex[:12]}.recall")
+
+    def checkpoint_path(self, memory_path: Path) -> Path:
+        """Where a resumable reading into ``memory_path`` keeps how far it has got."""
+        return memory_path.with_name(memory_path.name + ".partial")
 
     def remove_stale_temporaries(self, older_than_s: float = 86_400) -> None:
         """Delete what an interrupted save left in the memories folder (a crash mid-read leaves a

@@ -184,3 +184,98 @@ def test_the_cli_reports_both_reads_and_which_model_answered(two, tmp_path, caps
     assert answer["model"] == "answering" and answer["read_on_the_spot"] == []
     assert run(["ingest", str(doc), "--fast-only", "--force", "--no-notes", "--json"]) == 0
     assert "deep" not in json.loads(capsys.readouterr().out)
+
+
+def _stop_after(tokens: int, seen: list):
+    def progress(done: int, total: int) -> None:
+        seen.append(done)
+
+    return progress, (lambda: bool(seen) and seen[-1] >= tokens)
+
+
+def _deep_files(comma, doc_id: str, answerer) -> tuple:
+    record = comma.library.find_memory(doc_id, answerer.fingerprint, "fake")
+    memory = comma.load_memory(record, answerer)
+    from engine.recall import RecallStore
+
+    store = RecallStore.open(Path(record["recall_path"]), answerer, memory.header)
+    passages = [[s for s, _ in store.states(p)] for p in store.passages]
+    return memory, store.pieces, passages
+
+
+def test_a_stopped_deep_read_goes_on_from_its_checkpoint_to_the_same_memory_and_store(tmp_path, monkeypatch):
+    from engine.errors import Cancelled
+
+    answerer = FakeAnswerer(0)
+    use_fake_model(monkeypatch, token_seconds=0, answerer=answerer)
+    doc = write_doc(tmp_path / "harbour.txt", parts=8)
+    whole = Comma(Library(tmp_path / "whole"))
+    report = whole.ingest(doc, notes=False)
+    expected = _deep_files(whole, report["doc_id"], answerer)
+    assert report["deep"]["tokens"] > 3 * 4096
+
+    comma = Comma(Library(tmp_path / "home"))
+    comma.ingest(doc, notes=False, deep=False)
+    seen: list[int] = []
+    progress, stop = _stop_after(9000, seen)
+    with pytest.raises(Cancelled):
+        comma.deep_read(report["doc_id"], progress=progress, cancelled=stop)
+    folder = comma.library.memories_folder
+    partials = sorted(p.name for p in folder.glob("*.partial*"))
+    assert len(partials) == 2 and comma.library.find_memory(report["doc_id"], answerer.fingerprint, "fake") is None
+    assert not list(folder.glob(".*.tmp"))
+
+    resumed: list[int] = []
+    comma.deep_read(report["doc_id"], progress=lambda done, total: resumed.append(done))
+    assert resumed[0] > 8000  # it went on from the checkpoint at 8,192 tokens, not from the start
+    memory, pieces, passages = _deep_files(comma, report["doc_id"], answerer)
+    assert memory.token_ids.tolist() == expected[0].token_ids.tolist()
+    assert memory.offsets.tolist() == expected[0].offsets.tolist() and memory.state == expected[0].state
+    assert pieces == expected[1] and passages == expected[2]
+    assert not list(folder.glob("*.partial*"))
+
+
+@pytest.mark.parametrize("damage", ["flip", "other_read", "short_store"])
+def test_a_checkpoint_that_cannot_be_trusted_means_reading_from_the_start(tmp_path, monkeypatch, damage):
+    from engine.errors import Cancelled
+
+    answerer = FakeAnswerer(0)
+    use_fake_model(monkeypatch, token_seconds=0, answerer=answerer)
+    doc = write_doc(tmp_path / "harbour.txt", parts=8)
+    comma = Comma(Library(tmp_path / "home"))
+    report = comma.ingest(doc, notes=False, deep=False)
+    seen: list[int] = []
+    progress, stop = _stop_after(5000, seen)
+    with pytest.raises(Cancelled):
+        comma.deep_read(report["doc_id"], progress=progress, cancelled=stop)
+    checkpoint = next(comma.library.memories_folder.glob("*.partial"))
+    if damage == "flip":
+        data = bytearray(checkpoint.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        checkpoint.write_bytes(bytes(data))
+    elif damage == "short_store":
+        store = checkpoint.with_name(checkpoint.name + "-recall")
+        store.write_bytes(store.read_bytes()[:100])
+    again: list[int] = []
+    if damage == "other_read":  # read in other chunks (the window's), it is not this read's checkpoint
+        comma.deep_read(report["doc_id"], progress=lambda done, total: again.append(done), chunk=128)
+    else:
+        comma.deep_read(report["doc_id"], progress=lambda done, total: again.append(done))
+    assert again[0] <= 512
+    result = comma.ask(report["doc_id"], "What is the secret harbour code?")
+    assert result.model == "answering" and result.read_on_the_spot == []
+
+
+def test_removing_a_document_removes_a_half_done_read(tmp_path, monkeypatch):
+    from engine.errors import Cancelled
+
+    use_fake_model(monkeypatch, token_seconds=0, answerer=FakeAnswerer(0))
+    comma = Comma(Library(tmp_path / "home"))
+    report = comma.ingest(write_doc(tmp_path / "harbour.txt", parts=8), notes=False, deep=False)
+    seen: list[int] = []
+    progress, stop = _stop_after(5000, seen)
+    with pytest.raises(Cancelled):
+        comma.deep_read(report["doc_id"], progress=progress, cancelled=stop)
+    assert list(comma.library.memories_folder.glob("*.partial*"))
+    comma.library.remove_document(report["doc_id"])
+    assert list(comma.library.memories_folder.iterdir()) == []
