@@ -279,3 +279,44 @@ def test_removing_a_document_removes_a_half_done_read(tmp_path, monkeypatch):
     assert list(comma.library.memories_folder.glob("*.partial*"))
     comma.library.remove_document(report["doc_id"])
     assert list(comma.library.memories_folder.iterdir()) == []
+
+
+@pytest.mark.model
+def test_on_llama_cpp_a_resumed_read_ends_with_the_memory_an_uninterrupted_one_makes(tmp_path, monkeypatch):
+    """The KV a checkpoint saved goes back into llama.cpp and the read goes on as if never
+    stopped (the bundled small model; a checkpoint every 1,024 tokens of a 4,000-token text)."""
+    from engine import read_checkpoint
+    from engine.documents import read_document
+    from engine.errors import Cancelled
+    from engine.gguf.model import GGUFModel
+    from engine.policy import make_policy
+    from engine.reader import read
+
+    gpl = Path("/usr/share/common-licenses/GPL-3")
+    if not gpl.exists():
+        pytest.skip("needs /usr/share/common-licenses/GPL-3")
+    monkeypatch.setattr(read_checkpoint, "CHECKPOINT_TOKENS", 1024)
+    text = tmp_path / "gpl.txt"
+    text.write_text(gpl.read_text()[:16000])
+    document, model, policy = read_document(text), GGUFModel(), make_policy("sepllm", 320)
+    whole = read(model, document, policy, notes=False, recall=tmp_path / "whole.recall")
+    checkpoint = tmp_path / "read.partial"
+    seen: list[int] = []
+    with pytest.raises(Cancelled):
+        read(model, document, policy, notes=False, recall=tmp_path / "resumed.recall", checkpoint=checkpoint,
+             progress=lambda done, total: seen.append(done), cancelled=lambda: bool(seen) and seen[-1] >= 2200)
+    resumed_from: list[int] = []
+    resumed = read(model, document, policy, notes=False, recall=tmp_path / "resumed.recall", checkpoint=checkpoint,
+                   progress=lambda done, total: resumed_from.append(done))
+    assert 1024 < resumed_from[0] <= seen[-1] + 512  # from the last checkpoint, not from the start
+    assert resumed.memory.offsets.tolist() == whole.memory.offsets.tolist()
+    assert resumed.memory.token_ids.tolist() == whole.memory.token_ids.tolist()
+    with model.new_cache(400) as a, model.new_cache(400) as b:
+        a.restore(whole.memory.state, whole.memory.offsets, whole.memory.separators)
+        b.restore(resumed.memory.state, resumed.memory.offsets, resumed.memory.separators)
+        question = model.tokenize("\nWhat is this licence about?")
+        import numpy as np
+
+        np.testing.assert_allclose(a.decode_main_tail(question), b.decode_main_tail(question), atol=2e-2)
+    whole.recall.discard()
+    resumed.recall.discard()
