@@ -18,6 +18,7 @@ loaded). Every row is printed to stderr as it is measured. A run beside other wo
 right accuracy figures and noisy times; the README says which.
 
     python bench/answers.py [--deep R-intro.pdf] [--documents R-intro.pdf,reportlab-userguide.pdf]
+    python bench/answers.py --from-log STDERR.txt   # the report of a run stopped before its end
 """
 
 from __future__ import annotations
@@ -126,12 +127,41 @@ def run(args) -> tuple[dict, object]:
     return {"reads": reads, "questions": rows, "summary": summarize(rows)}, model
 
 
+def from_log(log: Path) -> dict:
+    """The rows a run printed to stderr, summarised as the run would have (a run stopped early:
+    its questions are those it reached, and the report says so)."""
+    rows: dict[str, dict] = {}
+    reads: dict = {}
+    for line in log.read_text().splitlines():
+        try:
+            item = json.loads(line)
+        except ValueError:
+            continue  # progress and llama.cpp's own messages
+        if not isinstance(item, dict):
+            continue
+        if "small" in item:
+            rows[item["id"]] = item
+        elif "deep" in item and item.get("id") in rows:
+            rows[item["id"]]["deep"] = item["deep"]
+        elif all(isinstance(v, dict) and "fast" in v for v in item.values()):
+            reads.update(item)
+    done = list(rows.values())
+    return {"stopped_early": True, "reads": reads, "questions": done, "summary": summarize(done)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--documents", default="R-intro.pdf,reportlab-userguide.pdf", type=lambda s: s.split(","))
     parser.add_argument("--deep", default="R-intro.pdf", type=lambda s: [x for x in s.split(",") if x])
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "answers_cpu.json")
+    parser.add_argument("--from-log", type=Path, help="summarise the stderr of a run stopped before its end")
     args = parser.parse_args()
+    if args.from_log:
+        from engine.answering_model import FILE_NAME
+
+        emit("answers", __doc__.split("Method", 1)[1], type("Model", (), {"name": FILE_NAME})(),
+             from_log(args.from_log), args.out)
+        return
     figures, model = run(args)
     emit("answers", __doc__.split("Method", 1)[1], model, figures, args.out)
 
