@@ -19,6 +19,19 @@ right accuracy figures and noisy times; the README says which.
 
     python bench/answers.py [--deep R-intro.pdf] [--documents R-intro.pdf,reportlab-userguide.pdf]
     python bench/answers.py --from-log STDERR.txt   # the report of a run stopped before its end
+    python bench/answers.py speed [--runs 5]          # with the CPU to yourself
+    python bench/answers.py weights                   # the answering model's weight types on this CPU
+
+speed: R-intro.pdf (74K tokens) read by the small model, then, before the deep read, ``--runs``
+fresh processes of ``comma ask --json`` (first token with the page read on the spot); the deep
+read timed (tokens/s of the whole read) against llama.cpp's own prefill rate of the same weights
+in SepLLM's steady state (324 cached, 476 more, no logits, median of 5; engine/gguf/probe.py)
+measured right after it in the same process; then ``--runs`` fresh processes of ``comma ask
+--json`` (first token after the deep read), ``--runs`` follow-ups on one live conversation, and
+the answering model's store in MB per 100 pages.
+weights: the answering model as shipped (Q4_K_M) and copies made here with llama.cpp's quantizer
+(F16: an exact upcast; Q8_0), prefill and decode tokens/s (engine/gguf/probe.py), flash
+attention on (and off for Q4_K_M), one model at a time.
 """
 
 from __future__ import annotations
@@ -127,6 +140,93 @@ def run(args) -> tuple[dict, object]:
     return {"reads": reads, "questions": rows, "summary": summarize(rows)}, model
 
 
+QUESTIONS = ("How do I get help on a function?", "And how do I quit R?", "What does the function c() do?",
+             "How are comments written?", "What is a data frame?", "How do I read a table from a file?")
+
+
+def fresh_asks(home: str, doc_id: str, runs: int) -> list[dict]:
+    import os
+    import subprocess
+
+    env = {**os.environ, "COMMA_HOME": home, "COMMA_ANSWERING": "auto"}
+    out = []
+    for question in QUESTIONS[:runs]:
+        done = subprocess.run([sys.executable, str(ROOT / "main.py"), "ask", doc_id, question, "--json"],
+                              env=env, capture_output=True, text=True, check=True)
+        result = json.loads(done.stdout)
+        out.append({k: result[k] for k in ("ttft_s", "seconds", "model", "read_on_the_spot", "pages")})
+    return out
+
+
+def speed(args) -> tuple[dict, object]:
+    from engine.gguf.probe import STEADY_CACHED, STEADY_CHUNK, prefill_rate
+
+    pdf = DATA / "R-intro.pdf"
+    with tempfile.TemporaryDirectory() as home:
+        comma = Comma(Library(Path(home)), answering="auto")
+        fast = comma.ingest(pdf, notes=False, deep=False)
+        before = fresh_asks(home, fast["doc_id"], args.runs)
+        started = time.perf_counter()
+        deep = comma.deep_read(fast["doc_id"])
+        seconds = time.perf_counter() - started
+        model = comma.answerer
+        tokens = model.tokenize(comma.library.page_text(fast["doc_id"], 20) * 4)
+        ceiling = prefill_rate(model, tokens, STEADY_CACHED, STEADY_CHUNK, runs=5)
+        rate = (deep["tokens"] + 0.0) / seconds
+        after = fresh_asks(home, fast["doc_id"], args.runs)
+        follow = []
+        with comma.conversation(fast["doc_id"]) as conversation:
+            first = conversation.ask(QUESTIONS[0], sampling=ANSWER)
+            for question in QUESTIONS[1:args.runs + 1]:
+                follow.append(conversation.ask(question, first.session_id, sampling=ANSWER).ttft_s)
+        return {
+            "document": {"file": pdf.name, "pages": fast["pages"], "tokens": fast["tokens"]},
+            "before_deep_read": {"runs": before, "ttft_median_s": statistics.median(r["ttft_s"] for r in before)},
+            "deep_read": {"seconds": round(seconds, 1), "tokens_per_s": round(rate, 1),
+                          "llama_cpp_prefill_tokens_per_s": round(ceiling, 1),
+                          "fraction_of_ceiling": round(rate / ceiling, 3),
+                          "store_bytes": deep["recall_bytes"], "memory_bytes": deep["memory_bytes"],
+                          "store_mb_per_100_pages": round(deep["recall_bytes"] / fast["pages"] * 100 / 1e6, 1)},
+            "after_deep_read": {"runs": after, "ttft_median_s": statistics.median(r["ttft_s"] for r in after)},
+            "follow_up_ttft_s": {"runs": follow, "median": statistics.median(follow)},
+        }, model
+
+
+def weights(args) -> tuple[dict, object]:
+    import ctypes
+
+    from engine import answering_model
+    from engine.gguf.model import GGUFModel, llama
+    from engine.gguf.probe import _PROBE_TEXT, decode_rate, prefill_rate
+
+    figures: dict = {}
+    with tempfile.TemporaryDirectory() as home:
+        source = answering_model.assemble(Path(home))
+        files = {"Q4_K_M": source}
+        for name, ftype in (("F16", llama.LLAMA_FTYPE_MOSTLY_F16), ("Q8_0", llama.LLAMA_FTYPE_MOSTLY_Q8_0)):
+            target = Path(home) / f"answering.{name}.gguf"
+            params = llama.llama_model_quantize_default_params()
+            params.ftype, params.allow_requantize = ftype, True
+            started = time.perf_counter()
+            if llama.llama_model_quantize(str(source).encode(), str(target).encode(), ctypes.byref(params)) != 0:
+                raise SystemExit(f"llama.cpp could not make the {name} copy")
+            figures.setdefault("copies_s", {})[name] = round(time.perf_counter() - started, 1)
+            files[name] = target
+        for name, path in files.items():
+            model = GGUFModel(path)
+            tokens = model.tokenize(_PROBE_TEXT * 40)
+            row = {"bytes": path.stat().st_size,
+                   "prefill_tokens_per_s": round(prefill_rate(model, tokens, runs=5), 1),
+                   "decode_tokens_per_s": round(decode_rate(model, tokens, runs=3), 1)}
+            if name == "Q4_K_M":
+                row["prefill_flash_off_tokens_per_s"] = round(prefill_rate(model, tokens, runs=5, flash_attn=False), 1)
+            figures[name] = row
+            print(json.dumps({name: row}), file=sys.stderr, flush=True)
+            model.close()
+        last = GGUFModel(source)
+    return figures, last
+
+
 def from_log(log: Path) -> dict:
     """The rows a run printed to stderr, summarised as the run would have (a run stopped early:
     its questions are those it reached, and the report says so)."""
@@ -151,6 +251,8 @@ def from_log(log: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("what", nargs="?", choices=("questions", "speed", "weights"), default="questions")
+    parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--documents", default="R-intro.pdf,reportlab-userguide.pdf", type=lambda s: s.split(","))
     parser.add_argument("--deep", default="R-intro.pdf", type=lambda s: [x for x in s.split(",") if x])
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "answers_cpu.json")
@@ -161,6 +263,12 @@ def main() -> None:
 
         emit("answers", __doc__.split("Method", 1)[1], type("Model", (), {"name": FILE_NAME})(),
              from_log(args.from_log), args.out)
+        return
+    if args.what != "questions":
+        out = args.out if args.out != parser.get_default("out") else \
+            ROOT / "bench" / "results" / f"answers_{args.what}_cpu.json"
+        figures, model = {"speed": speed, "weights": weights}[args.what](args)
+        emit(f"answers_{args.what}", __doc__.split("Method", 1)[1], model, figures, out)
         return
     figures, model = run(args)
     emit("answers", __doc__.split("Method", 1)[1], model, figures, args.out)
