@@ -370,7 +370,7 @@ class DocumentConversation:
         if on_status is not None:
             pages = ", ".join(str(page) for page, _ in chosen)
             on_status(f"reading {len(chosen)} page{'s' if len(chosen) > 1 else ''} for this answer (p. {pages})…")
-        pages = {page: spot_reading.cut(texts[page], lengths[page], take) for page, take in chosen}
+        pages = {page: spot_reading.window(texts[page], lengths[page], take, question) for page, take in chosen}
         document = spot_reading.pages_document(Path(doc["path"]), doc["title"], pages, doc["pages"])
         memory = read(model, document, Full(), notes=False, cancelled=should_stop).memory
         self.close()

@@ -120,9 +120,13 @@ def run(args) -> tuple[dict, object]:
             questions = [q for q in spec["questions"] if q["document"] == name]
             mine = []
             for q in questions:
-                row = {"id": q["id"], "document": name, "style": q["style"], "page": q["page"],
-                       "small": asked(small, doc["id"], q), "spot": asked(answering, doc["id"], q),
-                       "gold": gold(answering, doc, q)}
+                row = {"id": q["id"], "document": name, "style": q["style"], "page": q["page"]}
+                if "small" in args.rows:
+                    row["small"] = asked(small, doc["id"], q)
+                if "spot" in args.rows:
+                    row["spot"] = asked(answering, doc["id"], q)
+                if "gold" in args.rows:
+                    row["gold"] = gold(answering, doc, q)
                 print(json.dumps(row), file=sys.stderr, flush=True)
                 mine.append(row)
             if name in args.deep:
@@ -239,7 +243,7 @@ def from_log(log: Path) -> dict:
             continue  # progress and llama.cpp's own messages
         if not isinstance(item, dict):
             continue
-        if "small" in item:
+        if any(k in item for k in ("small", "spot", "gold")) and "page" in item:
             rows[item["id"]] = item
         elif "deep" in item and item.get("id") in rows:
             rows[item["id"]]["deep"] = item["deep"]
@@ -255,6 +259,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--documents", default="R-intro.pdf,reportlab-userguide.pdf", type=lambda s: s.split(","))
     parser.add_argument("--deep", default="R-intro.pdf", type=lambda s: [x for x in s.split(",") if x])
+    parser.add_argument("--rows", default="small,spot,gold", type=lambda s: s.split(","),
+                        help="which of small, spot, gold to measure for every question (deep: see --deep)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "answers_cpu.json")
     parser.add_argument("--from-log", type=Path, help="summarise the stderr of a run stopped before its end")
     args = parser.parse_args()

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sqlite3
 import time
 import uuid
@@ -26,16 +25,12 @@ import platformdirs
 import sqlite_utils
 
 from engine.errors import LibraryError
+from engine.question_words import content_words
 
 DOC_ID_LENGTH = 12
 SCHEMA_VERSION = 2
 BUSY_TIMEOUT_S = 30.0
 # Words too common to say where an answer is; the question's other words are searched for.
-_STOPWORDS = frozenset("""a about an and are as at be by can could did do does for from had has have how i if in
-into is it its me my of on or our should so than that the their them then there these they this to was we were
-what when where which who whom why will with would you your""".split())
-
-
 def data_folder() -> Path:
     home = os.environ.get("COMMA_HOME")
     return Path(home).expanduser() if home else Path(platformdirs.user_data_dir("comma", appauthor=False))
@@ -214,7 +209,7 @@ class Library:
         """Pages of one document that share the question's content words, best first, each with
         its BM25 relevance (over the stemmed page text; any of the words may match; higher is
         more relevant)."""
-        words = [w for w in re.findall(r"\w+", question.lower()) if w not in _STOPWORDS and len(w) > 1]
+        words = content_words(question)
         if not words:
             return []
         match = " OR ".join('"' + w + '"' for w in dict.fromkeys(words))

@@ -345,3 +345,24 @@ def test_the_real_answering_model_answers_before_and_after_its_deep_read(tmp_pat
     deep = comma.ask(report["doc_id"], question)
     assert deep.read_on_the_spot == [] and deep.recall is True
     assert "cardamom" in deep.answer.lower() and deep.pages[0] == page
+
+
+def test_the_spot_budget_is_shared_by_the_best_two_pages_and_a_short_page_leaves_room():
+    from engine.spot_reading import choose_pages
+
+    assert choose_pages([(7, 3.0), (2, 2.0), (9, 1.0)], {7: 900, 2: 900, 9: 900}, 768) == [(7, 384), (2, 384)]
+    assert choose_pages([(7, 3.0), (2, 2.0)], {7: 900, 2: 100}, 768) == [(7, 668), (2, 100)]
+    assert choose_pages([(4, 1.0), (7, 3.0)], {4: 0, 7: 50}, 768) == [(7, 50)]  # an empty page is skipped
+    assert choose_pages([], {}, 768) == []
+
+
+def test_a_long_page_is_cut_to_the_stretch_that_holds_the_question_s_words():
+    from engine.spot_reading import window
+
+    filler = " ".join(f"word{i}" for i in range(400))
+    text = filler + " The notice period to terminate the agreement is forty-five days. " + filler
+    cut = window(text, 1000, 100, "What notice period ends the agreement?")
+    assert "notice period to terminate the agreement" in cut
+    assert len(cut) <= len(text) // 10 + 1 and not cut.startswith(" ")
+    assert window(text, 1000, 100, "zebra?").startswith("word0 word1 ")  # no word of it: the page's start
+    assert window("short page", 2, 5, "anything") == "short page"
