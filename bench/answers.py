@@ -166,17 +166,23 @@ def speed(args) -> tuple[dict, object]:
     from engine.gguf.probe import STEADY_CACHED, STEADY_CHUNK, prefill_rate
 
     pdf = DATA / "R-intro.pdf"
-    with tempfile.TemporaryDirectory() as home:
+    with tempfile.TemporaryDirectory() as fresh:
+        before_home = Comma(Library(Path(fresh)), answering="auto")
+        fast = before_home.ingest(pdf, notes=False, deep=False)
+        before = fresh_asks(fresh, fast["doc_id"], args.runs)
+    with tempfile.TemporaryDirectory() as scratch:
+        home = str(args.home or scratch)
         comma = Comma(Library(Path(home)), answering="auto")
-        fast = comma.ingest(pdf, notes=False, deep=False)
-        before = fresh_asks(home, fast["doc_id"], args.runs)
+        comma.ingest(pdf, notes=False, deep=False)
         started = time.perf_counter()
         deep = comma.deep_read(fast["doc_id"])
-        seconds = time.perf_counter() - started
         model = comma.answerer
+        record = comma.library.find_memory(fast["doc_id"], model.fingerprint, model.backend)
+        # With --home the deep read was done by an earlier run (its own time is in the library).
+        seconds = record["seconds"] if deep["reused"] else time.perf_counter() - started
         tokens = model.tokenize(comma.library.page_text(fast["doc_id"], 20) * 4)
         ceiling = prefill_rate(model, tokens, STEADY_CACHED, STEADY_CHUNK, runs=5)
-        rate = (deep["tokens"] + 0.0) / seconds
+        rate = deep["tokens"] / seconds
         after = fresh_asks(home, fast["doc_id"], args.runs)
         follow = []
         with comma.conversation(fast["doc_id"]) as conversation:
@@ -187,6 +193,7 @@ def speed(args) -> tuple[dict, object]:
             "document": {"file": pdf.name, "pages": fast["pages"], "tokens": fast["tokens"]},
             "before_deep_read": {"runs": before, "ttft_median_s": statistics.median(r["ttft_s"] for r in before)},
             "deep_read": {"seconds": round(seconds, 1), "tokens_per_s": round(rate, 1),
+                          "read_in_an_earlier_run": deep["reused"],
                           "llama_cpp_prefill_tokens_per_s": round(ceiling, 1),
                           "fraction_of_ceiling": round(rate / ceiling, 3),
                           "store_bytes": deep["recall_bytes"], "memory_bytes": deep["memory_bytes"],
@@ -257,6 +264,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("what", nargs="?", choices=("questions", "speed", "weights"), default="questions")
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--home", type=Path, help="speed: a library where R-intro.pdf was deep read already")
     parser.add_argument("--documents", default="R-intro.pdf,reportlab-userguide.pdf", type=lambda s: s.split(","))
     parser.add_argument("--deep", default="R-intro.pdf", type=lambda s: [x for x in s.split(",") if x])
     parser.add_argument("--rows", default="small,spot,gold", type=lambda s: s.split(","),
