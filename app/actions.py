@@ -131,12 +131,6 @@ class Comma:
         return self._read_into_library(self.answerer, document, policy, cache, force, False, progress, cancelled,
                                        None, True, time.perf_counter(), chunk, resumable=True)
 
-    def deep_read_done(self, doc_id: str) -> bool:
-        """Whether the answering model has a memory of the document (True when there is none to make)."""
-        answerer = self.answerer
-        return answerer is None or self.library.find_memory(
-            self.library.document(doc_id)["id"], answerer.fingerprint, answerer.backend) is not None
-
     def _read_into_library(self, model, document, policy: str, cache: int | None, force: bool, notes: bool,
                            progress: Progress | None, cancelled: Callable[[], bool] | None, parallel: int | None,
                            recall: bool, started: float, chunk: int = DEFAULT_CHUNK, resumable: bool = False) -> dict:
