@@ -18,7 +18,7 @@ loaded). Every row is printed to stderr as it is measured. A run beside other wo
 right accuracy figures and noisy times; the README says which.
 
     python bench/answers.py [--deep R-intro.pdf] [--documents R-intro.pdf,reportlab-userguide.pdf]
-    python bench/answers.py --from-log STDERR.txt   # the report of a run stopped before its end
+    python bench/answers.py --from-log RUN1.txt [RUN2.txt]  # the report of runs stopped early or of other --rows
     python bench/answers.py speed [--runs 5]          # with the CPU to yourself
     python bench/answers.py weights                   # the answering model's weight types on this CPU
 
@@ -242,26 +242,30 @@ def weights(args) -> tuple[dict, object]:
     return figures, last
 
 
-def from_log(log: Path) -> dict:
-    """The rows a run printed to stderr, summarised as the run would have (a run stopped early:
-    its questions are those it reached, and the report says so)."""
+def from_logs(logs: list[Path]) -> dict:
+    """The rows runs printed to stderr, summarised as one run would have: a run stopped before
+    its end, or runs that measured different rows (``--rows``) of the same questions, where a
+    later log's measurement of a row replaces an earlier one's."""
     rows: dict[str, dict] = {}
     reads: dict = {}
-    for line in log.read_text().splitlines():
-        try:
-            item = json.loads(line)
-        except ValueError:
-            continue  # progress and llama.cpp's own messages
-        if not isinstance(item, dict):
-            continue
-        if any(k in item for k in ("small", "spot", "gold")) and "page" in item:
-            rows[item["id"]] = item
-        elif "deep" in item and item.get("id") in rows:
-            rows[item["id"]]["deep"] = item["deep"]
-        elif all(isinstance(v, dict) and "fast" in v for v in item.values()):
-            reads.update(item)
+    document = None
+    for log in logs:
+        for line in log.read_text().splitlines():
+            try:
+                item = json.loads(line)
+            except ValueError:
+                continue  # progress and llama.cpp's own messages
+            if not isinstance(item, dict):
+                continue
+            if "page" in item and "id" in item:
+                rows.setdefault(item["id"], {}).update(item)
+                document = item["document"]
+            elif "deep" in item and item.get("id") in rows:
+                rows[item["id"]]["deep"] = item["deep"]
+            elif "fast" in item and document is not None:
+                reads.setdefault(document, {}).update(item)
     done = list(rows.values())
-    return {"stopped_early": True, "reads": reads, "questions": done, "summary": summarize(done)}
+    return {"from_logs": [str(p) for p in logs], "reads": reads, "questions": done, "summary": summarize(done)}
 
 
 def main() -> None:
@@ -274,13 +278,14 @@ def main() -> None:
     parser.add_argument("--rows", default="small,spot,gold", type=lambda s: s.split(","),
                         help="which of small, spot, gold to measure for every question (deep: see --deep)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "answers_cpu.json")
-    parser.add_argument("--from-log", type=Path, help="summarise the stderr of a run stopped before its end")
+    parser.add_argument("--from-log", type=Path, nargs="+",
+                        help="summarise the stderr of runs (stopped before the end, or of different --rows)")
     args = parser.parse_args()
     if args.from_log:
         from engine.answering_model import FILE_NAME
 
         emit("answers", __doc__.split("Method", 1)[1], type("Model", (), {"name": FILE_NAME})(),
-             from_log(args.from_log), args.out)
+             from_logs(args.from_log), args.out)
         return
     if args.what != "questions":
         out = args.out if args.out != parser.get_default("out") else \
