@@ -354,7 +354,13 @@ class DocumentConversation:
                           should_stop: Callable[[], bool]) -> tuple[Conversation, list[int]]:
         library, doc, model = self.comma.library, self.doc, self.model
         candidates = library.candidate_pages(doc["id"], question, CANDIDATE_PAGES)
-        texts = {page: library.page_text(doc["id"], page) for page, _ in candidates}
+        # Only the pages that can be read are fetched and tokenized, not all the candidates.
+        texts: dict[int, str] = {}
+        for page, _ in candidates:
+            if len(texts) == spot_reading.SPOT_PAGES:
+                break
+            if text := library.page_text(doc["id"], page):
+                texts[page] = text
         lengths = {page: len(model.tokenize(text)) for page, text in texts.items()}
         chosen = spot_reading.choose_pages(candidates, lengths)
         if not chosen:
