@@ -11,6 +11,7 @@ from __future__ import annotations
 import codecs
 import hashlib
 import io
+import locale
 import re
 from bisect import bisect_right
 from collections import Counter, defaultdict
@@ -41,11 +42,13 @@ _BOMS = (
     (codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
     (codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"),
 )
-# charset-normalizer ranks single-byte code pages by "chaos" alone and often puts a Baltic or
-# Central European one first for Western text; among the nearly-as-clean candidates, the one
-# whose letters best fit a language is right far more often, and cp1252 breaks ties.
 _CHAOS_MARGIN = 0.05
 _WESTERN = "cp1252"
+_DOS_CODE_PAGES = frozenset({
+    "cp437", "cp737", "cp775", "cp850", "cp852", "cp855", "cp856", "cp857", "cp858", "cp860", "cp861",
+    "cp862", "cp863", "cp864", "cp865", "cp866", "cp869", "mac_iceland", "mac_roman", "mac_latin2",
+    "mac_cyrillic", "mac_greek", "mac_turkish",
+})
 
 _OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"  # encrypted .docx and legacy .doc files
 
@@ -54,7 +57,15 @@ _OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"  # encrypted .docx and legacy .
 _PDF_FLAGS = pymupdf.TEXT_MEDIABOX_CLIP
 _EDGE_ROWS = 2
 _RUNNING_MIN_PAGES = 3
+_SAME_PLACE_POINTS = 6  # a running head sits at one height; typesetters move it by less than this
+_HEAD_MAX_WORDS = 12
 _DIGITS = re.compile(r"\d+")
+_ROMAN = r"[ivxlcdm]{1,8}"
+_PAGE_LABEL = re.compile(
+    rf"(?:(?:page|p\.|pg\.?|seite|p\u00e1gina|pagina)\s*)?[-\u2013\u2014\[(]?\s*(?P<number>\d{{1,5}}|{_ROMAN})\s*"
+    r"(?:(?:of|/|von|de|sur)\s*\d{1,5})?\s*[-\u2013\u2014\])]?",
+    re.IGNORECASE,
+)
 _HYPHENS = "-\u2010"
 
 
@@ -198,60 +209,122 @@ def _row_text(lines: list[_Line], baseline: int) -> str:
     return " ".join(line.text for line in sorted(lines, key=lambda line: line.x) if line.baseline == baseline)
 
 
-def _row_key(lines: list[_Line], baseline: int) -> str:
-    # Running heads differ from page to page only by their page number.
-    return _DIGITS.sub("#", _row_text(lines, baseline).lower())
+def _row_key(text: str, baseline: int) -> tuple[str, int]:
+    # Running heads differ from page to page only by their page number, and sit at one height.
+    return _DIGITS.sub("#", text.lower()), round(baseline / _SAME_PLACE_POINTS)
+
+
+def _label_number(text: str) -> int | str | None:
+    """The page number of a row that is only a page label ("12", "Page 12 of 40", "- 12 -"),
+    as an int, or the numeral of a roman one ("iv"); None for any other row."""
+    match = _PAGE_LABEL.fullmatch(text)
+    if not match:
+        return None
+    number = match.group("number")
+    return int(number) if number.isdigit() else number.lower()
+
+
+def _is_plain_label(text: str) -> bool:
+    # A bare "12" or "iv" may be a clause or list number; "Page 12", "12 of 40" or "- 12 -" cannot.
+    return _DIGITS.fullmatch(text) is not None or re.fullmatch(_ROMAN, text, re.IGNORECASE) is not None
+
+
+def _sentence_like(text: str) -> bool:
+    """Body text rather than a head: a sentence ends in punctuation, and heads are short."""
+    words = text.split()
+    return len(words) > _HEAD_MAX_WORDS or (len(words) >= 3 and text[-1] in ".!?;:")
+
+
+def _end_numbers(text: str) -> set[int]:
+    # A running head carries its page number first or last ("12 Contents", "Chapter 4: Terms 18").
+    words = text.split()
+    return {int(word) for word in (words[0], words[-1]) if word.isdigit()}
 
 
 def _strip_running_rows(pages: list[list[_Line]]) -> list[list[_Line]]:
-    """Remove running headers, footers and page numbers from the top and bottom of each page.
+    """Remove page numbers, running headers and running footers from the top and bottom of pages.
 
-    A row is running when the same text (digits aside) sits at the same edge of at least three
-    pages and of at least half the pages from its first to its last appearance, or when it holds
-    the printed page number. Books repeat a chapter's title only over that chapter, often only
-    two pages, so a share of the whole document would miss them; the page number finds those.
+    Only rows within ``_EDGE_ROWS`` of an edge are considered, outermost first, and a sentence is
+    never removed. A row goes when it is
+
+    - a page label ("12", "Page 12 of 40", "- 12 -"); a bare number only when it is the printed
+      page number the document uses at that edge, a bare roman numeral when that edge numbers at
+      least three pages so;
+    - the same text (digits aside) at the same place on at least three pages and on at least half
+      the pages from its first to its last appearance (a document-wide or chapter head); or
+    - a short head whose first or last word is the page number printed at that edge: books
+      repeat a chapter's title only over that chapter, often only two pages.
+
+    A page keeps its last row even when that row repeats elsewhere: removing every row of a
+    short page is how body text used to be lost.
     """
     edges = [_edge_rows(lines) for lines in pages]
-    offset = _page_number_offset(pages, edges)
+    rows = [
+        [{baseline: _row_text(lines, baseline) for baseline in side} for side in page_edges]
+        for lines, page_edges in zip(pages, edges, strict=True)
+    ]
+    offsets = [_page_number_offset(rows, side) for side in (0, 1)]
+    roman_edges = [
+        sum(any(isinstance(_label_number(t), str) for t in page[side].values()) for page in rows) >= _RUNNING_MIN_PAGES
+        for side in (0, 1)
+    ]
     running = []
     for side in (0, 1):
         seen = defaultdict(list)
-        for number, (lines, rows) in enumerate(zip(pages, edges, strict=True)):
-            for key in {_row_key(lines, baseline) for baseline in rows[side]}:
+        for number, page in enumerate(rows):
+            for key in {_row_key(text, baseline) for baseline, text in page[side].items()}:
                 seen[key].append(number)
         running.append({
             key for key, at in seen.items()
             if len(at) >= _RUNNING_MIN_PAGES and 2 * len(at) >= at[-1] - at[0] + 1
         })
 
+    def removable(page_no: int, side: int, baseline: int, text: str) -> bool:
+        label = _label_number(text)
+        offset = offsets[side]
+        if label is not None:
+            if isinstance(label, str):
+                return roman_edges[side] or not _is_plain_label(text)
+            return not _is_plain_label(text) or (offset is not None and label == page_no - offset)
+        if _sentence_like(text):
+            return False
+        if _row_key(text, baseline) in running[side]:
+            return True
+        return offset is not None and page_no - offset in _end_numbers(text)
+
     stripped = []
-    for page_no, (lines, rows) in enumerate(zip(pages, edges, strict=True), start=1):
-        dropped = set()
+    for page_no, (lines, page) in enumerate(zip(pages, rows, strict=True), start=1):
+        dropped: set[int] = set()
         for side in (0, 1):
-            for baseline in rows[side]:
-                printed = offset is not None and page_no - offset in _numbers(_row_text(lines, baseline))
-                if not (printed or _row_key(lines, baseline) in running[side]):
+            for baseline, text in page[side].items():
+                if baseline not in dropped and not removable(page_no, side, baseline, text):
                     break
                 dropped.add(baseline)
-        stripped.append([line for line in lines if line.baseline not in dropped])
+        kept = [line for line in lines if line.baseline not in dropped]
+        if not kept:  # every row was an edge row: keep all but the page labels
+            labels = {b for side in page for b, text in side.items() if _label_number(text) is not None}
+            kept = [line for line in lines if line.baseline not in labels]
+        stripped.append(kept)
     return stripped
 
 
-def _numbers(text: str) -> set[int]:
-    # A page number opens or closes its row ("12 Contents", "Chapter 4: Terms 18", "Page 3 of 9").
-    numbers = _DIGITS.findall(text)
-    return {int(numbers[0]), int(numbers[-1])} if numbers else set()
-
-
-def _page_number_offset(pages: list[list[_Line]], edges: list[tuple[list[int], list[int]]]) -> int | None:
-    """Page index minus printed page number, when at least half the pages print one at an edge."""
+def _page_number_offset(rows: list[list[dict[int, str]]], side: int) -> int | None:
+    """Page index minus printed page number at one edge, when at least half the pages (and at
+    least three) print one there, as a page label or at an end of a short head."""
     votes: Counter[int] = Counter()
-    for page_no, (lines, rows) in enumerate(zip(pages, edges, strict=True), start=1):
-        votes.update({page_no - n for baseline in rows[0] + rows[1] for n in _numbers(_row_text(lines, baseline))})
+    for page_no, page in enumerate(rows, start=1):
+        numbers: set[int] = set()
+        for text in page[side].values():
+            label = _label_number(text)
+            if isinstance(label, int):
+                numbers.add(label)
+            elif label is None and not _sentence_like(text):
+                numbers |= _end_numbers(text)
+        votes.update({page_no - n for n in numbers})
     if not votes:
         return None
     offset, count = votes.most_common(1)[0]
-    return offset if count >= _RUNNING_MIN_PAGES and 2 * count >= len(pages) else None
+    return offset if count >= _RUNNING_MIN_PAGES and 2 * count >= len(rows) else None
 
 
 def _paragraphs(lines: list[_Line]) -> str:
@@ -296,22 +369,56 @@ def _decode(path: Path, data: bytes) -> str:
                 return data.decode(codec)
             except UnicodeDecodeError:
                 raise binary from None
-    if b"\x00" in data:
-        raise binary
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        matches = charset_normalizer.from_bytes(data)
-        if not matches:
-            raise binary from None
-        least_chaos = min(m.chaos for m in matches)
-        text = str(max(
-            (m for m in matches if m.chaos <= least_chaos + _CHAOS_MARGIN),
-            key=lambda m: (m.coherence, m.encoding == _WESTERN),
-        ))
-    if len(_CONTROL.findall(text)) > _BINARY_CONTROL_SHARE * len(text):
+    if b"\x00" in data:  # UTF-16 of ASCII text is valid UTF-8 too
+        text = _decode_by_detection(data)
+    else:
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            text = _decode_by_detection(data)
+    if not text or len(_CONTROL.findall(text)) > _BINARY_CONTROL_SHARE * len(text):
         raise binary
     return text
+
+
+def _decode_by_detection(data: bytes) -> str:
+    """The text charset-normalizer finds, or "" when no encoding fits.
+
+    charset-normalizer ranks single-byte code pages by "chaos" alone and often puts a DOS,
+    Baltic or Central European one first for Western text: "Müller" comes out "M³ller". Among
+    the nearly-as-clean candidates, the one whose letters best fit a language wins, then
+    cp1252 or the locale's own encoding, and DOS code pages last. Text with NUL bytes can only be
+    UTF-16 or UTF-32 without a byte-order mark.
+    """
+    matches = list(charset_normalizer.from_bytes(data))
+    if b"\x00" in data:
+        matches = [m for m in matches if m.encoding.startswith(("utf_16", "utf_32"))]
+    if not matches:
+        return ""
+    least_chaos = min(m.chaos for m in matches)
+    preferred = _preferred_encodings()
+
+    def rank(match: charset_normalizer.CharsetMatch) -> tuple[float, bool, bool]:
+        names = {match.encoding, *match.could_be_from_charset}
+        return round(match.coherence, 2), bool(names & preferred), not names <= _DOS_CODE_PAGES
+
+    best = max((m for m in matches if m.chaos <= least_chaos + _CHAOS_MARGIN), key=rank)
+    names = {best.encoding, *best.could_be_from_charset}
+    for encoding in (e for e in preferred if e in names):
+        try:
+            return data.decode(encoding)
+        except UnicodeDecodeError:
+            continue
+    return str(best)
+
+
+def _preferred_encodings() -> set[str]:
+    names = {_WESTERN}
+    try:
+        names.add(codecs.lookup(locale.getpreferredencoding(False)).name.replace("-", "_"))
+    except LookupError:
+        pass
+    return names - {"utf_8"}
 
 
 def _read_docx(path: Path, data: bytes) -> tuple[str, str]:
