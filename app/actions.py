@@ -16,7 +16,7 @@ from pathlib import Path
 from engine import read_checkpoint, spot_reading
 from engine.backends import default_answering
 from engine.conversation import Conversation, fit_to_question
-from engine.documents import read_document
+from engine.documents import Document, Limits, read_document
 from engine.errors import Cancelled, CommaError, LibraryError, MemoryFileError
 from engine.generate import Sampling
 from engine.memory import Memory
@@ -27,6 +27,10 @@ from engine.reader import DEFAULT_CHUNK, read
 from engine.recall import CANDIDATE_PAGES, DEFAULT_RANKING, RecallStore, Source, snippet
 from engine.summary import summarize_notes
 from storage.library import Library, document_id
+
+# The bundled model's reading with notes, 289 tokens/s on a 2-core CPU (bench/results/
+# cpu_ceiling_cpu.json), at R-intro's 3.4 characters a token; only until this computer has read once.
+FIRST_READING_CHARS_PER_S = 980.0
 
 
 @dataclass
@@ -55,6 +59,7 @@ class Comma:
     model_path: str | Path | None = None
     backend: str = "auto"
     answering: str = field(default_factory=default_answering)
+    limits: Limits = field(default_factory=Limits)  # how big a file may be read
     # Told what the first start does to the models' files (a faster copy, the answering model's
     # assembly, once each) and how far it got, in bytes.
     notice: Callable[[str], None] | None = None
@@ -92,16 +97,35 @@ class Comma:
         assert self._answerer is not None
         return self._answerer[1]
 
-    def ingest(self, path: str | Path, policy: str = "sepllm", cache: int | None = None, force: bool = False,
+    def read_file(self, path: str | Path) -> Document:
+        """The document in a file, within this Comma's limits (DocumentError says why not)."""
+        return read_document(path, self.limits)
+
+    def has_reading(self, document: Document, policy: str = "sepllm", cache: int | None = None) -> bool:
+        """Whether the reading model has a memory of this document under this policy (ingest reuses it)."""
+        model = self.model
+        existing = self.library.find_memory(document_id(document), model.fingerprint, model.backend,
+                                            policy_key(make_policy(policy, cache)))
+        return bool(existing) and Path(existing["path"]).is_file()
+
+    def reading_estimate(self, document: Document) -> float:
+        """Seconds the fast read of ``document`` should take, from this model's past readings on
+        this computer, or from this project's measured speed before the first."""
+        model = self.model
+        rate = self.library.reading_rate(model.fingerprint, model.backend) or FIRST_READING_CHARS_PER_S
+        return len(document.text) / rate
+
+    def ingest(self, path: str | Path | Document, policy: str = "sepllm", cache: int | None = None, force: bool = False,
                notes: bool = True, progress: Progress | None = None,
                cancelled: Callable[[], bool] | None = None, parallel: int | None = None, recall: bool = True,
                deep: bool = True, deep_progress: Progress | None = None) -> dict:
         """``parallel``: read as independent chunks of that many tokens side by side (torch only).
         ``recall``: keep the KV of every passage too, so answers can come from any page (where
         the backend can; a parallel reading cannot). ``deep``: then read it again with the
-        answering model, when there is one (its report is under "deep")."""
+        answering model, when there is one (its report is under "deep"). ``path`` may be a
+        document read already (the window reads it first, to show it and to estimate the time)."""
         started = time.perf_counter()
-        document = read_document(path)
+        document = path if isinstance(path, Document) else self.read_file(path)
         report = self._read_into_library(self.model, document, policy, cache, force, notes, progress, cancelled,
                                          parallel, recall, started)
         if deep and not parallel and self.answerer is not None:
@@ -124,7 +148,7 @@ class Comma:
         if existing and not force and Path(existing["path"]).is_file() and self._store_matches(existing):
             # Done before: the file itself is not even opened (it may have moved since).
             return self._ingest_report(doc["id"], doc["title"], doc["pages"], existing, 0.0, reused=True)
-        document = read_document(doc["path"])
+        document = self.read_file(doc["path"])
         if document_id(document) != doc["id"]:
             raise CommaError(f"{doc['path']} has changed since it was read; read it again first: "
                              f"comma ingest {doc['path']}")

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 
 from engine.backends import ANSWERING, BACKENDS, default_answering
 from engine.conversation import RANKINGS
+from engine.documents import Limits
 from engine.errors import CommaError
 from engine.policy import DEFAULT_CAPACITY, POLICIES
 from engine.recall import DEFAULT_RANKING
@@ -52,6 +53,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fast-only", action="store_true",
                    help="stop after the fast read with the small model; the answering model then reads the "
                         "pages each question needs on the spot (slower answers) until it reads the document")
+    defaults = Limits()
+    p.add_argument("--max-pages", type=int, metavar="N", default=defaults.pages,
+                   help=f"refuse documents of more pages (default {defaults.pages:,})")
+    p.add_argument("--max-chars", type=int, metavar="N", default=defaults.chars,
+                   help=f"refuse documents of more characters of text (default {defaults.chars:,})")
+    p.add_argument("--max-expanded-mb", type=int, metavar="MB", default=defaults.expanded_bytes // 1_000_000,
+                   help="refuse Word files whose parts expand past this many MB "
+                        f"(default {defaults.expanded_bytes // 1_000_000})")
     p.add_argument("--parallel", type=int, metavar="TOKENS",
                    help="read independent chunks of TOKENS tokens side by side, one memory each "
                         "(torch backend; no section notes)")
@@ -144,7 +153,7 @@ def _dispatch(args) -> int:
     from app.actions import Comma
 
     comma = Comma(model_path=getattr(args, "model", None), backend=getattr(args, "backend", "auto"),
-                  answering=getattr(args, "answering", "auto"),
+                  answering=getattr(args, "answering", "auto"), limits=_limits(args),
                   notice=lambda text: print(f"note: {text}", file=sys.stderr),
                   preparing=preparing_bar(_show_bars(args)))
     if args.command == "ingest":
@@ -180,6 +189,16 @@ def _dispatch(args) -> int:
         docs = comma.list()
         _print(args, docs, _format_list)
     return 0
+
+
+def _limits(args) -> Limits:
+    if args.command != "ingest":
+        return Limits()
+    values = {"pages": args.max_pages, "chars": args.max_chars, "expanded_bytes": args.max_expanded_mb * 1_000_000}
+    for name, value in values.items():
+        if value < 1:
+            raise ValueError(f"--max-{name.replace('_bytes', '-mb').replace('_', '-')} must be at least 1")
+    return Limits(**values)
 
 
 def _format_ingest(report: dict) -> str:

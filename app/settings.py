@@ -30,6 +30,7 @@ from PySide6.QtWidgets import (
 
 from app.faster_model import FasterModelRow
 from engine.backends import ANSWERING, BACKENDS, default_answering
+from engine.documents import Limits
 from engine.policy import DEFAULT_CAPACITY, POLICIES
 from storage.library import data_folder, models_folder
 
@@ -45,9 +46,22 @@ class Settings:
     cache: int = 0  # KV cache capacity in tokens; 0: the policy's default (800)
     notes: bool = True  # section notes while reading, needed for whole-document summaries
     data_folder: str = ""  # empty: COMMA_HOME, else the platform's user data folder
+    max_pages: int = Limits.pages
+    max_million_chars: int = Limits.chars // 1_000_000
+    max_expanded_mb: int = Limits.expanded_bytes // 1_000_000
+    max_compression_ratio: int = Limits.compression_ratio
+    ask_above_minutes: int = 10  # a reading expected to take longer asks first; 0: never ask
 
     def library_folder(self) -> Path:
         return Path(self.data_folder).expanduser() if self.data_folder else data_folder()
+
+    def limits(self) -> Limits:
+        # 0 (or a hand-edited nonsense value) would refuse every file: it means the default.
+        default = Limits()
+        return Limits(pages=self.max_pages or default.pages,
+                      chars=(self.max_million_chars or default.chars // 1_000_000) * 1_000_000,
+                      expanded_bytes=(self.max_expanded_mb or default.expanded_bytes // 1_000_000) * 1_000_000,
+                      compression_ratio=self.max_compression_ratio or default.compression_ratio)
 
 
 def store() -> QSettings:
@@ -143,6 +157,12 @@ class SettingsDialog(QDialog):
         self.notes.setChecked(settings.notes)
         self.folder = QLineEdit(settings.data_folder)
         self.folder.setPlaceholderText(str(data_folder()))
+        self.max_pages = self._number(settings.max_pages, 1, 1_000_000, " pages")
+        self.max_chars = self._number(settings.max_million_chars, 1, 2_000, " million characters")
+        self.max_expanded = self._number(settings.max_expanded_mb, 1, 100_000, " MB expanded")
+        self.max_ratio = self._number(settings.max_compression_ratio, 2, 100_000, " × compression")
+        self.ask_above = self._number(settings.ask_above_minutes, 0, 100_000, " minutes")
+        self.ask_above.setSpecialValueText("never ask")
 
         self.faster = FasterModelRow(models_folder(settings.library_folder()))
         self.faster.use_copy.connect(self.model.setText)
@@ -159,12 +179,27 @@ class SettingsDialog(QDialog):
         form.addRow("Cache size", self.cache)
         form.addRow("", self.notes)
         form.addRow("Data folder", self._with_browse(self.folder, self._browse_folder))
+        form.addRow(QLabel("Limits: a bigger file is refused before it is read"))
+        form.addRow("Largest document", self.max_pages)
+        form.addRow("Most text", self.max_chars)
+        form.addRow("Word files up to", self.max_expanded)
+        form.addRow("Word files packed at most", self.max_ratio)
+        form.addRow("Ask before readings over", self.ask_above)
         form.addRow(QLabel("A new model, backend or data folder applies to the next reading or question;\n"
                            "policy and cache size apply to the next document read."))
         buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel)
         buttons.accepted.connect(self.accept)
         buttons.rejected.connect(self.reject)
         form.addRow(buttons)
+
+    @staticmethod
+    def _number(value: int, low: int, high: int, suffix: str) -> QSpinBox:
+        box = QSpinBox()
+        box.setRange(low, high)
+        box.setGroupSeparatorShown(True)
+        box.setSuffix(suffix)
+        box.setValue(value)
+        return box
 
     @staticmethod
     def _with_browse(edit: QLineEdit, browse) -> QWidget:
@@ -191,4 +226,7 @@ class SettingsDialog(QDialog):
         return Settings(model_path=self.model.text().strip(), backend=self.backend.currentText(),
                         answering=self.answering.currentText(),
                         policy=self.policy.currentText(), cache=self.cache.value(),
-                        notes=self.notes.isChecked(), data_folder=self.folder.text().strip())
+                        notes=self.notes.isChecked(), data_folder=self.folder.text().strip(),
+                        max_pages=self.max_pages.value(), max_million_chars=self.max_chars.value(),
+                        max_expanded_mb=self.max_expanded.value(), max_compression_ratio=self.max_ratio.value(),
+                        ask_above_minutes=self.ask_above.value())

@@ -269,10 +269,17 @@ class MainWindow(QMainWindow):
             job.finished.connect(lambda report, job=job: self._reading_done(job, report))
             job.failed.connect(lambda message, job=job: self._reading_failed(job, message))
             job.cancelled.connect(lambda message, job=job: self._reading_cancelled(job, message))
+            job.confirm.connect(lambda question, job=job: job.answer(self.confirm_long_reading(question)))
             if on_job is not None:
                 on_job(job)
             jobs.append(self.engine.start(job))
         return jobs
+
+    def confirm_long_reading(self, question: str) -> bool:
+        """Whether the person wants a reading that takes long started now."""
+        reply = QMessageBox.question(self, "A long reading", question,
+                                     QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No)
+        return reply == QMessageBox.StandardButton.Yes
 
     def read_again(self, doc_id: str) -> None:
         doc = self.library.document(doc_id)
@@ -373,7 +380,8 @@ class MainWindow(QMainWindow):
         self._reading_finished(job)
         name = self.library_panel.pending_name(job)
         self.library_panel.remove_pending(job)
-        self.statusBar().showMessage(f"Reading {name} cancelled; nothing was saved.")
+        self.statusBar().showMessage(f"Reading {name}: {message}." if message.startswith("not started")
+                                     else f"Reading {name} cancelled; nothing was saved.")
 
     # asking ----------------------------------------------------------------------------------
 

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from PySide6.QtCore import QObject, QThread, Signal, Slot
+from PySide6.QtCore import QMetaMethod, QObject, QThread, Signal, Slot
 
 from app.actions import Comma
 from app.settings import Settings
@@ -114,6 +114,7 @@ class Job(QObject):
     progress = Signal(int, int)  # done, total (tokens while reading, parts while summarising)
     text = Signal(str)  # answer text as it streams
     notice = Signal(str)  # what the job is doing besides its main work (preparing the model)
+    confirm = Signal(str)  # a yes/no question the job waits on; reply with ``answer(yes)``
     finished = Signal(object)
     failed = Signal(str)
     cancelled = Signal(str)
@@ -122,6 +123,8 @@ class Job(QObject):
         super().__init__()
         self.kind, self.info, self._work = kind, info, work
         self._stop = threading.Event()
+        self._answered = threading.Event()
+        self._yes = False
         self.state = "queued"  # queued → running → done | failed | cancelled
 
     def cancel(self) -> None:
@@ -138,6 +141,22 @@ class Job(QObject):
 
     def report_notice(self, text: str) -> None:
         self.notice.emit(text)
+
+    def confirm_first(self, question: str) -> bool:
+        """Ask whoever listens to ``confirm`` and wait for the reply (True when nobody listens);
+        a cancel while waiting is a no."""
+        if not self.isSignalConnected(QMetaMethod.fromSignal(self.confirm)):
+            return True
+        self._answered.clear()
+        self.confirm.emit(question)
+        while not self._answered.wait(0.05):
+            if self.is_cancelled():
+                return False
+        return self._yes
+
+    def answer(self, yes: bool) -> None:
+        self._yes = yes
+        self._answered.set()
 
     def report_preparing(self, done: int, total: int) -> None:
         self.notice.emit(f"preparing a faster copy of the model (once): {100 * done // max(total, 1)}%")
@@ -218,6 +237,12 @@ class Lane(QObject):
             self._comma.close_conversation()  # the thread has ended: nothing else touches it
 
 
+def _about_minutes(minutes: float) -> str:
+    if minutes < 90:
+        return f"{max(1, round(minutes / 5) * 5 if minutes > 20 else round(minutes))} minutes"
+    return f"{minutes / 60:.1f} hours"
+
+
 class Engine(QObject):
     """The window's gateway to model work: ``read``, ``ask`` and ``summarize`` build jobs,
     ``start`` puts one on its lane (reading, or asking and summarising)."""
@@ -236,7 +261,7 @@ class Engine(QObject):
     def _make_comma(self) -> Comma:
         s = self.settings
         return SharedComma(library=Library(s.library_folder()), model_path=s.model_path or None,
-                           backend=s.backend, answering=s.answering, shared=self.shared)
+                           backend=s.backend, answering=s.answering, limits=s.limits(), shared=self.shared)
 
     def configure(self, settings: Settings) -> None:
         self.settings = settings
@@ -254,14 +279,18 @@ class Engine(QObject):
         s = self.settings
 
         def work(job: Job, comma: Comma) -> dict:
-            from engine.documents import read_document
-
             # Reading the file first reports a bad one at once, before any model is loaded.
-            document = read_document(path)
+            document = comma.read_file(path)
             job.described.emit({"title": document.title, "pages": document.pages, "path": str(document.path)})
             stop_reading_if(job.is_cancelled)
+            if s.ask_above_minutes and (force or not comma.has_reading(document, s.policy, s.cache or None)):
+                minutes = comma.reading_estimate(document) / 60
+                if minutes > s.ask_above_minutes and not job.confirm_first(
+                        f"Reading “{document.title}” ({document.pages:,} pages) will take about "
+                        f"{_about_minutes(minutes)} on this computer. You can cancel it at any time. Read it now?"):
+                    raise Cancelled("not started: a long reading, and you chose to wait; nothing was saved")
             # The answering model's read follows on its own lane (Engine.deep_read), in the background.
-            return comma.ingest(path, s.policy, s.cache or None, force=force, notes=s.notes,
+            return comma.ingest(document, s.policy, s.cache or None, force=force, notes=s.notes,
                                 progress=job.report_progress, cancelled=job.is_cancelled, deep=False)
 
         return Job("read", work, path=path)

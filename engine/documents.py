@@ -13,6 +13,7 @@ import hashlib
 import io
 import locale
 import re
+import zipfile
 from bisect import bisect_right
 from collections import Counter, defaultdict
 from dataclasses import dataclass
@@ -50,6 +51,7 @@ _DOS_CODE_PAGES = frozenset({
     "mac_cyrillic", "mac_greek", "mac_turkish",
 })
 
+_SMALL_ZIP_BYTES = 1_000_000  # below this a high compression ratio cannot cost much
 _OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"  # encrypted .docx and legacy .doc files
 
 # MuPDF expands ligatures and turns unknown glyphs into U+FFFD (dropped) with these flags,
@@ -101,8 +103,38 @@ class Document:
         return self.text[self.page_starts[page - 1]:end]
 
 
-def read_document(path: str | Path) -> Document:
+@dataclass(frozen=True)
+class Limits:
+    """How much work a file may cause, checked before anything large is allocated. Every real
+    contract or manual fits the defaults; a person can raise them (Settings → Limits, or
+    ``comma ingest --max-pages …``) for a file that really is that big."""
+
+    pages: int = 5_000
+    chars: int = 50_000_000
+    expanded_bytes: int = 200_000_000  # a DOCX's parts, uncompressed
+    compression_ratio: int = 100  # a DOCX's parts, uncompressed size over compressed size
+
+    def check_pages(self, path: Path, pages: int) -> None:
+        if pages > self.pages:
+            raise DocumentError(
+                f"{path} has {pages:,} pages; Comma reads documents of up to {self.pages:,} pages. "
+                f"{_RAISE_LIMIT} (--max-pages) to read it anyway."
+            )
+
+    def check_chars(self, path: Path, chars: int) -> None:
+        if chars > self.chars:
+            raise DocumentError(
+                f"{path} holds more than {self.chars:,} characters of text, which would take many hours "
+                f"to read. {_RAISE_LIMIT} (--max-chars) to read it anyway."
+            )
+
+
+_RAISE_LIMIT = "Raise the limit in Settings → Limits"
+
+
+def read_document(path: str | Path, limits: Limits | None = None) -> Document:
     """Read a PDF, TXT, Markdown or DOCX file; raise DocumentError if it cannot be read."""
+    limits = limits or Limits()
     path = Path(path).expanduser().resolve()
     if not path.exists():
         raise DocumentError(f"Cannot open {path}: no such file.")
@@ -116,6 +148,10 @@ def read_document(path: str | Path) -> Document:
             f"{path} has an unknown format '{suffix or 'no extension'}'; "
             f"Comma reads {', '.join(SUPPORTED_SUFFIXES)} files."
         )
+    kind = _KINDS[suffix]
+    if kind == "txt" or kind == "md":
+        # No text encoding takes more than four bytes a character.
+        limits.check_chars(path, path.stat().st_size // 4)
     try:
         data = path.read_bytes()
     except OSError as e:
@@ -123,12 +159,12 @@ def read_document(path: str | Path) -> Document:
     if not data:
         raise DocumentError(f"{path} is empty (0 bytes).")
 
-    kind = _KINDS[suffix]
     if kind == "pdf":
-        metadata_title, pages = _read_pdf(path, data)
+        metadata_title, pages = _read_pdf(path, data, limits)
         text, starts = _join_pages(pages)
     else:
-        metadata_title, raw = _read_docx(path, data) if kind == "docx" else ("", _decode(path, data))
+        metadata_title, raw = _read_docx(path, data, limits) if kind == "docx" else ("", _decode(path, data))
+        limits.check_chars(path, len(raw))
         text = _clean_text(raw)
         starts = _paginate(text)
     if not text.strip():
@@ -157,7 +193,7 @@ class _Line:
     text: str
 
 
-def _read_pdf(path: Path, data: bytes) -> tuple[str, list[str]]:
+def _read_pdf(path: Path, data: bytes, limits: Limits) -> tuple[str, list[str]]:
     """The metadata title and the clean text of each page."""
     not_pdf = DocumentError(f"{path} is not a PDF, or it is damaged or truncated.")
     try:
@@ -173,8 +209,15 @@ def _read_pdf(path: Path, data: bytes) -> tuple[str, list[str]]:
         # file without its end marker is an incomplete download or copy, not a usable document.
         if doc.page_count == 0 or (doc.is_repaired and b"%%EOF" not in data[-1024:]):
             raise DocumentError(f"{path} is damaged or truncated (an incomplete download or copy?).")
+        limits.check_pages(path, doc.page_count)
         try:
-            pages = [_pdf_lines(doc[i]) for i in range(doc.page_count)]
+            pages, chars = [], 0
+            for i in range(doc.page_count):
+                pages.append(_pdf_lines(doc[i]))
+                chars += sum(len(line.text) + 1 for line in pages[-1])
+                limits.check_chars(path, chars)
+        except DocumentError:
+            raise
         except Exception as e:
             raise DocumentError(f"{path} is damaged: MuPDF could not read its text ({e}).") from e
         title = (doc.metadata or {}).get("title") or ""
@@ -421,7 +464,7 @@ def _preferred_encodings() -> set[str]:
     return names - {"utf_8"}
 
 
-def _read_docx(path: Path, data: bytes) -> tuple[str, str]:
+def _read_docx(path: Path, data: bytes, limits: Limits) -> tuple[str, str]:
     """The core-properties title and the text of paragraphs and tables in document order."""
     try:
         import docx
@@ -432,6 +475,7 @@ def _read_docx(path: Path, data: bytes) -> tuple[str, str]:
         ) from None
     if data.startswith(_OLE_MAGIC):
         raise DocumentError(f"{path} is password-protected or an old .doc file, which Comma cannot read.")
+    _check_expansion(path, data, limits)
     try:
         word = docx.Document(io.BytesIO(data))
     except Exception as e:  # a broken zip, a missing part or bad XML: all mean the same to a reader
@@ -445,6 +489,27 @@ def _read_docx(path: Path, data: bytes) -> tuple[str, str]:
         else:
             blocks.append(item.text)
     return word.core_properties.title or "", "\n\n".join(blocks)
+
+
+def _check_expansion(path: Path, data: bytes, limits: Limits) -> None:
+    """Refuse a DOCX whose parts would expand past the limits, from the sizes its zip directory
+    declares (Python's zip reader never returns more than those)."""
+    try:
+        parts = zipfile.ZipFile(io.BytesIO(data)).infolist()
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return  # python-docx says what is wrong with it
+    expanded = sum(part.file_size for part in parts)
+    compressed = max(1, sum(part.compress_size for part in parts))
+    if expanded > limits.expanded_bytes:
+        raise DocumentError(
+            f"{path} expands to {expanded / 1e6:,.0f} MB, over the {limits.expanded_bytes / 1e6:,.0f} MB a Word "
+            f"document may take. {_RAISE_LIMIT} (--max-expanded-mb) to read it anyway."
+        )
+    if expanded > _SMALL_ZIP_BYTES and expanded / compressed > limits.compression_ratio:
+        raise DocumentError(
+            f"{path} expands {expanded / compressed:,.0f} times ({len(data) / 1e6:,.1f} MB to {expanded / 1e6:,.0f} MB), "
+            f"far more than a real Word document (a zip bomb?). {_RAISE_LIMIT} to read it anyway."
+        )
 
 
 def _clean_text(text: str) -> str:

@@ -286,6 +286,16 @@ class Library:
         rows = list(self.db["memories"].rows_where(where, args, order_by="created desc, id desc"))
         return rows[0] if rows else None
 
+    def reading_rate(self, model_fingerprint: str, backend: str) -> float | None:
+        """Characters of document text this model has read per second here, over its last
+        readings (None before the first): what a new reading's time is estimated from."""
+        row = self.db.execute(
+            """select sum(chars), sum(seconds) from (
+                 select d.chars as chars, m.seconds as seconds from memories m join documents d on d.id = m.doc_id
+                 where m.model_fingerprint = ? and m.backend = ? and m.seconds > 0
+                 order by m.id desc limit 20)""", [model_fingerprint, backend]).fetchone()
+        return row[0] / row[1] if row and row[0] and row[1] else None
+
     def memories(self, doc_id: str) -> list[dict]:
         return list(self.db["memories"].rows_where("doc_id = ?", [doc_id], order_by="id"))
 

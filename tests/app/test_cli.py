@@ -97,6 +97,22 @@ def test_bad_documents_are_refused_and_change_nothing(tmp_path, home, capsys):
         assert library_rows(home).get("documents", []) == []
 
 
+def test_limits_are_flags_and_a_refusal_changes_nothing(tmp_path, home, capsys):
+    doc = tmp_path / "three.pdf"
+    pdf = pymupdf.open()
+    for n in range(3):
+        pdf.new_page().insert_text((72, 72), f"Page {n} of a short report.")
+    pdf.save(doc)
+    code, out, err = cli(capsys, "ingest", doc, "--max-pages", "2")
+    assert_user_error(code, err, "has 3 pages", "up to 2 pages", "--max-pages")
+    assert out == "" and library_rows(home).get("documents", []) == []
+    code, _, err = cli(capsys, "ingest", doc, "--max-chars", "20")
+    assert_user_error(code, err, "more than 20 characters", "--max-chars")
+    code, _, err = cli(capsys, "ingest", doc, "--max-pages", "0")
+    assert_user_error(code, err, "--max-pages must be at least 1")
+    assert library_rows(home).get("documents", []) == []
+
+
 def test_unknown_doc_id(home, capsys):
     code, _, err = cli(capsys, "ask", "0123abcd", "why?")
     assert_user_error(code, err, "0123abcd", "not in the library")

@@ -329,7 +329,7 @@ def test_a_damaged_memory_is_a_message_and_changes_nothing(qtbot, read_home, fak
 
 def test_settings_dialog_and_a_new_data_folder(qtbot, home, tmp_path):
     from app.settings import SettingsDialog
-    from engine.documents import read_document
+    from engine.documents import Limits, read_document
     from storage.library import Library
 
     Library(home).add_document(read_document(gpl_text(tmp_path, chars=2000)))
@@ -340,11 +340,16 @@ def test_settings_dialog_and_a_new_data_folder(qtbot, home, tmp_path):
     dialog.backend.setCurrentText("gguf")
     dialog.cache.setValue(400)
     dialog.folder.setText(str(tmp_path / "elsewhere"))
+    dialog.max_pages.setValue(12_000)
+    dialog.max_expanded.setValue(500)
     chosen = dialog.result_settings()
     assert (chosen.backend, chosen.cache, chosen.notes) == ("gguf", 400, False)
+    assert chosen.limits() == Limits(pages=12_000, expanded_bytes=500_000_000)
+    assert Settings(max_pages=0).limits() == Limits()  # a hand-edited 0 would refuse every file
     window.apply_settings(chosen)
     assert window.library.folder == tmp_path / "elsewhere" and window.library_panel.doc_ids() == []
     assert window.doc is None and window.engine.settings == chosen
+    assert window.engine._make_comma().limits.pages == 12_000
     assert settings_store.load() == chosen  # kept for the next start
 
 
@@ -546,3 +551,24 @@ def test_a_deep_read_waits_while_a_question_is_answered(qtbot, home, tmp_path, m
     window.engine._answering.clear()
     wait_until(qtbot, lambda: done)
     assert len(window.library.memories(doc_id)) == 2
+
+
+@pytest.mark.parametrize("start", [False, True])
+def test_a_long_reading_asks_first(qtbot, home, tmp_path, monkeypatch, start):
+    from tests.fakes import write_doc
+
+    use_fake_model(monkeypatch, token_seconds=0)
+    monkeypatch.setattr("app.actions.Comma.reading_estimate", lambda self, document: 40 * 60.0)
+    window = make_window(qtbot, Settings(cache=320, notes=False, answering="off", ask_above_minutes=10))
+    asked = []
+    monkeypatch.setattr(window, "confirm_long_reading", lambda question: asked.append(question) or start)
+    cancelled = []
+    spy(window, "_reading_cancelled", cancelled)
+    drop(window, [write_doc(tmp_path / "harbour.txt")])
+    wait_until(qtbot, lambda: window.engine.jobs and window.engine.jobs[-1].state in ("done", "cancelled"))
+    assert len(asked) == 1 and "about 40 minutes" in asked[0] and "cancel it at any time" in asked[0]
+    if start:
+        assert window.engine.jobs[-1].state == "done" and len(window.library.documents()) == 1
+    else:
+        wait_until(qtbot, lambda: cancelled)
+        assert window.library.documents() == [] and "not started: a long reading" in window.statusBar().currentMessage()

@@ -7,7 +7,7 @@ from pathlib import Path
 import pymupdf
 import pytest
 
-from engine.documents import SUPPORTED_SUFFIXES, TEXT_PAGE_CHARS, Document, read_document
+from engine.documents import SUPPORTED_SUFFIXES, TEXT_PAGE_CHARS, Document, Limits, read_document
 from engine.errors import DocumentError
 
 REAL_PDF = Path("/usr/share/doc/libtasn1-doc/libtasn1.pdf")
@@ -327,3 +327,50 @@ def test_real_manual_has_no_running_heads():
     assert len(set(firsts)) == len(firsts)
     assert "(DER) manipulation." in doc.page_text(2)  # "manip-" / "ulation" across a line break
     assert doc.page_of(doc.text.rindex("4.2 ASN.1 field functions")) == 11
+
+
+def test_limits_refuse_big_files_before_reading_them(tmp_path, monkeypatch):
+    pdf = make_pdf(tmp_path / "six.pdf", [[f"Page {n} text."] for n in range(6)])
+    message = str(pytest.raises(DocumentError, read_document, pdf, Limits(pages=5)).value)
+    assert "has 6 pages" in message and "5 pages" in message and "Settings" in message
+    assert read_document(pdf, Limits(pages=6)).pages == 6
+    assert "characters" in str(pytest.raises(DocumentError, read_document, pdf, Limits(chars=30)).value)
+
+    text = tmp_path / "big.txt"
+    text.write_text("word " * 2_000)
+    read_bytes = Path.read_bytes
+    monkeypatch.setattr(Path, "read_bytes", lambda self: pytest.fail("a too-big text file was loaded"))
+    assert "characters of text" in str(pytest.raises(DocumentError, read_document, text, Limits(chars=2_000)).value)
+    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    assert "characters of text" in str(pytest.raises(DocumentError, read_document, text, Limits(chars=9_000)).value)
+    assert read_document(text, Limits(chars=10_000)).text.startswith("word word")
+
+
+def _docx_with_part(path, name, data):
+    import zipfile
+
+    docx = pytest.importorskip("docx")
+    word = docx.Document()
+    word.add_paragraph("A short letter.")
+    word.save(path)
+    with zipfile.ZipFile(path, "a", compression=zipfile.ZIP_DEFLATED) as zipped:
+        zipped.writestr(name, data)
+    return path
+
+
+def test_docx_that_expands_too_far_is_refused_before_it_is_parsed(tmp_path, monkeypatch):
+    import os
+
+    import docx
+
+    bomb = _docx_with_part(tmp_path / "bomb.docx", "word/media/zeros.bin", bytes(20_000_000))
+    big = _docx_with_part(tmp_path / "big.docx", "word/media/photo.bin", os.urandom(3_000_000))
+    fine = _docx_with_part(tmp_path / "fine.docx", "word/media/photo.bin", os.urandom(300_000))
+    monkeypatch.setattr(docx, "Document", lambda *a: pytest.fail("python-docx was asked to parse it"))
+    message = refused(bomb)
+    assert "expands" in message and "zip bomb" in message and "Settings" in message
+    assert bomb.stat().st_size < 100_000
+    message = str(pytest.raises(DocumentError, read_document, big, Limits(expanded_bytes=2_000_000)).value)
+    assert "expands to 4 MB, over the 2 MB" in message
+    monkeypatch.undo()
+    assert read_document(fine).text == "A short letter."

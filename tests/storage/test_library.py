@@ -198,3 +198,13 @@ def test_pages_of_a_changed_file_are_not_taken(tmp_path):
     assert not lib.ensure_pages(doc_id)
     source.unlink()
     assert not lib.ensure_pages(doc_id)
+
+
+def test_reading_rate_is_this_models_characters_per_second(tmp_path):
+    lib = Library(tmp_path)
+    assert lib.reading_rate("f" * 64, "gguf") is None
+    for n, (chars, seconds) in enumerate([(3000, 2.0), (1000, 2.0)]):
+        doc_id = lib.add_document(Doc(Path(f"/{n}.txt"), f"{n}" * 64, text="x" * chars))
+        lib.save_memory({**memory_record(doc_id), "seconds": seconds}, [])
+    assert lib.reading_rate("f" * 64, "gguf") == pytest.approx(1000.0)
+    assert lib.reading_rate("f" * 64, "torch") is None and lib.reading_rate("0" * 64, "gguf") is None
