@@ -33,6 +33,14 @@ from storage.library import Library, document_id
 FIRST_READING_CHARS_PER_S = 980.0
 
 
+def citation(page: int, section: str | None) -> str:
+    """How a cited page reads to a person: "§ 8 Termination, p. 12", "Preface, p. 3" or "p. 12"."""
+    if not section:
+        return f"p. {page}"
+    mark = "§ " if section[:1].isdigit() and not section.startswith("§") else ""
+    return f"{mark}{section}, p. {page}"
+
+
 @dataclass
 class AskResult:
     answer: str
@@ -40,13 +48,15 @@ class AskResult:
     pages: list[int]
     ttft_s: float
     seconds: float
-    sources: list[dict] = field(default_factory=list)  # {"page", "score", "text"}, most relevant first
+    # {"page", "score", "text", "section"}, most relevant first; "section" is None without one
+    sources: list[dict] = field(default_factory=list)
     recall: bool = False  # whether passages were looked for in the recall store
     recall_reason: str | None = None  # why not, when not
     model: str = "reading"  # which model answered: "answering" or "reading" (the small one)
     model_name: str = ""
     model_reason: str | None = None  # why the small model answered although an answering model was expected
     read_on_the_spot: list[int] = field(default_factory=list)  # pages the answering model read for this answer
+    sections: list[str | None] = field(default_factory=list)  # the section each of ``pages`` begins in
 
 
 @dataclass
@@ -433,6 +443,9 @@ class DocumentConversation:
         pages = conversation.answer_pages()
         sources = [s.as_json() for s in conversation.sources] or \
             [Source(page, 0.0, snippet(library.page_text(doc["id"], page))).as_json() for page in spot]
+        for source in sources:
+            text = library.page_text(doc["id"], source["page"])
+            source["section"] = library.section_at(doc["id"], source["page"], max(0, text.find(source["text"][:40])))
         answer = "".join(parts).strip()
         library.add_message(session_id, "user", question)
         library.add_message(session_id, "assistant", answer, pages, sources=sources)
@@ -441,7 +454,7 @@ class DocumentConversation:
         return AskResult(answer, session_id, pages, round(ttft if ttft is not None else seconds, 3), round(seconds, 3),
                          sources, conversation.recall is not None or bool(spot), None if spot else reason,
                          self.role, self.model.name, self.comma.answerer_reason if self.role == "reading" else None,
-                         spot)
+                         spot, [library.section_at(doc["id"], page) for page in pages])
 
     def close(self) -> None:
         if self._live is not None:

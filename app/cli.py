@@ -150,7 +150,7 @@ def _dispatch(args) -> int:
 
         return open_window(args.open, args.screenshot)
 
-    from app.actions import Comma
+    from app.actions import Comma, citation
 
     comma = Comma(model_path=getattr(args, "model", None), backend=getattr(args, "backend", "auto"),
                   answering=getattr(args, "answering", "auto"), limits=_limits(args),
@@ -175,7 +175,7 @@ def _dispatch(args) -> int:
         else:
             print(f"\n[pages {', '.join(map(str, result.pages))} · session {result.session_id}]")
             for source in result.sources:
-                print(f"  p. {source['page']}: {source['text']}")
+                print(f"  {citation(source['page'], source.get('section'))}: {source['text']}")
         if result.recall_reason:
             print(f"note: answered from the memory alone: {result.recall_reason}", file=sys.stderr)
         if result.model_reason:

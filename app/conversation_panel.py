@@ -24,6 +24,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app.actions import citation
+
 NEW_SESSION = "New conversation"
 
 
@@ -194,7 +196,8 @@ class ConversationPanel(QWidget):
     @staticmethod
     def _source_links(sources: list[dict], message_index: int) -> str:
         """The passages an answer was given, most relevant first: page link and opening words."""
-        rows = [f'<a href="cite:{message_index}:{s["page"]}">p.&nbsp;{s["page"]}</a> '
+        rows = [f'<a href="cite:{message_index}:{s["page"]}">'
+                f'{html.escape(citation(s["page"], s.get("section"))).replace(" ", "&nbsp;")}</a> '
                 f'<span style="color:#555">“{html.escape(s["text"])}”</span>' for s in sources]
         return '<span style="color:#555">Sources:</span><br>' + "<br>".join(rows)
 

@@ -28,7 +28,7 @@ from engine.errors import LibraryError
 from engine.question_words import content_words
 
 DOC_ID_LENGTH = 12
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 BUSY_TIMEOUT_S = 30.0
 # Words too common to say where an answer is; the question's other words are searched for.
 def data_folder() -> Path:
@@ -74,7 +74,7 @@ class Library:
         """Bring the schema up to SCHEMA_VERSION one step at a time. Each step only adds (tables,
         columns, an index) and checks what is already there, and the version is recorded after it
         completes, so a step that was interrupted simply runs again on the next open."""
-        steps = {1: self._migrate_to_1, 2: self._migrate_to_2}
+        steps = {1: self._migrate_to_1, 2: self._migrate_to_2, 3: self._migrate_to_3}
         for version in range(self.schema_version + 1, SCHEMA_VERSION + 1):
             with self.db.conn:
                 steps[version]()
@@ -102,6 +102,13 @@ class Library:
             self.db["memories"].add_column("recall_bytes", int)
         if "sources" not in self.db["messages"].columns_dict:
             self.db["messages"].add_column("sources", str)
+
+    def _migrate_to_3(self) -> None:
+        # Documents read before keep no sections until they are read again; citations then
+        # simply show no section.
+        self.db["sections"].create({
+            "doc_id": str, "idx": int, "title": str, "level": int, "page": int, "within": int,
+        }, pk=("doc_id", "idx"), foreign_keys=[("doc_id", "documents")], if_not_exists=True)
 
     def _create_tables(self) -> None:
         db = self.db
@@ -142,10 +149,32 @@ class Library:
                     "chars": len(document.text), "added": _now(),
                 })
             else:
-                self.db["documents"].update(doc_id, {"path": str(document.path)})
+                self.db["documents"].update(doc_id, {"path": str(document.path), "title": document.title})
             if hasattr(document, "page_text") and not self.has_pages(doc_id):
                 self._insert_pages(doc_id, document)
+            if hasattr(document, "sections"):
+                self._replace_sections(doc_id, document)
         return doc_id
+
+    def _replace_sections(self, doc_id: str, document) -> None:
+        self.db["sections"].delete_where("doc_id = ?", [doc_id])
+        rows = []
+        for idx, section in enumerate(document.sections):
+            page = document.page_of(section.start)
+            rows.append({"doc_id": doc_id, "idx": idx, "title": section.title, "level": section.level,
+                         "page": page, "within": section.start - document.page_starts[page - 1]})
+        self.db["sections"].insert_all(rows)
+
+    def section_at(self, doc_id: str, page: int, within: int = 0) -> str | None:
+        """The title of the section that holds character ``within`` of ``page`` (the last one
+        begun by then), or None when the document has no sections or it comes before the first."""
+        row = self.db.execute(
+            """select title from sections where doc_id = ? and (page < ? or (page = ? and within <= ?))
+               order by page desc, within desc, idx desc limit 1""", [doc_id, page, page, within]).fetchone()
+        return row[0] if row else None
+
+    def sections(self, doc_id: str) -> list[dict]:
+        return list(self.db["sections"].rows_where("doc_id = ?", [doc_id], order_by="idx"))
 
     def _insert_pages(self, doc_id: str, document) -> None:
         self.db["pages"].insert_all(
@@ -229,7 +258,7 @@ class Library:
                 self.db["summaries"].delete_where("memory_id = ?", [m["id"]])
             self.db.execute("delete from messages where session_id in (select id from sessions where doc_id = ?)",
                             [doc["id"]])
-            for table in ("sessions", "memories", "pages"):
+            for table in ("sessions", "memories", "pages", "sections"):
                 self.db[table].delete_where("doc_id = ?", [doc["id"]])
             self.db["documents"].delete_where("id = ?", [doc["id"]])
         for m in memories:

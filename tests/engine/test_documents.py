@@ -374,3 +374,99 @@ def test_docx_that_expands_too_far_is_refused_before_it_is_parsed(tmp_path, monk
     assert "expands to 4 MB, over the 2 MB" in message
     monkeypatch.undo()
     assert read_document(fine).text == "A short letter."
+
+
+def test_pdf_outline_gives_each_page_its_section(tmp_path):
+    pdf = pymupdf.open()
+    for lines in (["1 Scope", "This agreement covers services."], ["2 Fees", "Fees are due monthly."],
+                  ["More about fees.", "Still fees."], ["8 Termination", "Either party may end it."]):
+        page = pdf.new_page()
+        for y, line in enumerate(lines):
+            page.insert_text((72, 90 + 14 * y), line)
+    pdf.set_toc([[1, "1 Scope", 1], [1, "2 Fees", 2], [2, "2.1 Late fees (abbreviated)", 3], [1, "8 Termination", 4]])
+    pdf.save(tmp_path / "outlined.pdf")
+    doc = read_document(tmp_path / "outlined.pdf")
+    assert [(s.title, s.level, doc.page_of(s.start)) for s in doc.sections] == [
+        ("1 Scope", 1, 1), ("2 Fees", 1, 2), ("2.1 Late fees (abbreviated)", 2, 3), ("8 Termination", 1, 4)]
+    assert doc.section_at(doc.text.index("Either party")).title == "8 Termination"
+    assert doc.section_at(doc.text.index("Still fees")).title == "2.1 Late fees (abbreviated)"
+    assert doc.text[doc.sections[3].start:].startswith("8 Termination")  # placed where its title is
+
+
+def test_pdf_without_outline_takes_sections_from_its_headings(tmp_path):
+    pdf = pymupdf.open()
+    page = pdf.new_page()
+    page.insert_text((72, 60), "Services Agreement", fontsize=20)
+    page.insert_text((72, 100), "Preamble words that open the agreement between the parties.", fontsize=11)
+    page.insert_text((72, 140), "Payment", fontsize=15)
+    page.insert_text((72, 170), "The client pays each invoice within thirty days.", fontsize=11)
+    page.insert_text((72, 210), "8. Termination", fontsize=11, fontname="helvetica-bold")
+    page.insert_text((72, 240), "Either party may end this agreement with 30 days notice.", fontsize=11)
+    page.insert_text((72, 280), "A short bold aside", fontsize=11, fontname="helvetica-bold")
+    pdf.save(tmp_path / "headed.pdf")
+    doc = read_document(tmp_path / "headed.pdf")
+    assert doc.title == "Services Agreement"
+    assert [(s.title, s.level) for s in doc.sections] == [("Services Agreement", 1), ("Payment", 2),
+                                                           ("8. Termination", 3)]
+    assert doc.section_at(doc.text.index("30 days")).title == "8. Termination"
+    assert doc.section_at(doc.text.index("thirty days")).title == "Payment"
+
+
+def test_pdf_table_rows_stay_rows(tmp_path):
+    pdf = pymupdf.open()
+    page = pdf.new_page()
+    page.insert_text((72, 80), "Fee schedule:")
+    for y, row in enumerate([("Service", "Fee", "Due"), ("Setup", "500 EUR", "on signing"),
+                             ("Support", "90 EUR", "monthly")]):
+        for x, cell in zip((72, 250, 400), row, strict=True):
+            page.insert_text((x, 110 + 14 * y), cell)
+    pdf.save(tmp_path / "fees.pdf")
+    text = read_document(tmp_path / "fees.pdf").text
+    assert "Service | Fee | Due\nSetup | 500 EUR | on signing\nSupport | 90 EUR | monthly" in text
+
+
+@pytest.mark.parametrize("metadata", ["X Desktop Group (http://www.freedesktop.org)", "contract_final_v3.docx",
+                                      "Microsoft Word - offer", "untitled", ""])
+def test_a_title_that_names_no_document_gives_way_to_the_first_page(tmp_path, metadata):
+    pdf = pymupdf.open()
+    page = pdf.new_page()
+    page.insert_text((72, 60), "Shared Storage Lease", fontsize=22)
+    page.insert_text((72, 100), "This lease is made between the landlord and the tenant.", fontsize=11)
+    pdf.set_metadata({"title": metadata})
+    pdf.save(tmp_path / "lease.pdf")
+    assert read_document(tmp_path / "lease.pdf").title == "Shared Storage Lease"
+
+
+SPEC = Path("/usr/share/doc/shared-mime-info/shared-mime-info-spec.pdf")
+
+
+@pytest.mark.skipif(not SPEC.exists(), reason="needs Debian's shared-mime-info")
+def test_real_specification_title_and_sections():
+    doc = read_document(SPEC)
+    assert doc.title == "Shared MIME-info Database"
+    assert doc.sections[0].title == "1. Introduction" and len(doc.sections) > 15
+    glob = next(s for s in doc.sections if s.title.endswith("Recommended checking order"))
+    assert doc.section_at(glob.start + 50) == glob
+
+
+def test_docx_and_markdown_headings_are_sections(tmp_path):
+    docx = pytest.importorskip("docx")
+    word = docx.Document()
+    word.add_heading("Consulting Contract", level=0)
+    word.add_paragraph("Between us.")
+    word.add_heading("Fees", level=1)
+    word.add_paragraph("Fees are due monthly.")
+    word.add_heading("Late fees", level=2)
+    word.add_paragraph("Late fees add two percent.")
+    word.save(tmp_path / "c.docx")
+    doc = read_document(tmp_path / "c.docx")
+    assert doc.title == "Consulting Contract"
+    assert [(s.title, s.level) for s in doc.sections] == [("Fees", 1), ("Late fees", 2)]
+    assert doc.section_at(doc.text.index("two percent")).title == "Late fees"
+
+    (tmp_path / "n.md").write_text("# Notes\n\nIntro.\n\n## Setup ##\n\nSteps.\n\n```\n# not a heading\n```\n")
+    md = read_document(tmp_path / "n.md")
+    assert [(s.title, s.level) for s in md.sections] == [("Notes", 1), ("Setup", 2)]
+    (tmp_path / "t.txt").write_text("AGREEMENT\n\n1. Scope\n\nWe agree.\n\n8. Termination\n\nIt ends. 2. Not one.\n")
+    txt = read_document(tmp_path / "t.txt")
+    assert [(s.title, s.level) for s in txt.sections] == [("1. Scope", 1), ("8. Termination", 1)]

@@ -59,7 +59,7 @@ def test_the_question_gets_the_page_that_holds_its_answer(comma, read_doc):
     gold = needle_page(comma, read_doc["doc_id"])
     assert result.pages[0] == gold and result.sources[0]["page"] == gold
     assert len(result.pages) <= 5 and len(result.sources) <= 3
-    assert {"page", "score", "text"} == set(result.sources[0])
+    assert {"page", "score", "text", "section"} == set(result.sources[0])
     saved = comma.library.messages(result.session_id)[-1]
     assert saved["sources"] == result.sources and saved["pages"] == result.pages
 
@@ -253,3 +253,21 @@ def test_both_rankings_find_the_page_and_the_cli_takes_either(comma, read_doc, c
 def test_a_store_that_cannot_be_created_is_a_message(tmp_path):
     with pytest.raises(MemoryFileError, match="could not save the recall store"):
         StoreWriter(tmp_path / "no such folder" / "doc.recall")
+
+
+def test_sources_and_pages_name_their_section(comma, tmp_path, capsys, monkeypatch):
+    from app.cli import run
+    from tests.fakes import NEEDLE, filler
+
+    parts = [f"# {n} {title}\n\n{filler(n)}" for n, title in enumerate(["Scope", "Fees", "Gates", "Term"], 1)]
+    parts[2] += f" {NEEDLE}"
+    path = tmp_path / "contract.md"
+    path.write_text("\n\n".join(parts))
+    report = comma.ingest(path, notes=False)
+    result = comma.ask(report["doc_id"], QUESTION)
+    assert result.sources[0]["section"] == "3 Gates"
+    assert result.sections == [comma.library.section_at(report["doc_id"], p) for p in result.pages]
+    assert "3 Gates" in result.sections or "2 Fees" in result.sections
+    monkeypatch.setenv("COMMA_HOME", str(comma.library.folder))
+    assert run(["ask", report["doc_id"], QUESTION]) == 0
+    assert f"§ 3 Gates, p. {result.sources[0]['page']}:" in capsys.readouterr().out

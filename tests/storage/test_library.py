@@ -171,7 +171,7 @@ def test_a_schema_0_library_opens_migrated_with_its_data(tmp_path):
     with sqlite3.connect(tmp_path / "library.db") as conn:
         conn.executescript(SCHEMA_0.format(sha=sha, path=source))
     lib = Library(tmp_path)
-    assert lib.schema_version == 2
+    assert lib.schema_version == 3
     assert [d["title"] for d in lib.documents()] == ["Old doc"]
     assert lib.documents()[0]["memories"][0]["kept_tokens"] == 50
     # a memory read before recall stores has none; an old answer has no sources
@@ -187,7 +187,8 @@ def test_a_schema_0_library_opens_migrated_with_its_data(tmp_path):
     assert lib.search("copying")[0]["page"] == 1
     lib.add_message("s1", "user", "new")
     assert [s["id"] for s in Library(tmp_path).sessions("abababababab")] == ["s1", "s2"]
-    assert Library(tmp_path).schema_version == 2  # opening again changes nothing
+    assert lib.section_at("abababababab", 1) is None and lib.sections("abababababab") == []
+    assert Library(tmp_path).schema_version == 3  # opening again changes nothing
 
 
 def test_pages_of_a_changed_file_are_not_taken(tmp_path):
@@ -208,3 +209,23 @@ def test_reading_rate_is_this_models_characters_per_second(tmp_path):
         lib.save_memory({**memory_record(doc_id), "seconds": seconds}, [])
     assert lib.reading_rate("f" * 64, "gguf") == pytest.approx(1000.0)
     assert lib.reading_rate("f" * 64, "torch") is None and lib.reading_rate("0" * 64, "gguf") is None
+
+
+def test_sections_are_kept_per_page_and_replaced_when_read_again(tmp_path):
+    from engine.documents import Document, Section
+
+    text = "Intro words. " * 10 + "8 Termination. Either party may end it." + " More." * 5
+    at = text.index("8 Termination")
+    doc = Document(Path("/c.txt"), "C", "ee" * 32, text, (0, 60, 120), "txt",
+                   (Section("Preamble", 1, 0), Section("8 Termination", 1, at)))
+    lib = Library(tmp_path)
+    doc_id = lib.add_document(doc)
+    page = doc.page_of(at)
+    assert lib.section_at(doc_id, page, at - doc.page_starts[page - 1]) == "8 Termination"
+    assert page == 3 and lib.section_at(doc_id, 3, 0) == "Preamble" and lib.section_at(doc_id, 1) == "Preamble"
+    assert lib.section_at(doc_id, 3, 50) == "8 Termination"
+    lib.add_document(Document(Path("/c.txt"), "C", "ee" * 32, text, (0, 60, 120), "txt"))
+    assert lib.sections(doc_id) == [] and lib.section_at(doc_id, 3, 50) is None
+    lib.add_document(doc)
+    lib.remove_document(doc_id)
+    assert lib.db["sections"].count == 0
