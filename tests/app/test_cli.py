@@ -193,11 +193,12 @@ def test_ask_follow_up_and_summary_leave_the_memory_untouched(lib, capsys):
     assert code == 0, err
     first = json.loads(out)
     assert set(first) == {"answer", "session_id", "pages", "ttft_s", "seconds", "sources", "recall", "recall_reason",
-                          "model", "model_name", "model_reason", "read_on_the_spot"}
+                          "model", "model_name", "model_reason", "read_on_the_spot", "sections"}
     # The tests run the small model alone (COMMA_ANSWERING=off): it answers, and that is no failure.
     assert first["model"] == "reading" and first["model_reason"] is None and first["read_on_the_spot"] == []
     assert first["answer"] and first["pages"] and 0 < first["ttft_s"] <= first["seconds"]
     assert first["recall"] is True and first["recall_reason"] is None
+    assert len(first["sections"]) == len(first["pages"])  # a licence in plain text has no sections
     assert first["sources"] and first["pages"][0] == first["sources"][0]["page"]
 
     code, out, err = cli(capsys, "ask", report["doc_id"], "Can I sell copies?", "--session", first["session_id"],
