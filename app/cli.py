@@ -87,18 +87,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 @contextmanager
 def progress_bar(enabled: bool, unit: str, desc: str):
-    """A tqdm bar on stderr (tokens, tokens/s, ETA), or a no-op when output is for a program."""
+    """A tqdm bar on stderr (tokens, tokens/s, ETA), drawn from the first report on (work that
+    never starts, such as OCR of a PDF without scanned pages, draws none), or a no-op when
+    output is for a program."""
     if not enabled:
         yield None
         return
     from tqdm import tqdm
 
-    with tqdm(total=0, unit=unit, unit_scale=True, desc=desc, file=sys.stderr, dynamic_ncols=True) as bar:
-        def update(done: int, total: int) -> None:
-            bar.total = total
-            bar.update(done - bar.n)
+    bar = None
 
+    def update(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, unit=unit, unit_scale=True, desc=desc, file=sys.stderr, dynamic_ncols=True)
+        bar.total = total
+        bar.update(done - bar.n)
+
+    try:
         yield update
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def preparing_bar(enabled: bool):
@@ -157,9 +167,11 @@ def _dispatch(args) -> int:
                   notice=lambda text: print(f"note: {text}", file=sys.stderr),
                   preparing=preparing_bar(_show_bars(args)))
     if args.command == "ingest":
+        with progress_bar(_show_bars(args), "page", "OCR") as ocr_bar:
+            document = comma.read_file(args.path, progress=ocr_bar)
         with progress_bar(_show_bars(args), "tok", "fast read") as bar, \
                 progress_bar(_show_bars(args), "tok", "deep read") as deep_bar:
-            report = comma.ingest(args.path, args.policy, args.cache, args.force, notes=not args.no_notes,
+            report = comma.ingest(document, args.policy, args.cache, args.force, notes=not args.no_notes,
                                   progress=bar, parallel=args.parallel, recall=not args.no_recall,
                                   deep=not args.fast_only, deep_progress=deep_bar)
         _print(args, report, _format_ingest)

@@ -19,6 +19,8 @@ from PySide6.QtCore import QRectF, QSize, Qt, Signal
 from PySide6.QtGui import QColor, QImage, QKeySequence, QPainter, QPen, QShortcut
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QLineEdit, QScrollArea, QSpinBox, QToolButton, QVBoxLayout, QWidget
 
+from engine.ocr import OcrLine
+
 GAP = 12  # pixels between pages and around them
 CACHE_PAGES = 12
 A4 = (595.0, 842.0)
@@ -81,19 +83,37 @@ class PageSource(ABC):
 
 
 class PdfSource(PageSource):
-    def __init__(self, path: str | Path):
+    """A PDF as itself. Its scanned pages get the lines OCR read laid over them as invisible
+    text (in memory only; the file is never written), so find and highlight work there too."""
+
+    def __init__(self, path: str | Path, ocr_lines: dict[int, list[OcrLine]] | None = None):
         self.doc = pymupdf.open(str(path))
         self.count = self.doc.page_count
         self._sizes = [(p.rect.width, p.rect.height) for p in self.doc]
+        self._ocr = dict(ocr_lines or {})  # 1-based page -> lines, until laid over the page
 
     def page(self, index: int) -> pymupdf.Page:
-        return self.doc[index]
+        page = self.doc[index]
+        if lines := self._ocr.pop(index + 1, None):
+            _lay_invisible_text(page, lines)
+        return page
 
     def size(self, index: int) -> tuple[float, float]:
         return self._sizes[index]
 
     def close(self) -> None:
         self.doc.close()
+
+
+def _lay_invisible_text(page: pymupdf.Page, lines: list[OcrLine]) -> None:
+    """Each line's text, invisible, stretched over the box where OCR saw it."""
+    for line in lines:
+        x0, y0, x1, y1 = line.rect
+        size = max(1.0, (y1 - y0) * 0.8)
+        width = pymupdf.get_text_length(line.text, fontname="helv", fontsize=size)
+        origin = pymupdf.Point(x0, y1 - (y1 - y0) * 0.2)
+        stretch = pymupdf.Matrix((x1 - x0) / width if width else 1.0, 1.0)
+        page.insert_text(origin, line.text, fontsize=size, fontname="helv", render_mode=3, morph=(origin, stretch))
 
 
 class TextSource(PageSource):
@@ -359,8 +379,10 @@ class Viewer(QWidget):
         QShortcut(QKeySequence.StandardKey.FindNext, self, lambda: self.next_match(1))
         QShortcut(QKeySequence.StandardKey.FindPrevious, self, lambda: self.next_match(-1))
 
-    def show_document(self, doc: dict | None, texts: list[str]) -> None:
-        """Show a library document: its PDF when the file is there, else its page text."""
+    def show_document(self, doc: dict | None, texts: list[str],
+                      ocr_lines: dict[int, list[OcrLine]] | None = None) -> None:
+        """Show a library document: its PDF when the file is there (with the lines OCR read on
+        its scanned pages), else its page text."""
         self.texts = texts
         self._matches, self._match, self._term = [], -1, ""
         self.find_label.setText("")
@@ -369,7 +391,7 @@ class Viewer(QWidget):
             path = Path(doc["path"])
             if doc["kind"] == "pdf" and path.is_file():
                 try:
-                    source = PdfSource(path)
+                    source = PdfSource(path, ocr_lines)
                 except Exception:  # moved or damaged since reading: show the text instead
                     source = None
             if source is None and texts:

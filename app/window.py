@@ -39,6 +39,7 @@ from app.library_panel import LibraryPanel
 from app.settings import Settings, SettingsDialog
 from app.viewer import Viewer
 from app.workers import Engine, Job
+from engine import ocr_cache
 from engine.documents import SUPPORTED_SUFFIXES
 from engine.errors import CommaError
 from storage.library import Library
@@ -180,7 +181,8 @@ class MainWindow(QMainWindow):
         self.doc = doc
         if not self.library.ensure_pages(doc_id):
             self.statusBar().showMessage(f"{doc['path']} is gone or changed; showing what the library keeps")
-        self.viewer.show_document(doc, self.library.page_texts(doc_id))
+        self.viewer.show_document(doc, self.library.page_texts(doc_id),
+                                  ocr_cache.load(self.library.ocr_folder, doc["sha256"]))
         self.conversation.set_document(doc, self.library.sessions(doc_id), self._summary(doc_id))
         self.choose_session(self.conversation.session_id)
         settings_store.remember("document", doc_id)

@@ -280,7 +280,10 @@ class Engine(QObject):
 
         def work(job: Job, comma: Comma) -> dict:
             # Reading the file first reports a bad one at once, before any model is loaded.
-            document = comma.read_file(path)
+            document = comma.read_file(
+                path, progress=lambda done, total: job.report_notice(
+                    f"reading the text of scanned pages (OCR): {done} of {total} done"),
+                cancelled=job.is_cancelled)
             job.described.emit({"title": document.title, "pages": document.pages, "path": str(document.path)})
             stop_reading_if(job.is_cancelled)
             if s.ask_above_minutes and (force or not comma.has_reading(document, s.policy, s.cache or None)):

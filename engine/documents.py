@@ -12,13 +12,15 @@ from __future__ import annotations
 import hashlib
 import re
 from bisect import bisect_right
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pymupdf
 
-from engine import pdf_text, text_files
-from engine.errors import DocumentError
+from engine import ocr, ocr_cache, pdf_text, text_files
+from engine.errors import DocumentError, stop_reading_if
+from engine.protocols import Progress
 
 SUPPORTED_SUFFIXES: tuple[str, ...] = (".pdf", ".txt", ".md", ".markdown", ".docx")
 _KINDS = {".pdf": "pdf", ".txt": "txt", ".md": "md", ".markdown": "md", ".docx": "docx"}
@@ -27,6 +29,7 @@ TEXT_PAGE_CHARS = 3000  # size of the "pages" cut from formats that have none
 TITLE_MAX_CHARS = 100
 _SMALL_ZIP_BYTES = 1_000_000  # below this a high compression ratio cannot cost much
 _RAISE_LIMIT = "Raise the limit in Settings → Limits"
+_OCR_SAVE_EVERY = 10  # pages
 
 # Metadata titles that name no document: a URL or publisher's site, a file name, a placeholder.
 _NOT_A_TITLE = re.compile(
@@ -65,6 +68,7 @@ class Document:
     page_starts: tuple[int, ...]
     kind: str
     sections: tuple[Section, ...] = ()
+    ocr_pages: tuple[int, ...] = ()  # the pages whose text OCR read (scanned pages)
 
     @property
     def pages(self) -> int:
@@ -127,8 +131,14 @@ class Limits:
             )
 
 
-def read_document(path: str | Path, limits: Limits | None = None) -> Document:
-    """Read a PDF, TXT, Markdown or DOCX file; raise DocumentError if it cannot be read."""
+def read_document(path: str | Path, limits: Limits | None = None, ocr_folder: Path | None = None,
+                  progress: Progress | None = None, cancelled: Callable[[], bool] | None = None) -> Document:
+    """Read a PDF, TXT, Markdown or DOCX file; raise DocumentError if it cannot be read.
+
+    A PDF's pages without a text layer are read by OCR, one after another, reporting
+    ``progress(done, total)`` in pages and stopping (Cancelled) when ``cancelled()`` turns true;
+    with ``ocr_folder`` their lines are kept there and not recognised again.
+    """
     limits = limits or Limits()
     path = Path(path).expanduser().resolve()
     if not path.exists():
@@ -155,7 +165,8 @@ def read_document(path: str | Path, limits: Limits | None = None) -> Document:
         raise DocumentError(f"{path} is empty (0 bytes).")
 
     if kind == "pdf":
-        pdf = _read_pdf(path, data, limits)
+        pdf = _read_pdf(path, data, limits, _Recognition(ocr_folder, hashlib.sha256(data).hexdigest(), progress,
+                                                          cancelled))
         text, starts = _join_pages(pdf.pages)
         sections = _place_on_pages(text, starts, pdf.headings, pdf.from_outline)
         own_titles = [pdf.metadata_title, pdf.first_page_title]
@@ -177,6 +188,7 @@ def read_document(path: str | Path, limits: Limits | None = None) -> Document:
     return Document(
         path=path, title=_title(own_titles, text, path.stem), sha256=hashlib.sha256(data).hexdigest(),
         text=text, page_starts=starts, kind=kind, sections=sections,
+        ocr_pages=pdf.ocr_pages if kind == "pdf" else (),
     )
 
 
@@ -202,9 +214,20 @@ class _PdfText:
     from_outline: bool
     metadata_title: str
     first_page_title: str
+    ocr_pages: tuple[int, ...]
 
 
-def _read_pdf(path: Path, data: bytes, limits: Limits) -> _PdfText:
+@dataclass(frozen=True)
+class _Recognition:
+    """Where OCR keeps what it found, and how it reports and stops."""
+
+    folder: Path | None
+    sha256: str
+    progress: Progress | None
+    cancelled: Callable[[], bool] | None
+
+
+def _read_pdf(path: Path, data: bytes, limits: Limits, recognition: _Recognition) -> _PdfText:
     not_pdf = DocumentError(f"{path} is not a PDF, or it is damaged or truncated.")
     try:
         doc = pymupdf.open(stream=data, filetype="pdf")
@@ -227,22 +250,55 @@ def _read_pdf(path: Path, data: bytes, limits: Limits) -> _PdfText:
                 chars += sum(len(line.text) + 1 for line in lines[-1])
                 limits.check_chars(path, chars)
             outline = _outline(doc)
+            scanned = [i for i, page in enumerate(lines) if not page and ocr.needs_ocr(doc[i])]
         except DocumentError:
             raise
         except Exception as e:
             raise DocumentError(f"{path} is damaged: MuPDF could not read its text ({e}).") from e
+        if scanned:
+            for i, page_lines in _recognise(path, doc, scanned, recognition).items():
+                lines[i] = page_lines
+                chars += sum(len(line.text) + 1 for line in page_lines)
+            limits.check_chars(path, chars)
         metadata_title = (doc.metadata or {}).get("title") or ""
     if not any(lines):
-        raise DocumentError(
-            f"{path} has no text layer (it looks scanned or is blank), and Comma cannot read text "
-            "from images yet (no OCR)."
-        )
+        raise DocumentError(f"{path} shows no text: its pages are blank, or hold pictures without words.")
     lines = pdf_text.strip_running_rows(lines)
     return _PdfText(
         pages=[pdf_text.paragraphs(page) for page in lines],
         headings=outline or pdf_text.headings(lines), from_outline=bool(outline),
         metadata_title=metadata_title, first_page_title=pdf_text.first_page_title(lines),
+        ocr_pages=tuple(i + 1 for i in scanned),
     )
+
+
+def _recognise(path: Path, doc: pymupdf.Document, scanned: list[int],
+               recognition: _Recognition) -> dict[int, list[pdf_text.Line]]:
+    """OCR's lines for the scanned pages (0-based), from the folder where they were kept or
+    read now; what was read is kept as it goes, so a cancelled reading loses no page."""
+    kept = ocr_cache.load(recognition.folder, recognition.sha256)
+    missing = [i for i in scanned if i + 1 not in kept]
+    if missing:
+        try:
+            with ocr.PageReader() as reader:
+                for done, i in enumerate(missing):
+                    if recognition.progress is not None:
+                        recognition.progress(done, len(missing))
+                    stop_reading_if(recognition.cancelled)
+                    try:
+                        kept[i + 1] = reader.lines(doc[i])
+                    except ocr.OcrUnavailable as e:
+                        raise DocumentError(f"{path} has scanned pages, and {e}") from e
+                    except Exception as e:  # ONNX Runtime and MuPDF errors share no base class
+                        raise DocumentError(f"{path}: OCR could not read page {i + 1} ({e}).") from e
+                    if done % _OCR_SAVE_EVERY == _OCR_SAVE_EVERY - 1:
+                        ocr_cache.save(recognition.folder, recognition.sha256, kept)
+        finally:  # cancelled or not, a page read is not read again
+            ocr_cache.save(recognition.folder, recognition.sha256, kept)
+        if recognition.progress is not None:
+            recognition.progress(len(missing), len(missing))
+    return {i: [pdf_text.Line(line.block, round(line.rect[3]), line.rect[0], line.text) for line in kept[i + 1]]
+            for i in scanned}
 
 
 def _outline(doc: pymupdf.Document) -> list[list[tuple[str, int]]]:

@@ -267,6 +267,9 @@ class Library:
                 Path(m["recall_path"]).unlink(missing_ok=True)
         for partial in self.memories_folder.glob(f"{doc['id']}-*.partial*"):  # a read stopped half-way
             partial.unlink(missing_ok=True)
+        from engine.ocr_cache import path_for
+
+        path_for(self.ocr_folder, doc["sha256"]).unlink(missing_ok=True)
 
     def document(self, doc_id: str) -> dict:
         rows = list(self.db["documents"].rows_where("id = ? or id like ?", [doc_id, f"{doc_id}%"]))
@@ -285,6 +288,11 @@ class Library:
 
     def memory_path(self, doc_id: str, policy_key: str, model_fingerprint: str, backend: str) -> Path:
         return self.memories_folder / f"{doc_id}-{backend}-{policy_key}-{model_fingerprint[:12]}.mem"
+
+    @property
+    def ocr_folder(self) -> Path:
+        """Where the text OCR found on scanned pages is kept, one file per document's content."""
+        return self.folder / "ocr"
 
     def recall_path(self, memory_path: Path) -> Path:
         """A new name for the recall store of a reading of the memory at ``memory_path``: beside

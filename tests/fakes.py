@@ -211,3 +211,24 @@ def write_doc(path: Path, needle_at: int = 3, parts: int = 6) -> Path:
 
 def needle_page(comma, doc_id: str) -> int:
     return next(p for p in range(1, 100) if "4417" in comma.library.page_text(doc_id, p))
+
+
+def scanned_pdf(path: Path, pages: list[list[str]], scanned: set[int]) -> Path:
+    """A PDF of ``pages`` (lists of lines, 14 points apart); the pages in ``scanned`` (1-based) are
+    pictures of their text at 150 dpi with no text layer, as a scanner makes them."""
+    import pymupdf
+
+    source = pymupdf.open()
+    for lines in pages:
+        page = source.new_page()
+        for y, line in enumerate(lines):
+            page.insert_text((72, 90 + 14 * y), line)
+    pdf = pymupdf.open()
+    for number, page in enumerate(source, start=1):
+        if number in scanned:
+            pdf.new_page(width=page.rect.width, height=page.rect.height).insert_image(
+                page.rect, pixmap=page.get_pixmap(dpi=150))
+        else:
+            pdf.insert_pdf(source, from_page=number - 1, to_page=number - 1)
+    pdf.save(path)
+    return path

@@ -85,7 +85,7 @@ def bad_inputs(tmp):
         (binary, "binary"),
         (truncated, "truncated.pdf"),
         (encrypted, "password"),
-        (scanned, "OCR"),
+        (scanned, "pictures without words"),
     ]
 
 

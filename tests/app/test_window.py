@@ -572,3 +572,43 @@ def test_a_long_reading_asks_first(qtbot, home, tmp_path, monkeypatch, start):
     else:
         wait_until(qtbot, lambda: cancelled)
         assert window.library.documents() == [] and "not started: a long reading" in window.statusBar().currentMessage()
+
+
+def test_a_scanned_page_can_be_found_and_highlighted(qtbot, home, tmp_path):
+    from app.actions import Comma
+    from storage.library import Library
+    from tests.fakes import scanned_pdf
+
+    path = scanned_pdf(tmp_path / "signed.pdf", [["1. Scope: goods and services."],
+                                                  ["3. Termination: thirty days written notice."]], scanned={2})
+    library = Library(home)
+    document = Comma(library).read_file(path)
+    doc_id = library.add_document(document)
+    assert document.ocr_pages == (2,)
+    window = make_window(qtbot)
+    assert window.doc["id"] == doc_id
+    assert window.viewer.find("written notice") == 1 and window.viewer.matches == [2]
+    marks = window.viewer.view.marks.get(1)
+    assert marks, "the scanned page's words are highlighted where they are"
+    # "written notice" was typeset at about x 200-270, on the baseline y 90
+    assert 170 < marks[0].left() < 240 and 88 < marks[0].bottom() < 100
+
+
+def test_a_scanned_pdf_dropped_on_the_window_is_read_and_answered_with_its_page(qtbot, home, tmp_path, monkeypatch):
+    from tests.fakes import NEEDLE, QUESTION, scanned_pdf
+
+    use_fake_model(monkeypatch, token_seconds=0)
+    half = NEEDLE.index(", and")
+    pages = [["The lease starts in May and runs one year."], [NEEDLE[:half + 1], NEEDLE[half + 2:]],
+             ["The tenant keeps the garden tidy."]]
+    window = make_window(qtbot)
+    notices = []
+    spy(window, "_reading_notice", notices)
+    drop(window, [scanned_pdf(tmp_path / "scan.pdf", pages, scanned={1, 2, 3})])
+    wait_until(qtbot, lambda: window.doc is not None and window.library.memories(window.doc["id"]))
+    assert any("OCR" in args[1] for args in notices)
+    conv = window.conversation
+    window.ask(QUESTION)
+    wait_until(qtbot, lambda: not conv.streaming and conv.messages and conv.messages[-1]["content"])
+    assert conv.messages[-1]["sources"][0]["page"] == 2
+    assert "4417" in window.library.page_text(window.doc["id"], 2)

@@ -9,6 +9,7 @@ import pytest
 
 from engine.documents import SUPPORTED_SUFFIXES, TEXT_PAGE_CHARS, Document, Limits, read_document
 from engine.errors import DocumentError
+from tests.fakes import scanned_pdf
 
 REAL_PDF = Path("/usr/share/doc/libtasn1-doc/libtasn1.pdf")
 
@@ -292,8 +293,8 @@ def test_damaged_encrypted_and_scanned_pdfs(tmp_path):
         "junk.pdf": "damaged or truncated",
         "page.pdf": "is not a PDF",
         "locked.pdf": "password-protected",
-        "drawn.pdf": "no text layer",
-        "scan.pdf": "OCR",
+        "drawn.pdf": "shows no text",
+        "scan.pdf": "pictures without words",
         "numbers.pdf": "contains no readable text",
     }
     for name, message in cases.items():
@@ -470,3 +471,56 @@ def test_docx_and_markdown_headings_are_sections(tmp_path):
     (tmp_path / "t.txt").write_text("AGREEMENT\n\n1. Scope\n\nWe agree.\n\n8. Termination\n\nIt ends. 2. Not one.\n")
     txt = read_document(tmp_path / "t.txt")
     assert [(s.title, s.level) for s in txt.sections] == [("1. Scope", 1), ("8. Termination", 1)]
+
+
+CLAUSES = [["1. Scope: the supplier delivers the goods described below.", "The buyer pays on delivery."],
+           ["3. Termination: either party may end this agreement", "with thirty days written notice."],
+           ["5. Disputes go to arbitration in Geneva.", "This text is the whole agreement."]]
+
+
+def test_a_mixed_pdf_reads_its_scanned_page_by_ocr_and_keeps_it(tmp_path, monkeypatch):
+    from engine import ocr
+
+    path = scanned_pdf(tmp_path / "mixed.pdf", CLAUSES, scanned={2})
+    seen = []
+    doc = read_document(path, ocr_folder=tmp_path / "ocr", progress=lambda done, total: seen.append((done, total)))
+    assert doc.ocr_pages == (2,) and doc.pages == 3 and seen[-1] == (1, 1)
+    assert doc.page_text(1).startswith("1. Scope") and doc.page_text(3).startswith("5. Disputes")
+    scanned = " ".join(doc.page_text(2).split())
+    assert "Termination" in scanned and "thirty days" in scanned and doc.page_of(doc.text.index("thirty")) == 2
+    kept = (tmp_path / "ocr" / f"{doc.sha256}.json")
+    assert kept.is_file()
+    # A second reading takes the kept lines: OCR does not run again.
+    monkeypatch.setattr(ocr.PageReader, "lines", lambda self, page: pytest.fail("OCR ran again"))
+    assert read_document(path, ocr_folder=tmp_path / "ocr").text == doc.text
+    # A damaged or crafted file of kept lines is not trusted: the page is read again.
+    kept.write_text('{"version": 1, "pages": {"2": [["injected", 0, 0, 1, 1, 1.0, "x"]]}}')
+    monkeypatch.undo()
+    assert read_document(path, ocr_folder=tmp_path / "ocr").text == doc.text
+
+
+def test_ocr_can_be_cancelled_and_keeps_the_pages_it_read(tmp_path, monkeypatch):
+    from engine import ocr
+    from engine.errors import Cancelled
+
+    path = scanned_pdf(tmp_path / "scan.pdf", CLAUSES, scanned={1, 2, 3})
+    read = []
+    original = ocr.PageReader.lines
+    monkeypatch.setattr(ocr.PageReader, "lines", lambda self, page: read.append(page.number) or original(self, page))
+    with pytest.raises(Cancelled):
+        read_document(path, ocr_folder=tmp_path / "ocr", cancelled=lambda: len(read) >= 1)
+    assert read == [0]
+    doc = read_document(path, ocr_folder=tmp_path / "ocr")
+    assert doc.ocr_pages == (1, 2, 3) and read == [0, 1, 2]  # the first page was not read twice
+    assert "arbitration" in doc.page_text(3)
+
+
+def test_ocr_missing_is_a_clear_refusal(tmp_path, monkeypatch):
+    from engine import ocr
+
+    def unavailable(self, page):
+        raise ocr.OcrUnavailable("OCR needs RapidOCR: pip install rapidocr-onnxruntime")
+
+    monkeypatch.setattr(ocr.PageReader, "lines", unavailable)
+    message = refused(scanned_pdf(tmp_path / "scan.pdf", CLAUSES[:1], scanned={1}))
+    assert "scanned pages" in message and "pip install rapidocr-onnxruntime" in message
