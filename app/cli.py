@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from contextlib import contextmanager
 
@@ -143,11 +144,8 @@ def run(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return _dispatch(args)
-    except CommaError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (CommaError, ValueError) as exc:
+        print(f"error: {_printable(exc)}", file=sys.stderr)  # one line, whatever a file name holds
         return 2
     except KeyboardInterrupt:
         print("error: interrupted; nothing half-done was saved", file=sys.stderr)
@@ -213,12 +211,21 @@ def _limits(args) -> Limits:
     return Limits(**values)
 
 
+def _printable(text: str) -> str:
+    """A title or file name as one harmless line: control characters (terminal escapes, line
+    breaks) become '?'."""
+    return _CONTROLS.sub("?", str(text))
+
+
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
 def _format_ingest(report: dict) -> str:
     lines = []
     for label, r in (("fast read", report), ("deep read", report.get("deep"))):
         if r is not None:
             lines.append(
-                f"{r['doc_id']}  {r['title']}  {r['pages']} pages, {r['tokens']} tokens -> "
+                f"{r['doc_id']}  {_printable(r['title'])}  {r['pages']} pages, {r['tokens']} tokens -> "
                 f"{r['kept_tokens']} kept, {r['memory_bytes'] / 1e6:.1f} MB"
                 + (f" + recall store {r['recall_bytes'] / 1e6:.0f} MB" if r["recall_bytes"] else "")
                 + f"{' (already read)' if r['reused'] else ''} in {r['seconds']:.1f} s"
@@ -231,11 +238,11 @@ def _format_list(docs: list[dict]) -> str:
         return "The library is empty: comma ingest PATH reads a document."
     lines = []
     for d in docs:
-        lines.append(f"{d['id']}  {d['title']}  ({d['pages']} pages)  {d['path']}")
+        lines.append(f"{d['id']}  {_printable(d['title'])}  ({d['pages']} pages)  {_printable(d['path'])}")
         for m in d["memories"]:
             store = f" + recall {m['recall_bytes'] / 1e6:.0f} MB" if m.get("recall_bytes") else ""
             lines.append(f"    {m['policy_key']:<24} {m['kept_tokens']:>6} of {m['document_tokens']} tokens  "
-                         f"{m['bytes'] / 1e6:6.1f} MB{store}  {m['model_name']}  {m['path']}")
+                         f"{m['bytes'] / 1e6:6.1f} MB{store}  {_printable(m['model_name'])}  {_printable(m['path'])}")
     return "\n".join(lines)
 
 

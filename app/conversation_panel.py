@@ -99,6 +99,7 @@ class ConversationPanel(QWidget):
         self.stop_button.clicked.connect(self.stopRequested)
         self.stop_button.hide()
         self.status = QLabel("")
+        self.status.setTextFormat(Qt.TextFormat.PlainText)  # it quotes reasons that name files
         self.status.setWordWrap(True)
 
         top = QHBoxLayout()

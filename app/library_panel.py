@@ -38,11 +38,14 @@ class ReadingProgress(QWidget):
 
     def __init__(self):
         super().__init__()
+        # Titles and file names come from documents: shown as plain text, never as rich text.
         self.title = QLabel()
+        self.title.setTextFormat(Qt.TextFormat.PlainText)
         self.title.setWordWrap(True)
         self.bar = QProgressBar()
         self.bar.setTextVisible(True)
         self.detail = QLabel()
+        self.detail.setTextFormat(Qt.TextFormat.PlainText)
         self.cancel = QPushButton("Cancel")
         self.cancel.clicked.connect(self.cancelRequested)
         row = QHBoxLayout()

@@ -197,7 +197,8 @@ def _title(candidates: list[str], text: str, fallback: str) -> str:
     else the first line of the text, else the file's name."""
     first_line = re.sub(r"^#+\s+", "", text.lstrip().split("\n", 1)[0]).strip()
     for title in [*candidates, first_line]:
-        title = " ".join(title.split())
+        # A PDF's /Title may hold terminal escapes; printed raw they retitle or clear a terminal.
+        title = " ".join(text_files.INVISIBLE.sub("", title).split())
         if title and len(title) <= TITLE_MAX_CHARS and any(c.isalpha() for c in title) \
                 and not _NOT_A_TITLE.search(title):
             return title

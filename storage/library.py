@@ -13,6 +13,7 @@ is newest first) and the time each answer took. Version 2 added each memory's re
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -55,11 +56,18 @@ class Library:
     def __init__(self, folder: Path | None = None):
         self.folder = Path(folder) if folder else data_folder()
         self.memories_folder = self.folder / "memories"
-        self.memories_folder.mkdir(parents=True, exist_ok=True)
+        # Page text and conversations are private: the folders and the database are the user's alone.
+        self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.memories_folder.mkdir(mode=0o700, exist_ok=True)
+        database = self.folder / "library.db"
+        database.touch(mode=0o600, exist_ok=True)
+        for private, mode in ((self.folder, 0o700), (self.memories_folder, 0o700), (database, 0o600)):
+            with contextlib.suppress(OSError):  # a folder on a file system without modes (FAT, a share)
+                private.chmod(mode)
         self.models_folder = models_folder(self.folder)
         # The window reads the library while its workers write it, each on its own connection:
         # write-ahead logging lets readers go on during a write, and a writer waits its turn.
-        self.db = sqlite_utils.Database(sqlite3.connect(self.folder / "library.db", timeout=BUSY_TIMEOUT_S))
+        self.db = sqlite_utils.Database(sqlite3.connect(database, timeout=BUSY_TIMEOUT_S))
         self.db.execute("PRAGMA journal_mode = WAL")
         self.db.execute("PRAGMA foreign_keys = ON")
         self._create_tables()
@@ -215,7 +223,7 @@ class Library:
     def search(self, query: str, doc_id: str | None = None, limit: int = 50) -> list[dict]:
         """Pages whose text holds every word of ``query`` (stemmed), best first, with a snippet
         where the matches are wrapped in [ and ]."""
-        words = query.split()
+        words = query.replace("\x00", " ").split()  # SQLite ends a string at NUL: a syntax error
         if not words:
             return []
         match = " ".join('"' + w.replace('"', '""') + '"' for w in words)
@@ -262,17 +270,30 @@ class Library:
                 self.db[table].delete_where("doc_id = ?", [doc["id"]])
             self.db["documents"].delete_where("id = ?", [doc["id"]])
         for m in memories:
-            Path(m["path"]).unlink(missing_ok=True)
+            self._unlink_own(m["path"], ".mem")
             if m.get("recall_path"):
-                Path(m["recall_path"]).unlink(missing_ok=True)
+                self._unlink_own(m["recall_path"], ".recall")
         for partial in self.memories_folder.glob(f"{doc['id']}-*.partial*"):  # a read stopped half-way
             partial.unlink(missing_ok=True)
         from engine.ocr_cache import path_for
 
         path_for(self.ocr_folder, doc["sha256"]).unlink(missing_ok=True)
 
+    def _unlink_own(self, path: str, suffix: str) -> None:
+        """Delete a file the library names only when it is one of its own: a path in a damaged or
+        edited library.db must never delete a file outside the memories folder."""
+        target = Path(path)
+        try:
+            inside = target.resolve().parent == self.memories_folder.resolve()
+        except OSError:
+            return
+        if inside and target.suffix == suffix and not target.is_symlink():
+            target.unlink(missing_ok=True)
+
     def document(self, doc_id: str) -> dict:
-        rows = list(self.db["documents"].rows_where("id = ? or id like ?", [doc_id, f"{doc_id}%"]))
+        # A literal prefix: LIKE would take "%" and "_" in a typed id as wildcards.
+        rows = list(self.db["documents"].rows_where("id = ? or substr(id, 1, ?) = ?",
+                                                     [doc_id, len(doc_id) or 1, doc_id]))
         if len(rows) != 1:
             why = "is ambiguous" if rows else "is not in the library"
             raise LibraryError(f"document {doc_id!r} {why}; `comma list` shows the ids")

@@ -232,3 +232,11 @@ def scanned_pdf(path: Path, pages: list[list[str]], scanned: set[int]) -> Path:
             pdf.insert_pdf(source, from_page=number - 1, to_page=number - 1)
     pdf.save(path)
     return path
+
+
+def set_raw_pdf_title(pdf, title: str) -> None:
+    """Give a pymupdf document a /Title holding exactly ``title``, control characters included
+    (set_metadata would map them to other characters), as a crafted file can."""
+    pdf.set_metadata({"title": "x"})
+    _, ref = pdf.xref_get_key(-1, "Info")
+    pdf.xref_set_key(int(ref.split()[0]), "Title", "<FEFF" + title.encode("utf-16-be").hex().upper() + ">")

@@ -113,6 +113,24 @@ def test_limits_are_flags_and_a_refusal_changes_nothing(tmp_path, home, capsys):
     assert library_rows(home).get("documents", []) == []
 
 
+def test_titles_and_file_names_cannot_drive_the_terminal(tmp_path, home, capsys, monkeypatch):
+    from tests.fakes import set_raw_pdf_title, use_fake_model
+
+    use_fake_model(monkeypatch, token_seconds=0)
+    path = tmp_path / "two\nlines.pdf"
+    pdf = pymupdf.open()
+    pdf.new_page().insert_text((72, 72), "A short note about the lease and its rent.")
+    set_raw_pdf_title(pdf, "\x1b]0;PWNED\x07\x1b[2JLease")
+    pdf.save(path)
+    code, out, err = cli(capsys, "ingest", path, "--fast-only", "--no-notes")
+    assert code == 0 and "\x1b" not in out + err and "\x07" not in out + err
+    code, out, _ = cli(capsys, "list")
+    assert code == 0 and "\x1b" not in out and "two?lines.pdf" in out
+    assert len(out.strip().splitlines()) == 2  # the document, its memory: a newline did not split it
+    code, _, err = cli(capsys, "ingest", tmp_path / "gone\nfile.pdf")
+    assert_user_error(code, err, "gone?file.pdf")
+
+
 def test_unknown_doc_id(home, capsys):
     code, _, err = cli(capsys, "ask", "0123abcd", "why?")
     assert_user_error(code, err, "0123abcd", "not in the library")

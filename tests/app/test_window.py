@@ -612,3 +612,12 @@ def test_a_scanned_pdf_dropped_on_the_window_is_read_and_answered_with_its_page(
     wait_until(qtbot, lambda: not conv.streaming and conv.messages and conv.messages[-1]["content"])
     assert conv.messages[-1]["sources"][0]["page"] == 2
     assert "4417" in window.library.page_text(window.doc["id"], 2)
+
+
+def test_text_from_documents_is_shown_as_plain_text(qtbot, home):
+    window = make_window(qtbot)
+    window.error("<h1>Huge</h1> /tmp/<b>x</b>.pdf is damaged")
+    assert window.banner.label.textFormat() == Qt.TextFormat.PlainText
+    assert window.library_panel.progress.title.textFormat() == Qt.TextFormat.PlainText
+    assert window.library_panel.progress.detail.textFormat() == Qt.TextFormat.PlainText
+    assert window.conversation.status.textFormat() == Qt.TextFormat.PlainText

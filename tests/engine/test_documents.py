@@ -9,7 +9,7 @@ import pytest
 
 from engine.documents import SUPPORTED_SUFFIXES, TEXT_PAGE_CHARS, Document, Limits, read_document
 from engine.errors import DocumentError
-from tests.fakes import scanned_pdf
+from tests.fakes import scanned_pdf, set_raw_pdf_title
 
 REAL_PDF = Path("/usr/share/doc/libtasn1-doc/libtasn1.pdf")
 
@@ -436,6 +436,15 @@ def test_a_title_that_names_no_document_gives_way_to_the_first_page(tmp_path, me
     pdf.set_metadata({"title": metadata})
     pdf.save(tmp_path / "lease.pdf")
     assert read_document(tmp_path / "lease.pdf").title == "Shared Storage Lease"
+
+
+def test_a_title_with_terminal_escapes_is_cleaned(tmp_path):
+    pdf = pymupdf.open()
+    pdf.new_page().insert_text((72, 72), "Body text of the lease.")
+    set_raw_pdf_title(pdf, "\x1b]0;PWNED\x07\x1b[2JLease of the shop")
+    pdf.save(tmp_path / "t.pdf")
+    title = read_document(tmp_path / "t.pdf").title
+    assert title == "]0;PWNED[2JLease of the shop" and title.isprintable()
 
 
 SPEC = Path("/usr/share/doc/shared-mime-info/shared-mime-info-spec.pdf")

@@ -121,7 +121,7 @@ def test_removing_a_document_forgets_everything_about_it(tmp_path):
     lib = Library(tmp_path)
     doc_id = lib.add_document(PagedDoc(Path("/a.txt"), "56" * 32))
     record = memory_record(doc_id)
-    mem = tmp_path / "m.mem"
+    mem = lib.memories_folder / "m.mem"
     mem.write_bytes(b"x")
     memory_id = lib.save_memory({**record, "path": str(mem)}, [Note(1, 2, "n")])
     lib.save_summary(memory_id, "s", [1])
@@ -229,3 +229,37 @@ def test_sections_are_kept_per_page_and_replaced_when_read_again(tmp_path):
     lib.add_document(doc)
     lib.remove_document(doc_id)
     assert lib.db["sections"].count == 0
+
+
+def test_removing_a_document_deletes_only_the_librarys_own_files(tmp_path):
+    # An edited library.db pointed a memory at a person's file; "Remove from library" deleted it.
+    lib = Library(tmp_path / "home")
+    doc_id = lib.add_document(Doc(Path("/a.txt"), "ab" * 32))
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    own = lib.memories_folder / "mine.mem"
+    own.write_bytes(b"memory")
+    lib.save_memory({**memory_record(doc_id), "path": str(victim)}, [])
+    lib.save_memory({**memory_record(doc_id, policy_key="streaming-4-800"), "path": str(own)}, [])
+    sneaky = lib.memories_folder / "link.mem"
+    sneaky.symlink_to(victim)
+    lib.save_memory({**memory_record(doc_id, policy_key="full"), "path": str(sneaky)}, [])
+    lib.remove_document(doc_id)
+    assert victim.read_text() == "precious" and not own.exists() and lib.documents() == []
+
+
+def test_ids_are_literal_prefixes_and_a_nul_in_a_search_is_no_error(tmp_path):
+    lib = Library(tmp_path)
+    doc_id = lib.add_document(Doc(Path("/a.txt"), "ab" * 32, text="Notice ends it."))
+    for wildcard in ("%", "_", "ab%", "a_"):
+        with pytest.raises(LibraryError, match="not in the library"):
+            lib.document(wildcard)
+    assert lib.document(doc_id[:4])["id"] == doc_id
+    assert lib.search("\x00") == [] and lib.search("not\x00ice") == []
+
+
+def test_the_library_is_private(tmp_path):
+    lib = Library(tmp_path / "home")
+    assert (lib.folder.stat().st_mode & 0o777) == 0o700
+    assert (lib.memories_folder.stat().st_mode & 0o777) == 0o700
+    assert ((lib.folder / "library.db").stat().st_mode & 0o777) == 0o600
