@@ -111,7 +111,7 @@ class Comma:
                   cancelled: Callable[[], bool] | None = None) -> Document:
         """The document in a file, within this Comma's limits (DocumentError says why not).
         Scanned pages are read by OCR once (``progress`` in pages) and kept in the library."""
-        return read_document(path, self.limits, self.library.ocr_folder, progress, cancelled)
+        return read_document(path, self.limits, self.library.ocr_cache_path, progress, cancelled)
 
     def has_reading(self, document: Document, policy: str = "sepllm", cache: int | None = None) -> bool:
         """Whether the reading model has a memory of this document under this policy (ingest reuses it)."""

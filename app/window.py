@@ -183,7 +183,7 @@ class MainWindow(QMainWindow):
         if not self.library.ensure_pages(doc_id):
             self.statusBar().showMessage(f"{doc['path']} is gone or changed; showing what the library keeps")
         self.viewer.show_document(doc, self.library.page_texts(doc_id),
-                                  ocr_cache.load(self.library.ocr_folder, doc["sha256"]))
+                                  ocr_cache.load(self.library.ocr_cache_path(doc["sha256"]), doc["sha256"]))
         self.conversation.set_document(doc, self.library.sessions(doc_id), self._summary(doc_id))
         self.choose_session(self.conversation.session_id)
         settings_store.remember("document", doc_id)

@@ -131,13 +131,14 @@ class Limits:
             )
 
 
-def read_document(path: str | Path, limits: Limits | None = None, ocr_folder: Path | None = None,
+def read_document(path: str | Path, limits: Limits | None = None, ocr_cache_path: Callable[[str], Path] | None = None,
                   progress: Progress | None = None, cancelled: Callable[[], bool] | None = None) -> Document:
     """Read a PDF, TXT, Markdown or DOCX file; raise DocumentError if it cannot be read.
 
     A PDF's pages without a text layer are read by OCR, one after another, reporting
     ``progress(done, total)`` in pages and stopping (Cancelled) when ``cancelled()`` turns true;
-    with ``ocr_folder`` their lines are kept there and not recognised again.
+    with ``ocr_cache_path`` (the file for a document's SHA-256) their lines are kept there and not
+    recognised again.
     """
     limits = limits or Limits()
     path = Path(path).expanduser().resolve()
@@ -165,8 +166,9 @@ def read_document(path: str | Path, limits: Limits | None = None, ocr_folder: Pa
         raise DocumentError(f"{path} is empty (0 bytes).")
 
     if kind == "pdf":
-        pdf = _read_pdf(path, data, limits, _Recognition(ocr_folder, hashlib.sha256(data).hexdigest(), progress,
-                                                          cancelled))
+        sha256 = hashlib.sha256(data).hexdigest()
+        kept_at = ocr_cache_path(sha256) if ocr_cache_path is not None else None
+        pdf = _read_pdf(path, data, limits, _Recognition(kept_at, sha256, progress, cancelled))
         text, starts = _join_pages(pdf.pages)
         sections = _place_on_pages(text, starts, pdf.headings, pdf.from_outline)
         own_titles = [pdf.metadata_title, pdf.first_page_title]
@@ -222,7 +224,7 @@ class _PdfText:
 class _Recognition:
     """Where OCR keeps what it found, and how it reports and stops."""
 
-    folder: Path | None
+    kept_at: Path | None
     sha256: str
     progress: Progress | None
     cancelled: Callable[[], bool] | None
@@ -277,7 +279,7 @@ def _recognise(path: Path, doc: pymupdf.Document, scanned: list[int],
                recognition: _Recognition) -> dict[int, list[pdf_text.Line]]:
     """OCR's lines for the scanned pages (0-based), from the folder where they were kept or
     read now; what was read is kept as it goes, so a cancelled reading loses no page."""
-    kept = ocr_cache.load(recognition.folder, recognition.sha256)
+    kept = ocr_cache.load(recognition.kept_at, recognition.sha256)
     missing = [i for i in scanned if i + 1 not in kept]
     if missing:
         try:
@@ -293,9 +295,9 @@ def _recognise(path: Path, doc: pymupdf.Document, scanned: list[int],
                     except Exception as e:  # ONNX Runtime and MuPDF errors share no base class
                         raise DocumentError(f"{path}: OCR could not read page {i + 1} ({e}).") from e
                     if done % _OCR_SAVE_EVERY == _OCR_SAVE_EVERY - 1:
-                        ocr_cache.save(recognition.folder, recognition.sha256, kept)
+                        ocr_cache.save(recognition.kept_at, recognition.sha256, kept)
         finally:  # cancelled or not, a page read is not read again
-            ocr_cache.save(recognition.folder, recognition.sha256, kept)
+            ocr_cache.save(recognition.kept_at, recognition.sha256, kept)
         if recognition.progress is not None:
             recognition.progress(len(missing), len(missing))
     return {i: [pdf_text.Line(line.block, round(line.rect[3]), line.rect[0], line.text) for line in kept[i + 1]]

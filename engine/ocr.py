@@ -6,7 +6,9 @@ and recognition in ONNX Runtime, models shipped inside the ``rapidocr-onnxruntim
 works offline), and turns the detected text segments into :class:`OcrLine` s: segments on one
 visual line joined, columns read to their end one after the other, and paragraphs numbered as
 blocks, with every rectangle in the page's own coordinates (PDF points, as MuPDF's text has them).
-Measured on 2 cores: bench/ocr.py (bench/results/ocr_cpu.json).
+Detection runs once over the page on all the reader's threads; the lines it finds are then
+recognized by two recognition models side by side, half the lines each, one thread each (see
+``RECOGNIZERS``). Measured on 2 cores: bench/ocr.py (bench/results/ocr_cpu.json).
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import re
 import statistics
 import sys
 import threading
+import time
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from itertools import pairwise
 from typing import TYPE_CHECKING, Any
@@ -50,6 +54,13 @@ MIN_CONFIDENCE = 0.5
 # were worse than 2.0 again).
 UNCLIP_RATIO = 2.0
 BOX_THRESH = 0.5  # the detector's mean probability for a region to count as text (its default)
+# Recognition reads one cut-out line at a time (rec_batch_num=1 below), and ONNX Runtime spreads
+# such a small input (48 pixels high) poorly over its threads: on 2 cores one session with 2
+# threads kept them about half busy. This many sessions of one thread each (the reader's threads
+# split among them), each reading its share of the page's lines at the same time, keep the cores
+# busy instead: bench/ocr.py, 20 pages on 2 cores, see bench/results/ocr_cpu.json. Each more
+# session holds its own copy of the recognition model (about 10 MB in the file).
+RECOGNIZERS = 2
 
 # Layout, in units of the page's median text line height (scale-free):
 LINE_GAP = 2.0        # segments of one visual line further apart than this stay separate lines
@@ -150,17 +161,20 @@ def _load_rapidocr() -> type:
 class PageReader:
     """Reads the text of scanned pages with RapidOCR, loaded on first use.
 
-    ``threads`` bounds ONNX Runtime's threads per model (default: every core, as the reading
-    model has; at most the machine's cores). Reading a letter page at 150 dpi takes the process
-    500-600 MB above where it was at its peak and leaves 150-300 MB held; ``close()``
-    releases the models and hands that back. The reader is also a context manager. One reader
-    may be shared by threads: pages are read one at a time.
+    ``threads`` bounds the CPU threads that ONNX Runtime runs at once (default: every core, as the
+    reading model has; at most the machine's cores): detection uses them all, and recognition
+    splits them among ``RECOGNIZERS`` sessions that run side by side (one session when there is
+    one thread). Reading a letter page at 150 dpi takes the process 500-600 MB above where it was
+    at its peak and leaves 150-300 MB held; ``close()`` releases the models and hands that back.
+    The reader is also a context manager. One reader may be shared by threads: pages are read one
+    at a time.
     """
 
     def __init__(self, threads: int | None = None):
         cores = os.cpu_count() or 1
         self.threads = max(1, min(threads or cores, cores))
         self._engine: Any = None
+        self._pool: ThreadPoolExecutor | None = None  # runs the other recognizers' shares of a page
         self._lock = threading.Lock()
 
     def __enter__(self) -> PageReader:
@@ -171,6 +185,9 @@ class PageReader:
 
     def close(self) -> None:
         with self._lock:
+            if self._pool is not None:
+                self._pool.shutdown()
+                self._pool = None
             if self._engine is not None:
                 self._engine = None
                 gc.collect()
@@ -180,7 +197,7 @@ class PageReader:
         if self._engine is None:
             RapidOCR = _load_rapidocr()
             try:
-                self._engine = RapidOCR(
+                engine = RapidOCR(
                     # One thread pool per model, sized to the cores; the models run one after the other.
                     intra_op_num_threads=self.threads, inter_op_num_threads=1,
                     text_score=0.0,  # every segment comes back; MIN_CONFIDENCE is applied here
@@ -192,10 +209,18 @@ class PageReader:
                     # were 20-30% slower on 2 cores (3 and 8 pages of the manuals, same text).
                     rec_batch_num=1,
                 )
+                sessions = min(RECOGNIZERS, self.threads)
+                if sessions > 1:
+                    # RapidOCR gives all its models the same threads; its own recognizer is
+                    # replaced (and freed) by sessions that share them out.
+                    recognizers = _recognizers(sessions, self.threads // sessions)
+                    self._pool = ThreadPoolExecutor(sessions - 1, thread_name_prefix="ocr-recognition")
+                    engine.text_rec = _SplitRecognizer(recognizers, self._pool)
             except Exception as e:  # a missing or damaged model file; RapidOCR has no error types
                 raise OcrUnavailable(
                     f"OCR could not load RapidOCR's models ({e}); reinstall it: {_PIP} --force-reinstall"
                 ) from e
+            self._engine = engine
         return self._engine
 
     def lines(self, page: pymupdf.Page) -> list[OcrLine]:
@@ -222,6 +247,51 @@ class PageReader:
             OcrLine(" ".join(s.text for s in line), _page_rect(line, to_page), _confidence(line), block)
             for line, block in _reading_order(segments)
         ]
+
+
+def _recognizers(count: int, threads: int) -> list[Any]:
+    """``count`` RapidOCR line recognizers of ``threads`` threads each, configured as RapidOCR
+    configures its own (its bundled config.yaml), one line at a time."""
+    from rapidocr_onnxruntime.ch_ppocr_rec import TextRecognizer
+    from rapidocr_onnxruntime.main import DEFAULT_CFG_PATH
+    from rapidocr_onnxruntime.utils import read_yaml, update_model_path
+
+    config = update_model_path(read_yaml(DEFAULT_CFG_PATH))["Rec"]
+    config.update(intra_op_num_threads=threads, inter_op_num_threads=1, rec_batch_num=1)
+    return [TextRecognizer(config) for _ in range(count)]
+
+
+class _SplitRecognizer:
+    """Stands in for RapidOCR's recognizer (``RapidOCR.text_rec``), so that RapidOCR's own call
+    still finds, orders and cuts out the lines and maps them back to the page: it reads the cut-out
+    lines with several recognizers at once, the first in the calling thread and the others in
+    ``pool``, and gives the results back in the lines' order, as the one recognizer would.
+    The seconds it reports are the wall time of the whole (with the lines' scaling, which
+    RapidOCR's recognizer leaves out of its own count)."""
+
+    def __init__(self, recognizers: list[Any], pool: ThreadPoolExecutor):
+        self.recognizers, self.pool = recognizers, pool
+
+    def __call__(self, crops: Any, return_word_box: bool = False) -> tuple[list[Any], float]:
+        start = time.perf_counter()
+        if isinstance(crops, np.ndarray):
+            crops = [crops]
+        # Each line is scaled to 48 pixels high, so its cost grows with its width over its height;
+        # dealing the lines out in that order, in turn, gives every recognizer about as much work.
+        order = sorted(range(len(crops)), key=lambda i: crops[i].shape[1] / max(crops[i].shape[0], 1))
+        shares = [order[k::len(self.recognizers)] for k in range(len(self.recognizers))]
+        futures = [self.pool.submit(recognize, [crops[i] for i in share], return_word_box)
+                   for recognize, share in zip(self.recognizers[1:], shares[1:], strict=True) if share]
+        try:
+            found = [self.recognizers[0]([crops[i] for i in shares[0]], return_word_box)[0]]
+        finally:
+            wait(futures)  # no recognizer is still busy once the page is done, even after an error
+        found += [future.result()[0] for future in futures]
+        results: list[Any] = [None] * len(crops)
+        for share, share_results in zip(shares, found, strict=False):  # empty shares come last
+            for i, result in zip(share, share_results, strict=True):
+                results[i] = result
+        return results, time.perf_counter() - start
 
 
 def _trim_heap() -> None:

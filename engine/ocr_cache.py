@@ -2,7 +2,8 @@
 recognised once: a later reading (the answering model's, a re-read) and the viewer's find and
 highlight use the same lines and boxes.
 
-One JSON file per document, named by the SHA-256 of the file's bytes; written atomically. A file
+One JSON file per document (the library names it by the SHA-256 of the file's bytes, which the
+file also records); written atomically. A file
 that cannot be parsed or does not have the expected shape is ignored (its pages are recognised
 again), never trusted: it lives in a folder a person may sync or edit.
 """
@@ -20,15 +21,10 @@ VERSION = 1
 MAX_BYTES = 64_000_000  # a 5,000-page scan's lines are a few MB; larger is not ours
 
 
-def path_for(folder: Path, sha256: str) -> Path:
-    return folder / f"{sha256}.json"
-
-
-def load(folder: Path | None, sha256: str) -> dict[int, list[OcrLine]]:
+def load(path: Path | None, sha256: str) -> dict[int, list[OcrLine]]:
     """The recognised lines of each 1-based page, for the pages recognised before."""
-    if folder is None:
+    if path is None:
         return {}
-    path = path_for(folder, sha256)
     try:
         if path.stat().st_size > MAX_BYTES:
             return {}
@@ -59,10 +55,10 @@ def _lines(raw: object) -> list[OcrLine] | None:
     return lines
 
 
-def save(folder: Path | None, sha256: str, pages: dict[int, list[OcrLine]]) -> None:
+def save(path: Path | None, sha256: str, pages: dict[int, list[OcrLine]]) -> None:
     """Keep ``pages`` (all recognised so far). A failure to write (a full disk) only means the
     pages are recognised again next time."""
-    if folder is None:
+    if path is None:
         return
     data = {
         "version": VERSION, "dpi": OCR_DPI, "sha256": sha256,
@@ -70,7 +66,7 @@ def save(folder: Path | None, sha256: str, pages: dict[int, list[OcrLine]]) -> N
                   for page, lines in sorted(pages.items())},
     }
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        write_bytes(path_for(folder, sha256), json.dumps(data, ensure_ascii=False).encode("utf-8"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_bytes(path, json.dumps(data, ensure_ascii=False).encode("utf-8"))
     except OSError:
         pass

@@ -275,9 +275,7 @@ class Library:
                 self._unlink_own(m["recall_path"], ".recall")
         for partial in self.memories_folder.glob(f"{doc['id']}-*.partial*"):  # a read stopped half-way
             partial.unlink(missing_ok=True)
-        from engine.ocr_cache import path_for
-
-        path_for(self.ocr_folder, doc["sha256"]).unlink(missing_ok=True)
+        self.ocr_cache_path(doc["sha256"]).unlink(missing_ok=True)
 
     def _unlink_own(self, path: str, suffix: str) -> None:
         """Delete a file the library names only when it is one of its own: a path in a damaged or
@@ -310,10 +308,9 @@ class Library:
     def memory_path(self, doc_id: str, policy_key: str, model_fingerprint: str, backend: str) -> Path:
         return self.memories_folder / f"{doc_id}-{backend}-{policy_key}-{model_fingerprint[:12]}.mem"
 
-    @property
-    def ocr_folder(self) -> Path:
-        """Where the text OCR found on scanned pages is kept, one file per document's content."""
-        return self.folder / "ocr"
+    def ocr_cache_path(self, sha256: str) -> Path:
+        """Where the text OCR found on a document's scanned pages is kept (by its content)."""
+        return self.folder / "ocr" / f"{sha256}.json"
 
     def recall_path(self, memory_path: Path) -> Path:
         """A new name for the recall store of a reading of the memory at ``memory_path``: beside

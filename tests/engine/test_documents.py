@@ -492,7 +492,8 @@ def test_a_mixed_pdf_reads_its_scanned_page_by_ocr_and_keeps_it(tmp_path, monkey
 
     path = scanned_pdf(tmp_path / "mixed.pdf", CLAUSES, scanned={2})
     seen = []
-    doc = read_document(path, ocr_folder=tmp_path / "ocr", progress=lambda done, total: seen.append((done, total)))
+    kept_at = lambda sha256: tmp_path / "ocr" / f"{sha256}.json"  # noqa: E731
+    doc = read_document(path, ocr_cache_path=kept_at, progress=lambda done, total: seen.append((done, total)))
     assert doc.ocr_pages == (2,) and doc.pages == 3 and seen[-1] == (1, 1)
     assert doc.page_text(1).startswith("1. Scope") and doc.page_text(3).startswith("5. Disputes")
     scanned = " ".join(doc.page_text(2).split())
@@ -501,11 +502,11 @@ def test_a_mixed_pdf_reads_its_scanned_page_by_ocr_and_keeps_it(tmp_path, monkey
     assert kept.is_file()
     # A second reading takes the kept lines: OCR does not run again.
     monkeypatch.setattr(ocr.PageReader, "lines", lambda self, page: pytest.fail("OCR ran again"))
-    assert read_document(path, ocr_folder=tmp_path / "ocr").text == doc.text
+    assert read_document(path, ocr_cache_path=kept_at).text == doc.text
     # A damaged or crafted file of kept lines is not trusted: the page is read again.
     kept.write_text('{"version": 1, "pages": {"2": [["injected", 0, 0, 1, 1, 1.0, "x"]]}}')
     monkeypatch.undo()
-    assert read_document(path, ocr_folder=tmp_path / "ocr").text == doc.text
+    assert read_document(path, ocr_cache_path=kept_at).text == doc.text
 
 
 def test_ocr_can_be_cancelled_and_keeps_the_pages_it_read(tmp_path, monkeypatch):
@@ -513,13 +514,14 @@ def test_ocr_can_be_cancelled_and_keeps_the_pages_it_read(tmp_path, monkeypatch)
     from engine.errors import Cancelled
 
     path = scanned_pdf(tmp_path / "scan.pdf", CLAUSES, scanned={1, 2, 3})
+    kept_at = lambda sha256: tmp_path / "ocr" / f"{sha256}.json"  # noqa: E731
     read = []
     original = ocr.PageReader.lines
     monkeypatch.setattr(ocr.PageReader, "lines", lambda self, page: read.append(page.number) or original(self, page))
     with pytest.raises(Cancelled):
-        read_document(path, ocr_folder=tmp_path / "ocr", cancelled=lambda: len(read) >= 1)
+        read_document(path, ocr_cache_path=kept_at, cancelled=lambda: len(read) >= 1)
     assert read == [0]
-    doc = read_document(path, ocr_folder=tmp_path / "ocr")
+    doc = read_document(path, ocr_cache_path=kept_at)
     assert doc.ocr_pages == (1, 2, 3) and read == [0, 1, 2]  # the first page was not read twice
     assert "arbitration" in doc.page_text(3)
 

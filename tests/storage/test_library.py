@@ -244,8 +244,12 @@ def test_removing_a_document_deletes_only_the_librarys_own_files(tmp_path):
     sneaky = lib.memories_folder / "link.mem"
     sneaky.symlink_to(victim)
     lib.save_memory({**memory_record(doc_id, policy_key="full"), "path": str(sneaky)}, [])
+    ocr_kept = lib.ocr_cache_path("ab" * 32)
+    ocr_kept.parent.mkdir()
+    ocr_kept.write_text("{}")
     lib.remove_document(doc_id)
     assert victim.read_text() == "precious" and not own.exists() and lib.documents() == []
+    assert not ocr_kept.exists()  # what OCR read of it goes with it
 
 
 def test_ids_are_literal_prefixes_and_a_nul_in_a_search_is_no_error(tmp_path):
