@@ -253,6 +253,11 @@ class Comma:
                 f"document {doc['id']} ({doc['title']}) has no memory for the model {model.name}; "
                 f"read it first: comma ingest {doc['path']}"
             )
+        if not Path(record["path"]).is_file():
+            raise LibraryError(
+                f"the memory of document {doc['id']} ({doc['title']}) is missing: {record['path']} is gone "
+                f"(deleted, or the data folder was copied without it); read it again: comma ingest {doc['path']}"
+            )
         return doc, record
 
     def load_memory(self, record: dict, model=None) -> Memory:
@@ -356,7 +361,12 @@ class Comma:
                 "seconds": round(time.perf_counter() - started, 3)}
 
     def list(self) -> list[dict]:
-        return self.library.documents()
+        """The documents, each with its memories; a memory whose file is gone says so ("missing")."""
+        docs = self.library.documents()
+        for doc in docs:
+            for memory in doc["memories"]:
+                memory["missing"] = not Path(memory["path"]).is_file()
+        return docs
 
 
 def read_again(doc: dict) -> str:

@@ -241,8 +241,11 @@ def _format_list(docs: list[dict]) -> str:
         lines.append(f"{d['id']}  {_printable(d['title'])}  ({d['pages']} pages)  {_printable(d['path'])}")
         for m in d["memories"]:
             store = f" + recall {m['recall_bytes'] / 1e6:.0f} MB" if m.get("recall_bytes") else ""
+            size = "  MISSING" if m.get("missing") else f"{m['bytes'] / 1e6:6.1f} MB{store}"
             lines.append(f"    {m['policy_key']:<24} {m['kept_tokens']:>6} of {m['document_tokens']} tokens  "
-                         f"{m['bytes'] / 1e6:6.1f} MB{store}  {_printable(m['model_name'])}  {_printable(m['path'])}")
+                         f"{size}  {_printable(m['model_name'])}  {_printable(m['path'])}")
+            if m.get("missing"):
+                lines.append(f"      the memory file is gone; read it again: comma ingest {_printable(d['path'])}")
     return "\n".join(lines)
 
 

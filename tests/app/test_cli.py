@@ -131,6 +131,25 @@ def test_titles_and_file_names_cannot_drive_the_terminal(tmp_path, home, capsys,
     assert_user_error(code, err, "gone?file.pdf")
 
 
+def test_a_missing_memory_file_is_named_and_listed(tmp_path, home, capsys, monkeypatch):
+    from tests.fakes import use_fake_model
+
+    use_fake_model(monkeypatch, token_seconds=0)
+    doc = tmp_path / "note.txt"
+    doc.write_text("A short note. The rent is due on the first day of each month.")
+    code, out, _ = cli(capsys, "ingest", doc, "--fast-only", "--no-notes", "--json")
+    report = json.loads(out)
+    Path(report["memory_path"]).unlink()
+    code, _, err = cli(capsys, "ask", report["doc_id"], "When is the rent due?")
+    assert_user_error(code, err, "is missing", report["memory_path"], f"comma ingest {doc}")
+    code, out, _ = cli(capsys, "list")
+    assert code == 0 and "MISSING" in out and f"read it again: comma ingest {doc}" in out
+    code, out, _ = cli(capsys, "list", "--json")
+    assert json.loads(out)[0]["memories"][0]["missing"] is True
+    code, out, _ = cli(capsys, "ingest", doc, "--fast-only", "--no-notes", "--json")
+    assert code == 0 and not json.loads(out)["reused"] and Path(report["memory_path"]).is_file()
+
+
 def test_unknown_doc_id(home, capsys):
     code, _, err = cli(capsys, "ask", "0123abcd", "why?")
     assert_user_error(code, err, "0123abcd", "not in the library")
