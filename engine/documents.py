@@ -104,7 +104,8 @@ class Limits:
     def check_pages(self, path: Path, pages: int) -> None:
         if pages > self.pages:
             raise DocumentError(
-                f"{path} has {pages:,} pages; Comma reads documents of up to {self.pages:,} pages. "
+                f"{path} has {pages:,} pages; Comma reads documents of up to {self.pages:,} "
+                f"page{'s' if self.pages != 1 else ''}. "
                 f"{_RAISE_LIMIT} (--max-pages) to read it anyway."
             )
 

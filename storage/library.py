@@ -146,18 +146,30 @@ class Library:
 
     # documents -------------------------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def _writing(self):
+        """One write transaction, all or nothing, holding the write lock from its start (BEGIN
+        IMMEDIATE): sqlite-utils commits each statement made outside a transaction on its own,
+        and a deferred transaction that reads first can fail when it comes to write."""
+        self.db.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.db.conn.rollback()
+            raise
+        self.db.conn.commit()
+
     def add_document(self, document) -> str:
         doc_id = document_id(document)
-        existing = self.db["documents"].rows_where("id = ?", [doc_id])
-        with self.db.conn:
-            if next(existing, None) is None:
-                self.db["documents"].insert({
-                    "id": doc_id, "sha256": document.sha256, "title": document.title,
-                    "path": str(document.path), "kind": document.kind, "pages": document.pages,
-                    "chars": len(document.text), "added": _now(),
-                })
-            else:
-                self.db["documents"].update(doc_id, {"path": str(document.path), "title": document.title})
+        with self._writing():
+            # Insert-or-ignore, then update: a check before the insert would race another process
+            # adding the same file (IntegrityError).
+            self.db["documents"].insert({
+                "id": doc_id, "sha256": document.sha256, "title": document.title,
+                "path": str(document.path), "kind": document.kind, "pages": document.pages,
+                "chars": len(document.text), "added": _now(),
+            }, ignore=True)
+            self.db["documents"].update(doc_id, {"path": str(document.path), "title": document.title})
             if hasattr(document, "page_text") and not self.has_pages(doc_id):
                 self._insert_pages(doc_id, document)
             if hasattr(document, "sections"):
@@ -186,7 +198,8 @@ class Library:
 
     def _insert_pages(self, doc_id: str, document) -> None:
         self.db["pages"].insert_all(
-            {"doc_id": doc_id, "page": p, "text": document.page_text(p)} for p in range(1, document.pages + 1)
+            ({"doc_id": doc_id, "page": p, "text": document.page_text(p)} for p in range(1, document.pages + 1)),
+            ignore=True,
         )
 
     def has_pages(self, doc_id: str) -> bool:
@@ -207,7 +220,7 @@ class Library:
             return False
         if document.sha256 != doc["sha256"]:
             return False
-        with self.db.conn:
+        with self._writing():
             self._insert_pages(doc_id, document)
         return True
 
@@ -260,7 +273,7 @@ class Library:
         """Forget a document: its pages, memories (and their files), notes, summaries, sessions."""
         doc = self.document(doc_id)
         memories = self.memories(doc["id"])
-        with self.db.conn:
+        with self._writing():
             for m in memories:
                 self.db["notes"].delete_where("memory_id = ?", [m["id"]])
                 self.db["summaries"].delete_where("memory_id = ?", [m["id"]])
@@ -356,16 +369,21 @@ class Library:
 
     def save_memory(self, record: dict, notes: list) -> int:
         """Insert or replace the memory row for its (document, model, backend, policy), with notes."""
-        with self.db.conn:
-            old = self.find_memory(record["doc_id"], record["model_fingerprint"], record["backend"],
-                                   record["policy_key"])
-            if old is not None:
-                self.db["notes"].delete_where("memory_id = ?", [old["id"]])
-                self.db["summaries"].delete_where("memory_id = ?", [old["id"]])
-                self.db["memories"].update(old["id"], {**record, "created": _now()})
-                memory_id = old["id"]
-            else:
-                memory_id = self.db["memories"].insert({**record, "created": _now()}).last_pk
+        row = {**record, "created": _now()}
+        key = ("doc_id", "model_fingerprint", "backend", "policy_key")
+        with self._writing():
+            # One statement inserts or replaces the row: a look-up first would race another
+            # process saving the same memory (IntegrityError on the unique index).
+            names = ", ".join(f"[{name}]" for name in row)
+            updates = ", ".join(f"[{name}] = excluded.[{name}]" for name in row if name not in key)
+            self.db.execute(
+                f"insert into memories ({names}) values ({', '.join('?' for _ in row)}) "
+                f"on conflict ({', '.join(key)}) do update set {updates}", list(row.values()))
+            memory_id = self.db.execute(
+                f"select id from memories where {' and '.join(f'{k} = ?' for k in key)}",
+                [record[k] for k in key]).fetchone()[0]
+            self.db["notes"].delete_where("memory_id = ?", [memory_id])
+            self.db["summaries"].delete_where("memory_id = ?", [memory_id])
             self.db["notes"].insert_all(
                 {"memory_id": memory_id, "idx": i, "first_page": n.first_page, "last_page": n.last_page,
                  "text": n.text} for i, n in enumerate(notes)
@@ -408,7 +426,7 @@ class Library:
 
     def remove_session(self, session_id: str) -> None:
         self.session(session_id)
-        with self.db.conn:
+        with self._writing():
             self.db["messages"].delete_where("session_id = ?", [session_id])
             self.db["sessions"].delete_where("id = ?", [session_id])
 
@@ -421,7 +439,7 @@ class Library:
     def add_message(self, session_id: str, role: str, content: str, pages: list[int] | None = None,
                     seconds: float | None = None, sources: list[dict] | None = None) -> None:
         now = _now()
-        with self.db.conn:
+        with self._writing():
             self.db["messages"].insert({"session_id": session_id, "role": role, "content": content,
                                         "pages": json.dumps(pages or []), "created": now, "seconds": seconds,
                                         "sources": json.dumps(sources or [])})

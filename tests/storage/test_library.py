@@ -267,3 +267,50 @@ def test_the_library_is_private(tmp_path):
     assert (lib.folder.stat().st_mode & 0o777) == 0o700
     assert (lib.memories_folder.stat().st_mode & 0o777) == 0o700
     assert ((lib.folder / "library.db").stat().st_mode & 0o777) == 0o600
+
+
+def test_two_processes_adding_the_same_document_and_memory_do_not_collide(tmp_path):
+    # Each check-then-insert could interleave with another writer's and raise IntegrityError.
+    import threading
+
+    errors, barrier = [], threading.Barrier(4, timeout=60)
+    Library(tmp_path)  # the schema exists before the writers open it
+
+    def writer() -> None:
+        try:
+            lib = Library(tmp_path)
+            barrier.wait()
+            for n in range(15):
+                doc_id = lib.add_document(Doc(Path("/same.txt"), "ab" * 32))
+                lib.save_memory(memory_record(doc_id, kept=n), [Note(1, 2, f"note {n}")])
+        except Exception as exc:  # noqa: BLE001 (any error at all fails the test)
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    lib = Library(tmp_path)
+    [doc] = lib.documents()
+    assert len(doc["memories"]) == 1 and len(lib.notes(doc["memories"][0]["id"])) == 1
+
+
+def test_a_save_that_fails_half_way_changes_nothing(tmp_path, monkeypatch):
+    # sqlite-utils commits each statement on its own outside a transaction: without one, a
+    # failure after the memory row was written left it pointing at notes that were gone.
+    lib = Library(tmp_path)
+    doc_id = lib.add_document(Doc(Path("/a.txt"), "cd" * 32))
+    first = lib.save_memory(memory_record(doc_id, kept=100), [Note(1, 2, "kept note")])
+    table = type(lib.db["notes"])
+
+    def broken(self, *args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(table, "insert_all", broken)
+    with pytest.raises(OSError):
+        lib.save_memory(memory_record(doc_id, kept=999), [Note(1, 3, "new note")])
+    monkeypatch.undo()
+    assert lib.find_memory(doc_id, "f" * 64, "gguf")["kept_tokens"] == 100
+    assert [n["text"] for n in lib.notes(first)] == ["kept note"]
