@@ -537,7 +537,13 @@ def open_window(path: str | None = None, screenshot: str | None = None) -> int:
         os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     app = QApplication.instance() or QApplication(sys.argv)
     app.setApplicationName("Comma")
-    window = MainWindow()
+    try:
+        window = MainWindow()
+    except CommaError as exc:  # the library cannot be opened: say why, and how to go on
+        print(f"error: {exc}", file=sys.stderr)
+        if not screenshot:
+            QMessageBox.critical(None, "Comma cannot open its library", str(exc))
+        return 2
     window.show()
     status = {"code": 0}
 

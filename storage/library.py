@@ -56,10 +56,33 @@ class Library:
     def __init__(self, folder: Path | None = None):
         self.folder = Path(folder) if folder else data_folder()
         self.memories_folder = self.folder / "memories"
+        database = self.folder / "library.db"
+        try:
+            self._open(database)
+        except (sqlite3.DatabaseError, OSError) as exc:
+            if getattr(self, "db", None) is not None:
+                self.db.conn.close()
+            raise self._refusal(database, exc) from exc
+
+    def _refusal(self, database: Path, exc: Exception) -> LibraryError:
+        """A sentence for what stopped the library from opening."""
+        if isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc)):
+            return LibraryError(f"the library {database} is in use by another program that is writing to it; "
+                                "try again when it is done")
+        if isinstance(exc, sqlite3.OperationalError):
+            return LibraryError(f"cannot open the library {database}: {exc}; check that the data folder "
+                                f"{self.folder} can be written, or choose another (COMMA_HOME)")
+        if isinstance(exc, sqlite3.DatabaseError):  # not a database, or damaged pages
+            return LibraryError(f"the library {database} is damaged ({exc}); move it aside (Comma then starts an "
+                                "empty library) or restore it from a backup")
+        assert isinstance(exc, OSError)
+        return LibraryError(f"cannot use the data folder {self.folder}: {exc.strerror or exc} "
+                            f"({exc.filename or self.folder}); choose another (COMMA_HOME)")
+
+    def _open(self, database: Path) -> None:
         # Page text and conversations are private: the folders and the database are the user's alone.
         self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.memories_folder.mkdir(mode=0o700, exist_ok=True)
-        database = self.folder / "library.db"
         database.touch(mode=0o600, exist_ok=True)
         for private, mode in ((self.folder, 0o700), (self.memories_folder, 0o700), (database, 0o600)):
             with contextlib.suppress(OSError):  # a folder on a file system without modes (FAT, a share)
@@ -70,6 +93,9 @@ class Library:
         self.db = sqlite_utils.Database(sqlite3.connect(database, timeout=BUSY_TIMEOUT_S))
         self.db.execute("PRAGMA journal_mode = WAL")
         self.db.execute("PRAGMA foreign_keys = ON")
+        verdict = self.db.execute("PRAGMA quick_check(1)").fetchone()[0]  # damage found now, not mid-reading
+        if verdict != "ok":
+            raise sqlite3.DatabaseError(verdict)
         self._create_tables()
         self._migrate()
         self.remove_stale_temporaries()

@@ -150,6 +150,19 @@ def test_a_missing_memory_file_is_named_and_listed(tmp_path, home, capsys, monke
     assert code == 0 and not json.loads(out)["reused"] and Path(report["memory_path"]).is_file()
 
 
+def test_a_damaged_library_is_an_error_line_in_the_cli_and_the_window(tmp_path, monkeypatch, capsys):
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "library.db").write_bytes(b"\x00garbage" * 500)
+    monkeypatch.setenv("COMMA_HOME", str(home))
+    code, _, err = cli(capsys, "list")
+    assert_user_error(code, err, "is damaged", "move it aside")
+    monkeypatch.setenv("QT_QPA_PLATFORM", "offscreen")
+    code, _, err = cli(capsys, "--screenshot", tmp_path / "shot.png")
+    assert_user_error(code, err, "is damaged")
+    assert (home / "library.db").read_bytes() == b"\x00garbage" * 500
+
+
 def test_unknown_doc_id(home, capsys):
     code, _, err = cli(capsys, "ask", "0123abcd", "why?")
     assert_user_error(code, err, "0123abcd", "not in the library")

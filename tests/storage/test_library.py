@@ -314,3 +314,36 @@ def test_a_save_that_fails_half_way_changes_nothing(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert lib.find_memory(doc_id, "f" * 64, "gguf")["kept_tokens"] == 100
     assert [n["text"] for n in lib.notes(first)] == ["kept note"]
+
+
+@pytest.mark.parametrize("breakage, words", [
+    ("random bytes", "is damaged"),
+    ("a page overwritten", "is damaged"),
+    ("memories is a file", "cannot use the data folder"),
+    ("the folder is a file", "cannot use the data folder"),
+])
+def test_a_broken_library_is_a_clear_error_and_is_left_as_it_was(tmp_path, breakage, words):
+    home = tmp_path / "home"
+    lib = Library(home)
+    lib.add_document(Doc(Path("/a.txt"), "ab" * 32, text="Some page text. " * 400))
+    lib.db.conn.close()
+    database = home / "library.db"
+    for leftover in home.glob("library.db-*"):  # checkpointed by the close
+        leftover.unlink()
+    if breakage == "random bytes":
+        database.write_bytes(bytes(range(256)) * 64)
+    elif breakage == "a page overwritten":
+        data = bytearray(database.read_bytes())
+        data[4096:8192] = b"\xff" * 4096
+        database.write_bytes(bytes(data))
+    elif breakage == "memories is a file":
+        (home / "memories").rmdir()
+        (home / "memories").write_text("not a folder")
+    else:
+        home = tmp_path / "plain-file"
+        home.write_text("not a folder")
+    before = {p: p.read_bytes() for p in home.rglob("*") if p.is_file()} if home.is_dir() else home.read_bytes()
+    with pytest.raises(LibraryError, match=words):
+        Library(home)
+    after = {p: p.read_bytes() for p in home.rglob("*") if p.is_file()} if home.is_dir() else home.read_bytes()
+    assert after == before
