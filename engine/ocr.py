@@ -55,11 +55,12 @@ MIN_CONFIDENCE = 0.5
 UNCLIP_RATIO = 2.0
 BOX_THRESH = 0.5  # the detector's mean probability for a region to count as text (its default)
 # Recognition reads one cut-out line at a time (rec_batch_num=1 below), and ONNX Runtime spreads
-# such a small input (48 pixels high) poorly over its threads: on 2 cores one session with 2
-# threads kept them about half busy. This many sessions of one thread each (the reader's threads
-# split among them), each reading its share of the page's lines at the same time, keep the cores
-# busy instead: bench/ocr.py, 20 pages on 2 cores, see bench/results/ocr_cpu.json. Each more
-# session holds its own copy of the recognition model (about 10 MB in the file).
+# such a small input (48 pixels high) poorly over its threads. This many sessions (the reader's
+# threads split among them: one each on 2 cores), each reading its share of the page's lines at
+# the same time, keep the cores busy instead. bench/ocr.py, 20 pages on 2 cores, three runs in
+# turn with one session of 2 threads: recognition 1.9-2.1 -> 1.55-1.63 s a page (median; 15-24%
+# less page by page), the whole page 2.5-2.7 -> 2.1-2.2 s, the same text. Each more session costs
+# about 25 MB once loaded and, as both read a line at once, 100-150 MB more at the peak.
 RECOGNIZERS = 2
 
 # Layout, in units of the page's median text line height (scale-free):

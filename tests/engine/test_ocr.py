@@ -8,13 +8,15 @@ import builtins
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pymupdf
 import pytest
 
 from bench.text_distance import char_error_rate, edit_distance
-from engine.ocr import OcrUnavailable, PageReader, _reading_order, _Segment, needs_ocr
+from engine.ocr import OcrUnavailable, PageReader, _reading_order, _Segment, _SplitRecognizer, needs_ocr
 
 ROOT = Path(__file__).resolve().parents[2]
 SCAN_DPI = 150
@@ -195,13 +197,34 @@ def test_ocr_unavailable_says_what_to_install(monkeypatch):
         PageReader().lines(page)
 
 
-def test_close_releases_the_engine():
+def test_close_releases_the_engine(reader):
     page = scan(typeset([(40, 60, SENTENCES[1])])[0])[0]
     with PageReader(threads=1) as own:
         assert char_error_rate(own.lines(page)[0].text, SENTENCES[1]) <= MAX_CER
+        assert not isinstance(own._engine.text_rec, _SplitRecognizer)  # one thread: one recognizer
         own.close()
         assert own._engine is None
     assert own._engine is None
+    if reader.threads > 1:  # the shared reader has read pages by now, with recognizers side by side
+        assert isinstance(reader._engine.text_rec, _SplitRecognizer) and reader._pool is not None
+
+
+def test_split_recognition_gives_each_line_its_own_result_in_order():
+    shares = []
+
+    def recognize(crops, return_word_box=False):  # RapidOCR's recognizer: results in the crops' order
+        shares.append([crop.shape[1] for crop in crops])
+        return [(f"w{crop.shape[1]}", 0.9) for crop in crops], 0.0
+
+    widths = [50, 300, 20, 120, 80]
+    crops = [np.zeros((10, w, 3), dtype=np.uint8) for w in widths]
+    with ThreadPoolExecutor(1) as pool:
+        split = _SplitRecognizer([recognize, recognize], pool)
+        results, seconds = split(crops)
+        assert results == [(f"w{w}", 0.9) for w in widths] and seconds >= 0
+        assert sorted(shares) == [[20, 80, 300], [50, 120]]  # dealt out by width, in turn
+        assert split(crops[:1])[0] == [("w50", 0.9)]
+        assert split([])[0] == []
 
 
 def test_loading_opencv_leaves_qt_s_plugin_folders_alone():
