@@ -161,7 +161,9 @@ def _open_checked(path: Path):
                                   f"{_PREAMBLE.size + header_len} bytes, found {size}")
         try:
             header = json.loads(f.read(header_len))
-        except (UnicodeDecodeError, json.JSONDecodeError):
+        # A crafted header nested 200,000 deep raises RecursionError, and an integer of 5,000
+        # digits ValueError (Python's limit on int conversion): both are damage, not bugs.
+        except (UnicodeDecodeError, ValueError, RecursionError):
             header = None
         if not isinstance(header, dict):
             raise MemoryFileError(f"memory file {path} has an unreadable header (altered or corrupted)")
@@ -419,7 +421,7 @@ def open_store(path: str | os.PathLike, *, model_fingerprint: str, backend: str)
             header = json.loads(header_bytes)
     except FileNotFoundError:
         raise MemoryFileError(f"recall store not found: {path}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, ValueError, RecursionError):  # JSONDecodeError is a ValueError
         raise MemoryFileError(damaged) from None
     except OSError as exc:
         raise MemoryFileError(f"cannot open recall store {path}: {exc.strerror or exc}") from exc

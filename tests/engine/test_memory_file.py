@@ -118,7 +118,9 @@ def test_absurd_header_length_is_refused_without_allocating(tmp_path):
 
 
 @pytest.mark.parametrize("header", [b"[1, 2]", b"{not json", b"\xff\xfe", b'{"sections": 3}',
-                                    b'{"sections": [{"name": "a", "offset": 5, "length": 0}]}'])
+                                    b'{"sections": [{"name": "a", "offset": 5, "length": 0}]}',
+                                    b'{"kept_tokens": ' + b"[" * 200_000 + b"]" * 200_000 + b"}",
+                                    b'{"kept_tokens": ' + b"7" * 5_000 + b"}"])
 def test_unreadable_header(tmp_path, header):
     path = tmp_path / "odd.mem"
     craft(path, FORMAT_VERSION, header)
