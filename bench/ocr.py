@@ -33,14 +33,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import re
 import resource
 import statistics
 import sys
 import time
 from collections import Counter
-from importlib.metadata import PackageNotFoundError, distribution, version
+from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -177,16 +176,6 @@ def installed_mb(name: str) -> float | None:
     return round(sum(f.size or 0 for f in files) / 1e6, 1)
 
 
-def versions() -> dict:
-    found = {"python": platform.python_version()}
-    for name in PACKAGES:
-        try:
-            found[name] = version(name)
-        except PackageNotFoundError:
-            pass
-    return found
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pages", type=int, default=10, help="pages per document")
@@ -240,11 +229,9 @@ def main() -> None:
         "load_average": {"before": [round(x, 2) for x in load_start], "after": [round(x, 2) for x in os.getloadavg()],
                          "max_1min_during": max(loads)},
         "note": note,
-        "versions": versions(),
         "pages": rows,
     }
-    emit("ocr", __doc__.split("Method: ", 1)[1].split("\n\n")[0], type("Model", (), {"name": model_name()})(),
-         figures, args.out)
+    emit("ocr", __doc__.split("Method: ", 1)[1].split("\n\n")[0], model_name(), figures, args.out, PACKAGES)
 
 
 def model_name() -> str:

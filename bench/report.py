@@ -12,9 +12,9 @@ from pathlib import Path
 PACKAGES = ("llama-cpp-python", "torch", "triton", "transformers")
 
 
-def _versions() -> dict:
+def _versions(packages: tuple[str, ...]) -> dict:
     found = {"python": platform.python_version()}
-    for name in PACKAGES:
+    for name in PACKAGES + packages:
         try:
             found[name] = version(name)
         except PackageNotFoundError:
@@ -26,16 +26,19 @@ def _versions() -> dict:
     return found
 
 
-def emit(benchmark: str, method: str, model, figures: dict, out: Path | None) -> None:
-    """Print the report as JSON on stdout and, with ``out``, save it there too."""
+def emit(benchmark: str, method: str, model, figures: dict, out: Path | None,
+         packages: tuple[str, ...] = ()) -> None:
+    """Print the report as JSON on stdout and, with ``out``, save it there too. ``model`` is a
+    model (its ``name``) or a name; ``packages``: the benchmark's own, whose versions it records
+    beside the engine's."""
     report = {
         "benchmark": benchmark,
         "method": " ".join(method.split()),
         "command": " ".join(["python", *sys.argv]),
-        "model": model.name,
+        "model": model if isinstance(model, str) else model.name,
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
                     "processor": platform.processor() or platform.machine()},
-        "versions": _versions(),
+        "versions": _versions(packages),
         **figures,
     }
     text = json.dumps(report, indent=2, ensure_ascii=False)

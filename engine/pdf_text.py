@@ -18,13 +18,13 @@ from engine.text_files import INVISIBLE
 
 # MuPDF expands ligatures and turns unknown glyphs into U+FFFD (dropped) with these flags,
 # and ignores text placed outside the page.
-FLAGS = pymupdf.TEXT_MEDIABOX_CLIP
+_FLAGS = pymupdf.TEXT_MEDIABOX_CLIP
 _BOLD = 16  # MuPDF's span flag
 
 _EDGE_ROWS = 2
 _RUNNING_MIN_PAGES = 3
 _SAME_PLACE_POINTS = 6  # a running head sits at one height; typesetters move it by less than this
-HEAD_MAX_WORDS = 12
+_HEAD_MAX_WORDS = 12
 _DIGITS = re.compile(r"\d+")
 _ROMAN = r"[ivxlcdm]{1,8}"
 _PAGE_LABEL = re.compile(
@@ -35,7 +35,7 @@ _PAGE_LABEL = re.compile(
 _HYPHENS = "-\u2010"
 _LARGER = 1.15  # a heading's type is at least this much larger than the body text's
 # "8. Termination", "8.2 Notice", "Section 4", "Article IV", "§ 12": a heading even in body type, when bold.
-NUMBERED_HEADING = re.compile(
+_NUMBERED_HEADING = re.compile(
     r"(?:\d+(?:\.\d+)*\.?|(?:section|article|chapter|part|clause|schedule|annex|appendix)\s+[\divxlc]+\.?|§\s*\d+)"
     r"\s+\S", re.IGNORECASE,
 )
@@ -55,7 +55,7 @@ def page_lines(page: pymupdf.Page) -> list[Line]:
     # Blocks in MuPDF's order, not sorted by position: sorting by height interleaves the lines
     # of side-by-side columns.
     lines = []
-    for block_no, block in enumerate(page.get_text("dict", flags=FLAGS)["blocks"]):
+    for block_no, block in enumerate(page.get_text("dict", flags=_FLAGS)["blocks"]):
         for line in block.get("lines", ()):
             spans = [span for span in line["spans"] if span["text"].strip()]
             text = " ".join(INVISIBLE.sub("", "".join(span["text"] for span in line["spans"])).split())
@@ -85,7 +85,7 @@ def _row_key(text: str, baseline: int) -> tuple[str, int]:
     return _DIGITS.sub("#", text.lower()), round(baseline / _SAME_PLACE_POINTS)
 
 
-def label_number(text: str) -> int | str | None:
+def _label_number(text: str) -> int | str | None:
     """The page number of a row that is only a page label ("12", "Page 12 of 40", "- 12 -"),
     as an int, or the numeral of a roman one ("iv"); None for any other row."""
     match = _PAGE_LABEL.fullmatch(text)
@@ -100,10 +100,10 @@ def _is_plain_label(text: str) -> bool:
     return _DIGITS.fullmatch(text) is not None or re.fullmatch(_ROMAN, text, re.IGNORECASE) is not None
 
 
-def sentence_like(text: str) -> bool:
+def _sentence_like(text: str) -> bool:
     """Body text rather than a head: a sentence ends in punctuation, and heads are short."""
     words = text.split()
-    return len(words) > HEAD_MAX_WORDS or (len(words) >= 3 and text[-1] in ".!?;:")
+    return len(words) > _HEAD_MAX_WORDS or (len(words) >= 3 and text[-1] in ".!?;:")
 
 
 def _end_numbers(text: str) -> set[int]:
@@ -137,7 +137,7 @@ def strip_running_rows(pages: list[list[Line]]) -> list[list[Line]]:
     ]
     offsets, number_places = zip(*(_page_number_offset(rows, side) for side in (0, 1)), strict=True)
     roman_edges = [
-        sum(any(isinstance(label_number(t), str) for t in page[side].values()) for page in rows) >= _RUNNING_MIN_PAGES
+        sum(any(isinstance(_label_number(t), str) for t in page[side].values()) for page in rows) >= _RUNNING_MIN_PAGES
         for side in (0, 1)
     ]
     running = []
@@ -152,13 +152,13 @@ def strip_running_rows(pages: list[list[Line]]) -> list[list[Line]]:
         })
 
     def removable(page_no: int, side: int, baseline: int, text: str) -> bool:
-        label = label_number(text)
+        label = _label_number(text)
         offset = offsets[side]
         if label is not None:
             if isinstance(label, str):
                 return roman_edges[side] or not _is_plain_label(text)
             return not _is_plain_label(text) or (offset is not None and label == page_no - offset)
-        if sentence_like(text):
+        if _sentence_like(text):
             return False
         if _row_key(text, baseline) in running[side]:
             return True
@@ -176,7 +176,7 @@ def strip_running_rows(pages: list[list[Line]]) -> list[list[Line]]:
                 dropped.add(baseline)
         kept = [line for line in lines if line.baseline not in dropped]
         if not kept:  # every row was an edge row: keep all but the page labels
-            labels = {b for side in page for b, text in side.items() if label_number(text) is not None}
+            labels = {b for side in page for b, text in side.items() if _label_number(text) is not None}
             kept = [line for line in lines if line.baseline not in labels]
         stripped.append(kept)
     return stripped
@@ -191,9 +191,9 @@ def _page_number_offset(rows: list[list[dict[int, str]]], side: int) -> tuple[in
     for page_no, page in enumerate(rows, start=1):
         numbers: set[int] = set()
         for baseline, text in page[side].items():
-            label = label_number(text)
+            label = _label_number(text)
             found = {label} if isinstance(label, int) else _end_numbers(text) if label is None \
-                and not sentence_like(text) else set()
+                and not _sentence_like(text) else set()
             numbers |= found
             for n in found:
                 places[page_no - n][round(baseline / _SAME_PLACE_POINTS)] += 1
@@ -250,7 +250,7 @@ def _body_size(pages: list[list[Line]]) -> float:
 
 
 def _heading_like(text: str) -> bool:
-    return (not sentence_like(text) and len(text.split()) <= HEAD_MAX_WORDS and label_number(text) is None
+    return (not _sentence_like(text) and len(text.split()) <= _HEAD_MAX_WORDS and _label_number(text) is None
             and sum(c.isalpha() for c in text) >= 2)
 
 
@@ -273,7 +273,7 @@ def headings(pages: list[list[Line]]) -> list[list[tuple[str, int]]]:
                 continue
             if size >= body * _LARGER:
                 on_page.append((text, larger.index(size) + 1))
-            elif all(line.bold for line in lines) and NUMBERED_HEADING.match(text):
+            elif all(line.bold for line in lines) and _NUMBERED_HEADING.match(text):
                 depth = text.split()[0].rstrip(".").count(".") + 1
                 on_page.append((text, len(larger) + depth))
         found.append(on_page)
