@@ -347,3 +347,19 @@ def test_a_broken_library_is_a_clear_error_and_is_left_as_it_was(tmp_path, break
         Library(home)
     after = {p: p.read_bytes() for p in home.rglob("*") if p.is_file()} if home.is_dir() else home.read_bytes()
     assert after == before
+
+
+def test_a_library_another_program_holds_locked_says_so(tmp_path, monkeypatch):
+    import sqlite3
+
+    import storage.library
+
+    Library(tmp_path).db.conn.close()
+    other = sqlite3.connect(tmp_path / "library.db")
+    other.execute("PRAGMA locking_mode = EXCLUSIVE")
+    other.execute("BEGIN EXCLUSIVE")
+    monkeypatch.setattr(storage.library, "BUSY_TIMEOUT_S", 0.2)
+    with pytest.raises(LibraryError, match="in use by another program"):
+        Library(tmp_path)
+    other.close()
+    assert Library(tmp_path).documents() == []
