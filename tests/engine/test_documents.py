@@ -535,3 +535,14 @@ def test_ocr_missing_is_a_clear_refusal(tmp_path, monkeypatch):
     monkeypatch.setattr(ocr.PageReader, "lines", unavailable)
     message = refused(scanned_pdf(tmp_path / "scan.pdf", CLAUSES[:1], scanned={1}))
     assert "scanned pages" in message and "pip install rapidocr-onnxruntime" in message
+
+
+def test_an_ocr_failure_on_a_page_is_a_clear_refusal(tmp_path, monkeypatch):
+    from engine import ocr
+
+    def broken(self, page):
+        raise RuntimeError("onnxruntime: bad allocation")
+
+    monkeypatch.setattr(ocr.PageReader, "lines", broken)
+    message = refused(scanned_pdf(tmp_path / "scan.pdf", CLAUSES[:1], scanned={1}))
+    assert "OCR could not read page 1" in message and "bad allocation" in message

@@ -363,3 +363,9 @@ def test_a_library_another_program_holds_locked_says_so(tmp_path, monkeypatch):
         Library(tmp_path)
     other.close()
     assert Library(tmp_path).documents() == []
+
+
+def test_a_library_database_that_cannot_be_opened_says_what_to_check(tmp_path):
+    (tmp_path / "library.db").mkdir()  # what SQLite cannot open, as on a folder it may not write
+    with pytest.raises(LibraryError, match="cannot open the library .* can be written"):
+        Library(tmp_path)
