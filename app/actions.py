@@ -260,9 +260,15 @@ class Comma:
             )
         return doc, record
 
-    def load_memory(self, record: dict, model=None) -> Memory:
-        model = model or self.model
-        return Memory.load(Path(record["path"]), model_fingerprint=model.fingerprint, backend=model.backend)
+    def load_memory(self, doc: dict, record: dict, model=None) -> Memory:
+        """A document's memory, checked to be of that very document (a memory file copied over
+        another's would otherwise answer, and cite pages, for the wrong document)."""
+        memory = Memory.load_for(model or self.model, Path(record["path"]))
+        if memory.header["document_sha256"] != doc["sha256"]:
+            raise MemoryFileError(
+                f"memory file {record['path']} was made from another document than {doc['title']} "
+                f"({doc['id']}); {read_again(doc)}")
+        return memory
 
     def _store_matches(self, record: dict) -> bool:
         """Whether a memory row's recall store is there and belongs to that very reading."""
@@ -307,7 +313,7 @@ class Comma:
         model, doc, record = self._answering_plan(doc_id)
         if record is None:
             return DocumentConversation(self, model, doc, None, None, None, None, ranking)
-        memory = self.load_memory(record, model)
+        memory = self.load_memory(doc, record, model)
         store, reason = self.open_recall(doc, record, memory, model)
         return DocumentConversation(self, model, doc, record, memory, store, reason, ranking)
 

@@ -101,7 +101,7 @@ def read(comma: Comma, path: Path, policy: str = "sepllm") -> tuple[str, object,
     doc = comma.library.document(report["doc_id"])
     key = policy_key(make_policy(policy))
     record = comma.library.find_memory(doc["id"], comma.model.fingerprint, comma.model.backend, key)
-    memory = comma.load_memory(record)
+    memory = comma.load_memory(doc, record)
     store, _ = comma.open_recall(doc, record, memory)
     return doc["id"], memory, store
 

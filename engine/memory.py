@@ -3,7 +3,8 @@
 It holds the kept KV state (the backend's bytes), for every kept slot its token id, its offset
 in the read token stream and whether it is a separator, and a header that says which model,
 backend, policy and document made it. Saving and verified loading go through
-``engine.memory_file``, the one implementation of the file format.
+``engine.memory_file``, the one implementation of the file format; ``engine.memory_schema``
+says what a loaded header and its sections must hold.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.memory_file import pack_offsets, read_memory, unpack_offsets, write_memory
+from engine.memory_schema import check_memory
 
 
 def page_of(page_token_starts: list[int], prompt_tokens: int, offset: int) -> int | None:
@@ -52,8 +54,19 @@ class Memory:
         })
 
     @classmethod
+    def load_for(cls, model, path: Path) -> Memory:
+        """``load`` for ``model``, whose backend also checks that the KV state holds the slots
+        the header claims: what a cache is then sized from."""
+        memory = cls.load(path, model_fingerprint=model.fingerprint, backend=model.backend)
+        model.check_state(memory.state, memory.kept_tokens)
+        return memory
+
+    @classmethod
     def load(cls, path: Path, *, model_fingerprint: str, backend: str) -> Memory:
+        """A verified memory file whose header and sections say what a memory must (see
+        ``engine.memory_schema``); its KV state is checked by the cache it is restored into."""
         f = read_memory(path, model_fingerprint=model_fingerprint, backend=backend)
+        check_memory(path, f.header, f.sections)
         s = f.sections
         return cls(
             header=f.header,

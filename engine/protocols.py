@@ -126,6 +126,10 @@ class Model(Protocol):
 
     def new_cache(self, n_ctx: int, n_batch: int = 512) -> Cache: ...
 
+    # Raises MemoryFileError unless a memory's KV state can hold ``n_tokens`` slots for this
+    # model: called before a cache is sized from a memory file's slot count.
+    def check_state(self, state: bytes, n_tokens: int) -> None: ...
+
     def log_probs_at(self, logits: Any, targets: np.ndarray) -> np.ndarray: ...
 
 

@@ -132,12 +132,20 @@ class RecallStore:
         try:
             self.prompt_tokens = int(header["prompt_tokens"])
             pieces = [(int(first), int(n), int(page), int(passage)) for first, n, page, passage in header["pieces"]]
-        except (KeyError, TypeError, ValueError):
+        # JSON allows Infinity, which int() refuses with OverflowError.
+        except (KeyError, TypeError, ValueError, OverflowError):
             raise damaged from None
         names = {f"piece{i}" for i in range(len(pieces))} | {"tokens"}
+        if set(file.sections) != names:
+            raise damaged
         ids = [p[3] for p in pieces]
-        if set(file.sections) != names or ids != sorted(ids) or (ids and (ids[0] != 0 or ids[-1] != len(set(ids)) - 1)) \
-                or any(first < self.prompt_tokens or n <= 0 for first, n, _, _ in pieces):
+        # Pieces tile the document's tokens in order, so none can claim more tokens (and the
+        # arrays sized from them) than the store's token section holds.
+        end = self.prompt_tokens + file.sections["tokens"][1] // 4
+        starts = [first for first, _, _, _ in pieces] + [end]
+        if ids != sorted(ids) or (ids and (ids[0] != 0 or ids[-1] != len(set(ids)) - 1)) \
+                or any(first < self.prompt_tokens or n <= 0 or first + n > nxt or page < 1
+                       for (first, n, page, _), nxt in zip(pieces, starts[1:], strict=True)):
             raise damaged
         grouped: dict[int, list[int]] = {}
         for i, piece in enumerate(pieces):

@@ -170,6 +170,14 @@ class FakeModel(PieceVocabulary):
         self.created.append(cache)
         return cache
 
+    def check_state(self, state: bytes, n_tokens: int) -> None:
+        try:
+            held = len(json.loads(state))
+        except ValueError:
+            raise MemoryFileError("the fake state is not JSON") from None
+        if held != n_tokens:
+            raise MemoryFileError(f"the fake state holds {held} tokens, not {n_tokens}")
+
     def log_probs_at(self, logits, targets: np.ndarray) -> np.ndarray:
         return np.full(len(targets), -np.log(self.n_vocab))
 

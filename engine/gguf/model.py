@@ -12,9 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.errors import ModelError
+from engine.errors import MemoryFileError, ModelError
 from engine.gguf.context import GGUFCache
 from engine.gguf.native import llama
+from engine.gguf.sequence_state import cell_positions
 from engine.models import fingerprint, resolve_model_path
 from engine.protocols import Capabilities
 from engine.vocabulary import PieceVocabulary
@@ -72,6 +73,15 @@ class GGUFModel(PieceVocabulary):
 
     def new_cache(self, n_ctx: int, n_batch: int = 512) -> GGUFCache:
         return GGUFCache(self, n_ctx, n_batch)
+
+    def check_state(self, state: bytes, n_tokens: int) -> None:
+        """The state is one sequence of ``n_tokens`` cells at positions ``0..n_tokens-1``, with
+        this model's layers, to its last byte (llama.cpp itself checks only layers and sizes)."""
+        positions = np.sort(cell_positions(state, self.n_layer))
+        if not np.array_equal(positions, np.arange(n_tokens)):
+            raise MemoryFileError(
+                f"the memory's KV state does not hold its {n_tokens:,} tokens at positions 0..{n_tokens - 1} "
+                "(altered, or not this memory's state); read the document again with --force")
 
     def log_probs_at(self, logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
         """log P(target) for each row of ``logits`` (host arrays, as llama.cpp hands them over)."""

@@ -54,6 +54,20 @@ class SlotLayer(CacheLayerMixin):
         return self.cache.capacity
 
 
+def read_kv(state: bytes, shape, slots: int) -> torch.Tensor:
+    """A snapshot's ``kv`` tensor, refused unless it is ``slots`` slots of a model of ``shape``."""
+    try:
+        kv = load_tensors(state)["kv"]
+    except Exception as exc:  # safetensors raises its own error types for damaged bytes
+        raise MemoryFileError(f"the memory's tensors cannot be read ({exc}); read the document "
+                              "again with --force") from exc
+    expected = (shape.layers, 2, shape.kv_heads, slots, shape.head_dim)
+    if tuple(kv.shape) != expected:
+        raise MemoryFileError(f"the memory's tensors have shape {tuple(kv.shape)}, but this model "
+                              f"needs {expected}; read the document again with --force")
+    return kv
+
+
 class SlotCache(Cache):
     def __init__(self, model, capacity: int, rows: int = 1):
         self.model = model
@@ -236,16 +250,7 @@ class SlotCache(Cache):
 
     def restore(self, state: bytes, offsets: np.ndarray, separators: np.ndarray) -> None:
         """Load a snapshot into row 0 (rows saved side by side become one row, in order)."""
-        try:
-            kv = load_tensors(state)["kv"]
-        except Exception as exc:  # safetensors raises its own error types for damaged bytes
-            raise MemoryFileError(f"the memory's tensors cannot be read ({exc}); read the document "
-                                  "again with --force") from exc
-        cfg = self.model.shape
-        expected = (cfg.layers, 2, cfg.kv_heads, len(offsets), cfg.head_dim)
-        if tuple(kv.shape) != expected:
-            raise MemoryFileError(f"the memory's tensors have shape {tuple(kv.shape)}, but this model "
-                                  f"needs {expected}; read the document again with --force")
+        kv = read_kv(state, self.model.shape, len(offsets))
         n = len(offsets)
         if n > self.capacity:
             raise CommaError(f"the memory holds {n} tokens; this cache has room for {self.capacity}")

@@ -20,7 +20,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 from transformers.utils import logging as hf_logging
 
-from engine.errors import CommaError, ModelError
+from engine.errors import CommaError, MemoryFileError, ModelError
 from engine.models import model_fingerprint, resolve_model_source
 from engine.protocols import Capabilities
 from engine.torch import attention
@@ -107,6 +107,14 @@ class TorchModel(PieceVocabulary):
         from engine.torch.cache import SlotCache  # the cache module builds on this one
 
         return SlotCache(self, n_ctx, rows)
+
+    def check_state(self, state: bytes, n_tokens: int) -> None:
+        """A length bound only, before a cache is sized: ``SlotCache.restore`` reads the tensors
+        and checks their shape. Two bytes an element is the least a saved cache uses (16-bit)."""
+        per_token = self.shape.layers * 2 * self.shape.kv_heads * self.shape.head_dim * 2
+        if len(state) < n_tokens * per_token:
+            raise MemoryFileError(f"the memory's KV state ({len(state):,} bytes) cannot hold the {n_tokens:,} "
+                                  "tokens its header claims; read the document again with --force")
 
     def read_parallel(self, document, policy, chunk_tokens: int, **kwargs):
         """``capabilities.parallel_reading``: see ``engine.torch.parallel.read_parallel``."""

@@ -19,7 +19,6 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
 from engine.errors import CommaError, stop_reading_if
@@ -34,6 +33,7 @@ from engine.reader import (
     memory_header,
     token_stream,
 )
+from engine.torch.cache import read_kv
 
 
 def chunk_rows(stream_len: int, prompt: int, chunk_tokens: int) -> list[np.ndarray]:
@@ -111,7 +111,7 @@ def select_chunks(model, memory: Memory, question: str, budget: int) -> Memory:
     tokens = model.tokenize(question)
     if len(tokens) < 2:
         tokens = model.tokenize(f"Question: {question}")
-    kv = load_tensors(memory.state)["kv"]
+    kv = read_kv(memory.state, model.shape, int(bounds[-1]))
     cache = model.new_cache(int(sizes.max()) + len(tokens), rows=len(sizes))
     cache.restore_rows(kv, sizes)
     logits = cache.forward(np.tile(tokens, (len(sizes), 1)), Logits.ALL)

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pymupdf
 import pytest
 
@@ -308,6 +309,65 @@ def test_damaged_memory_is_refused_and_kept(lib, capsys, damage, words):
     finally:
         path.write_bytes(original)
     assert FORMAT_VERSION != 99
+
+
+def _craft(path: Path, how: str) -> None:
+    """Rewrite a real memory with a valid checksum around what its writer would never produce."""
+    f = read_memory(path)
+    header, sections = dict(f.header), dict(f.sections)
+    header.pop("sections")
+    n = header["kept_tokens"]
+    if how.startswith("positions"):
+        state = bytearray(sections["state"])
+        # llama.cpp's sequence state: magic, sequence id, n_stream, cell count, then (pos, n_seq_id,
+        # seq_id) per cell.
+        cells = np.frombuffer(state, dtype="<i4", count=3 * n, offset=16).reshape(n, 3).copy()
+        cells[:, 0] = {"positions_all_last": n - 1, "positions_from_minus_5": np.arange(n) - 5}[how]
+        state[16:16 + cells.nbytes] = cells.tobytes()
+        sections["state"] = bytes(state)
+    elif how == "claims_50000_tokens":
+        extra = 50_000 - n
+        sections["token_ids"] += b"\0" * 4 * extra
+        sections["offsets"] += np.arange(10**6, 10**6 + extra, dtype="<i8").tobytes()
+        sections["separators"] += b"\0" * extra
+        # The policy is altered too, so that only the state can tell the claim is false.
+        header.update(kept_tokens=50_000, document_tokens=2 * 10**6, policy={**header["policy"], "capacity": 60_000})
+    elif how == "no_token_ids":
+        del sections["token_ids"]
+    elif how == "no_page_token_starts":
+        del header["page_token_starts"]
+    elif how == "chunks_in_a_gguf_memory":
+        header.update(chunks=[70, 10**12], parallel_chunk_tokens=70)
+    elif how == "reversed_offsets":
+        sections["offsets"] = np.frombuffer(sections["offsets"], dtype="<i8")[::-1].tobytes()
+    elif how == "other_document":
+        header["document_sha256"] = "0" * 64
+    write_memory(path, header, sections)
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("how, words", [
+    ("positions_all_last", ["positions 0.."]),
+    ("positions_from_minus_5", ["positions 0.."]),
+    ("claims_50000_tokens", ["does not hold its 50,000 tokens"]),
+    ("no_token_ids", ["no 'token_ids' section"]),
+    ("no_page_token_starts", ["lacks 'page_token_starts'"]),
+    ("chunks_in_a_gguf_memory", ["only the torch backend"]),
+    ("reversed_offsets", ["not strictly increasing"]),
+    ("other_document", ["another document"]),
+])
+def test_a_crafted_memory_with_a_valid_checksum_is_refused_and_kept(lib, capsys, how, words):
+    report = ingest_json(capsys, lib["doc"], "--cache", "320")
+    path = Path(report["memory_path"])
+    original = path.read_bytes()
+    try:
+        _craft(path, how)
+        crafted = path.read_bytes()
+        code, _, err = cli(capsys, "ask", report["doc_id"], "Anything?")
+        assert_user_error(code, err, *words)
+        assert path.read_bytes() == crafted, "a refused memory is left as it was"
+    finally:
+        path.write_bytes(original)
 
 
 @pytest.mark.model

@@ -194,7 +194,7 @@ def _stop_after(tokens: int, seen: list):
 
 def _deep_files(comma, doc_id: str, answerer) -> tuple:
     record = comma.library.find_memory(doc_id, answerer.fingerprint, "fake")
-    memory = comma.load_memory(record, answerer)
+    memory = comma.load_memory(comma.library.document(doc_id), record, answerer)
     from engine.recall import RecallStore
 
     store = RecallStore.open(Path(record["recall_path"]), answerer, memory.header)

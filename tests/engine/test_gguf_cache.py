@@ -73,6 +73,31 @@ def test_restore_that_does_not_fit_is_refused(model, tokens):
         small.restore(cache.snapshot(), cache.offsets, cache.separators)
 
 
+@pytest.mark.parametrize("positions", ["all_last", "from_minus_5", "one_twice", "one_past_the_end"])
+def test_a_state_whose_cells_claim_other_positions_is_refused(model, tokens, positions):
+    """llama.cpp loads such a state and decodes on; the cache refuses it before llama.cpp sees it.
+    (Cells need not be in position order: after an eviction new tokens fill freed cells.)"""
+    cache = fill(model, tokens[:100])
+    cache.evict(np.concatenate([np.arange(4), np.arange(50, 100)]))
+    cache.append(tokens[100:120], np.arange(100, 120), model.separator_ids[tokens[100:120]])
+    state = bytearray(cache.snapshot())
+    n = cache.length
+    cells = np.frombuffer(state, dtype="<i4", count=3 * n, offset=16).reshape(n, 3).copy()
+    assert sorted(cells[:, 0].tolist()) == list(range(n))
+    if positions == "all_last":
+        cells[:, 0] = n - 1
+    elif positions == "from_minus_5":
+        cells[:, 0] -= 5
+    elif positions == "one_twice":
+        cells[1, 0] = cells[0, 0]
+    else:
+        cells[np.argmax(cells[:, 0]), 0] = n
+    state[16:16 + cells.nbytes] = cells.tobytes()
+    with model.new_cache(256, 64) as fresh, pytest.raises(MemoryFileError, match=f"positions 0..{n - 1}"):
+        fresh.restore(bytes(state), cache.offsets, cache.separators)
+    cache.close()
+
+
 def test_sepllm_below_capacity_scores_exactly_like_full(model, tokens):
     short = tokens[:400]
     full = score(model, short, Full(), chunk=128)
@@ -114,5 +139,5 @@ def test_a_stored_passage_loads_and_ranks_exactly_as_it_was_read(model, tokens):
 def test_a_passage_that_does_not_match_its_tokens_is_refused(model, tokens):
     with fill(model, tokens[:300]) as read:
         passage = read.export_slots(100, 200)
-    with fill(model, tokens[:50]) as later, pytest.raises(MemoryFileError, match="did not load"):
+    with fill(model, tokens[:50]) as later, pytest.raises(MemoryFileError, match="is not 150 tokens"):
         later.import_slots(passage, np.arange(0, 150))

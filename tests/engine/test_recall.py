@@ -39,7 +39,7 @@ def read_doc(comma, tmp_path):
 
 def test_the_read_stores_every_document_token_once_in_page_sized_passages(comma, read_doc):
     doc, record = comma._memory_record(read_doc["doc_id"])
-    memory = comma.load_memory(record)
+    memory = comma.load_memory(doc, record)
     store = RecallStore.open(Path(record["recall_path"]), comma.model, memory.header)
     prompt = memory.header["prompt_tokens"]
     covered = np.concatenate([o for p in store.passages for o in store.piece_offsets(p)])
@@ -68,7 +68,7 @@ def test_a_question_with_no_candidate_pages_is_answered_from_the_memory(comma, r
     result = comma.ask(read_doc["doc_id"], "Zzyzx?")
     assert result.answer and result.recall is True and result.sources == []
     doc, record = comma._memory_record(read_doc["doc_id"])
-    memory = comma.load_memory(record)
+    memory = comma.load_memory(doc, record)
     assert result.pages == memory.pages(np.flatnonzero(~memory.separators))
 
 

@@ -1,0 +1,256 @@
+"""A memory file with a valid checksum around a header or sections its writer would never make
+is refused with a MemoryFileError that says what is wrong, before anything is sized from it;
+and any mutation of a real memory either loads exactly what the file holds or is refused."""
+
+import hashlib
+import json
+import re
+import struct
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from engine.documents import read_document
+from engine.errors import MemoryFileError
+from engine.memory import Memory
+from engine.memory_file import FORMAT_VERSION, MAGIC, read_memory, write_memory
+from engine.policy import make_policy
+from engine.reader import read
+from tests.fakes import FakeModel
+
+TEXT = "\n\n".join(f"Page {p} of the harbour rules. Boats moor at berth {p}, and pay {p} coins a night. " * 10
+                   for p in range(1, 13))
+
+
+@pytest.fixture(scope="module")
+def real(tmp_path_factory):
+    """A memory the fake model really read (sepllm, evictions happened), and its parts."""
+    folder = tmp_path_factory.mktemp("memory")
+    doc = folder / "harbour.txt"
+    doc.write_text(TEXT)
+    model = FakeModel()
+    result = read(model, read_document(doc), make_policy("sepllm", 160), notes=False, chunk=32)
+    path = folder / "real.mem"
+    result.memory.save(path)
+    f = read_memory(path)
+    header = {k: v for k, v in f.header.items() if k not in ("sections", "format_version")}
+    return model, path.read_bytes(), header, dict(f.sections)
+
+
+def load(model, path, header, sections):
+    write_memory(path, header, sections)
+    return Memory.load_for(model, path)
+
+
+def test_the_real_memory_loads(real, tmp_path):
+    model, _, header, sections = real
+    memory = load(model, tmp_path / "m.mem", header, sections)
+    assert memory.kept_tokens == header["kept_tokens"] <= 160 and memory.pages()
+
+
+def _offsets(values):
+    return np.asarray(values, dtype="<i8").tobytes()
+
+
+CASES = {
+    "no kept_tokens": (lambda h, s: h.pop("kept_tokens"), "lacks 'kept_tokens'"),
+    "kept_tokens a bool": (lambda h, s: h.update(kept_tokens=True), "'kept_tokens' is not a whole number"),
+    "kept_tokens a float": (lambda h, s: h.update(kept_tokens=1e300), "'kept_tokens' is not a whole number"),
+    "kept_tokens negative": (lambda h, s: h.update(kept_tokens=-1), "'kept_tokens' is not a whole number"),
+    "kept_tokens not the slots": (lambda h, s: h.update(kept_tokens=h["kept_tokens"] - 1), "sections hold"),
+    "page starts missing": (lambda h, s: h.pop("page_token_starts"), "lacks 'page_token_starts'"),
+    "page starts a dict": (lambda h, s: h.update(page_token_starts={}), "'page_token_starts' is not a list"),
+    "page starts reversed": (lambda h, s: h.update(page_token_starts=h["page_token_starts"][::-1]), "out of order"),
+    "a page past the end": (lambda h, s: h["page_token_starts"].append(10**9), "out of order or outside"),
+    "a page start a string": (lambda h, s: h["page_token_starts"].append("7"), "'page_token_starts[]' is not"),
+    "an unknown kind": (lambda h, s: h.update(kind="sermon"), "unknown kind"),
+    "an unknown policy": (lambda h, s: h.update(policy={"name": "magic"}), "policy is not one"),
+    "an impossible policy": (lambda h, s: h["policy"].update(window=10**6), "policy is not one"),
+    "a policy that keeps fewer": (lambda h, s: h["policy"].update(capacity=100, window=50), "more than its policy keeps"),
+    "no token_ids": (lambda h, s: s.pop("token_ids"), "no 'token_ids' section"),
+    "no state": (lambda h, s: s.pop("state"), "no 'state' section"),
+    "odd-length offsets": (lambda h, s: s.update(offsets=s["offsets"][:-3]), "not a whole number of slots"),
+    "fewer separators": (lambda h, s: s.update(separators=s["separators"][:-1]), "different numbers of slots"),
+    "offsets reversed": (lambda h, s: s.update(offsets=np.frombuffer(s["offsets"], "<i8")[::-1].tobytes()),
+                         "not strictly increasing"),
+    "offsets repeated": (lambda h, s: s.update(offsets=_offsets(np.zeros(h["kept_tokens"]))), "not strictly increasing"),
+    "an offset below 0": (lambda h, s: s.update(offsets=_offsets(np.arange(h["kept_tokens"]) - 5)), "from 0"),
+    "an offset past the read": (lambda h, s: s.update(offsets=_offsets(np.arange(h["kept_tokens"]) + 10**6)),
+                                "past the end of its read"),
+    "a negative token id": (lambda h, s: s.update(token_ids=np.full(h["kept_tokens"], -3, "<i4").tobytes()),
+                            "negative token ids"),
+    "chunks on another backend": (lambda h, s: h.update(chunks=[70, 10**12], parallel_chunk_tokens=70),
+                                  "only the torch backend"),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_a_crafted_memory_is_refused_with_what_is_wrong(real, tmp_path, case):
+    model, _, header, sections = real
+    header, sections = json.loads(json.dumps(header)), dict(sections)
+    change, words = CASES[case]
+    change(header, sections)
+    with pytest.raises(MemoryFileError, match=r"m\.mem cannot be used: .*" + re.escape(words) + r".*; read the document again"):
+        load(model, tmp_path / "m.mem", header, sections)
+
+
+@pytest.mark.parametrize("chunks, words", [
+    ([70, 10**12], "add up to"),
+    ([1] * 3, "add up to"),
+    ("many", "more slots than a chunk"),
+])
+def test_parallel_chunks_are_bounded_by_the_slot_count(real, tmp_path, chunks, words):
+    _, _, header, sections = real
+    n = header["kept_tokens"]
+    header = {**header, "backend": "torch", "parallel_chunk_tokens": 8, "prompt_tokens": 0,
+              "document_tokens": header["document_tokens"] + header["prompt_tokens"],
+              "chunks": [n] if chunks == "many" else chunks}
+    path = tmp_path / "m.mem"
+    write_memory(path, header, sections)
+    with pytest.raises(MemoryFileError, match=words):
+        Memory.load(path, model_fingerprint=header["model_fingerprint"], backend="torch")
+
+
+def test_a_state_that_cannot_hold_the_slots_claimed_is_refused_before_any_cache(tmp_path, monkeypatch):
+    """The audit's 650 KB file claiming 50,000 kept tokens: slot sections and policy agree with the
+    claim, the state does not; asking refuses it, and no cache was sized from it."""
+    from app.actions import Comma
+    from storage.library import Library
+    from tests.fakes import use_fake_model
+
+    model = use_fake_model(monkeypatch, token_seconds=0)
+    doc = tmp_path / "harbour.txt"
+    doc.write_text(TEXT)
+    comma = Comma(Library(tmp_path / "home"))
+    report = comma.ingest(doc, notes=False)
+    path = Path(report["memory_path"])
+    f = read_memory(path)
+    n = 50_000
+    header = {k: v for k, v in f.header.items() if k not in ("sections", "format_version")}
+    header.update(kept_tokens=n, document_tokens=10**6, policy={**header["policy"], "capacity": 60_000})
+    write_memory(path, header, {**f.sections, "token_ids": np.zeros(n, "<i4").tobytes(),
+                                "offsets": _offsets(np.arange(n)), "separators": bytes(n)})
+    crafted, caches = path.read_bytes(), len(model.created)
+    with pytest.raises(MemoryFileError, match="tokens, not 50000"):
+        comma.ask(report["doc_id"], "Where do boats moor?")
+    assert len(model.created) == caches and path.read_bytes() == crafted
+
+
+# -- property: every mutation of a real memory loads exactly or is refused ---------------------
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
+    max_leaves=12)
+FIELDS = st.sampled_from(["model_fingerprint", "backend", "document_sha256", "policy", "kept_tokens", "document_tokens",
+                          "prompt_tokens", "page_token_starts", "kind", "chunks", "read_id", "checkpoint", "chunk"])
+SECTIONS = st.sampled_from(["token_ids", "offsets", "separators", "state"])
+
+
+def _set_field(data, name, value):
+    data["header"][name] = value
+
+
+def _drop_field(data, name):
+    data["header"].pop(name, None)
+
+
+def _set_in_list(data, name, index, value):
+    field = data["header"].get(name)
+    if isinstance(field, list) and field:
+        field[index % len(field)] = value
+    elif isinstance(field, dict) and field:
+        field[sorted(field)[index % len(field)]] = value
+
+
+def _resize_section(data, name, size):
+    blob = data["sections"].get(name, b"")
+    data["sections"][name] = (blob * (size // max(len(blob), 1) + 1))[:size]
+
+
+def _drop_section(data, name):
+    data["sections"].pop(name, None)
+
+
+def _reorder_sections(data, seed):
+    items = list(data["sections"].items())
+    np.random.default_rng(seed).shuffle(items)
+    data["sections"] = dict(items)
+
+
+def _flip_section_byte(data, name, where):
+    blob = bytearray(data["sections"].get(name, b""))
+    if blob:
+        blob[where % len(blob)] ^= 0xFF
+        data["sections"][name] = bytes(blob)
+
+
+MUTATIONS = st.one_of(
+    st.tuples(st.just(_set_field), FIELDS | st.text(max_size=6), JSON),
+    st.tuples(st.just(_drop_field), FIELDS),
+    st.tuples(st.just(_set_in_list), FIELDS, st.integers(0, 50), JSON),
+    st.tuples(st.just(_resize_section), SECTIONS, st.integers(0, 5000)),
+    st.tuples(st.just(_drop_section), SECTIONS),
+    st.tuples(st.just(_reorder_sections), st.integers(0, 2**32)),
+    st.tuples(st.just(_flip_section_byte), SECTIONS, st.integers(0, 10**6)),
+)
+# Raw header text no writer makes: deep nesting, numbers too long for Python, JSON's Infinity.
+RAW = st.one_of(
+    st.integers(1, 300_000).map(lambda d: "[" * d + "]" * d),
+    st.integers(1, 6000).map(lambda digits: '{"kept_tokens": ' + "9" * digits + "}"),
+    st.sampled_from(['{"kept_tokens": Infinity}', '{"kept_tokens": NaN}', "[]", "null", '"x"', "{"]),
+)
+
+
+def _write_raw(path: Path, header_text: str, sections: dict[str, bytes]) -> None:
+    data = b"".join(sections.values())
+    body = struct.pack("<8sIQ", MAGIC, FORMAT_VERSION, len(header_text.encode())) + header_text.encode() + data
+    path.write_bytes(body + hashlib.sha256(body).digest())
+
+
+def _check_one(model, path: Path) -> None:
+    """Load ``path``: a MemoryFileError, or a memory that is exactly the file's sections."""
+    size = path.stat().st_size
+    tracemalloc.start()
+    try:
+        memory = Memory.load_for(model, path)
+    except MemoryFileError:
+        return
+    finally:
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        assert peak < 16 * size + (4 << 20), f"loading a {size}-byte file took {peak} bytes"
+    s = read_memory(path).sections
+    assert memory.token_ids.tolist() == np.frombuffer(s["token_ids"], "<i4").tolist()
+    assert memory.offsets.tolist() == np.frombuffer(s["offsets"], "<i8").tolist()
+    assert memory.separators.tolist() == [bool(b) for b in s["separators"]]
+    assert memory.state == s["state"] and memory.kept_tokens == memory.header["kept_tokens"]
+    assert all(1 <= p <= len(memory.header["page_token_starts"]) for p in memory.pages())
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(mutations=st.lists(MUTATIONS, min_size=1, max_size=3))
+def test_any_mutation_of_a_real_memory_loads_exactly_or_is_refused(real, tmp_path, mutations):
+    model, _, header, sections = real
+    data = {"header": json.loads(json.dumps(header)), "sections": dict(sections)}
+    for mutate, *args in mutations:
+        mutate(data, *args)
+    path = tmp_path / "mutated.mem"
+    try:
+        write_memory(path, data["header"], data["sections"])
+    except (TypeError, ValueError):  # a mutation json itself cannot write (a NaN key, say)
+        return
+    _check_one(model, path)
+
+
+@settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(header_text=RAW)
+def test_any_raw_header_is_refused_without_a_traceback(real, tmp_path, header_text):
+    model, _, _, sections = real
+    path = tmp_path / "raw.mem"
+    _write_raw(path, header_text, sections)
+    _check_one(model, path)
