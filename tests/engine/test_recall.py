@@ -271,3 +271,31 @@ def test_sources_and_pages_name_their_section(comma, tmp_path, capsys, monkeypat
     monkeypatch.setenv("COMMA_HOME", str(comma.library.folder))
     assert run(["ask", report["doc_id"], QUESTION]) == 0
     assert f"§ 3 Gates, p. {result.sources[0]['page']}:" in capsys.readouterr().out
+
+
+def _rewrite_pieces(path: Path, change) -> None:
+    """The store again, with a valid header checksum around a passage table its writer never makes."""
+    f = open_store(path, model_fingerprint="f" * 64, backend="fake")
+    header = {k: v for k, v in f.header.items() if k not in ("sections", "format_version")}
+    header["pieces"] = change([list(p) for p in header["pieces"]])
+    blobs = f.read(list(f.sections))
+    with StoreWriter(path) as writer:
+        for name, blob in blobs.items():
+            writer.add(name, blob)
+        writer.seal(header)
+        writer.commit()
+
+
+@pytest.mark.parametrize("change", [
+    pytest.param(lambda p: [[p[0][0], 10**15, p[0][2], 0], *p[1:]], id="a piece of 10^15 tokens"),
+    pytest.param(lambda p: [[p[0][0], float("inf"), p[0][2], 0], *p[1:]], id="Infinity tokens"),
+    pytest.param(lambda p: [p[0], [p[0][0], *p[1][1:]], *p[2:]], id="two pieces at one place"),
+    pytest.param(lambda p: [[p[0][0], p[0][1], 0, 0], *p[1:]], id="page 0"),
+])
+def test_a_crafted_passage_table_is_damage_and_the_answer_comes_from_the_memory(comma, read_doc, change):
+    store = Path(read_doc["recall_path"])
+    _rewrite_pieces(store, change)
+    crafted = store.read_bytes()
+    result = comma.ask(read_doc["doc_id"], QUESTION)
+    assert result.answer and result.recall is False and "unreadable passage table" in result.recall_reason
+    assert store.read_bytes() == crafted
