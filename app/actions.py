@@ -8,6 +8,7 @@ so the CLI can draw a bar and the window can run it in a worker thread with a Ca
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -57,6 +58,7 @@ class AskResult:
     model_reason: str | None = None  # why the small model answered although an answering model was expected
     read_on_the_spot: list[int] = field(default_factory=list)  # pages the answering model read for this answer
     sections: list[str | None] = field(default_factory=list)  # the section each of ``pages`` begins in
+    not_saved: str | None = None  # why the question and answer were not kept in the library
 
 
 @dataclass
@@ -183,32 +185,51 @@ class Comma:
         wants_store = recall and model.capabilities.recall and not parallel and chosen.describe()["name"] != "full"
         if existing and not force and Path(existing["path"]).is_file() and \
                 (self._store_matches(existing) or not wants_store):
-            self.library.add_document(document)  # the file may have moved since
+            if not self.library.read_only:
+                self.library.add_document(document)  # the file may have moved since
             return self._ingest_report(doc_id, document.title, document.pages, existing, time.perf_counter() - started,
                                        reused=True)
+        # A read-only or locked library is found now, not after a reading of minutes.
+        self.library.check_writable()
         target = self.library.memory_path(doc_id, key, model.fingerprint, model.backend)
         store_path = self.library.recall_path(target) if wants_store else None
         checkpoint = self.library.checkpoint_path(target) if resumable else None
         result = read(model, document, chosen, notes=notes, chunk=chunk, parallel=parallel, recall=store_path,
                       progress=progress, cancelled=cancelled, checkpoint=checkpoint)
         # The new store goes in beside the old pair under a name of its own; saving the memory is
-        # the switch; only then is the old store removed. A failure at any step leaves the
-        # previous memory and store as they were.
+        # the switch; only then is the old store removed. A failure at any step, the library's
+        # own write included, leaves the previous memory and store as they were.
+        previous = _keep_previous(target)
         try:
-            if result.recall is not None:
-                result.recall.commit()
             try:
+                if result.recall is not None:
+                    result.recall.commit()
                 size = result.memory.save(target)
+                self._save_record(model, document, key, chosen, target, store_path, size, result)
             except BaseException:
                 if store_path is not None:
                     store_path.unlink(missing_ok=True)
+                _restore_previous(target, previous)
                 raise
         finally:
             if result.recall is not None:
                 result.recall.discard()
-        # The library learns of the document only once its memory is on disk: a cancelled or
-        # failed read, or a full disk, leaves no trace.
-        self.library.add_document(document)
+            if previous is not None:
+                previous.unlink(missing_ok=True)
+        old_store = existing.get("recall_path") if existing else None
+        if old_store and old_store != (str(store_path) if store_path else None):
+            Path(old_store).unlink(missing_ok=True)
+        if checkpoint is not None:
+            read_checkpoint.remove(checkpoint)
+        saved = self.library.find_memory(doc_id, model.fingerprint, model.backend, key)
+        return self._ingest_report(doc_id, document.title, document.pages, saved, time.perf_counter() - started,
+                                   reused=False)
+
+    def _save_record(self, model, document, key: str, chosen, target: Path, store_path: Path | None, size: int,
+                     result) -> None:
+        """The library's rows for a memory now on disk: the library learns of the document only
+        then, so a cancelled or failed read, or a full disk, leaves no trace."""
+        doc_id = document_id(document)
         record = {
             "doc_id": doc_id, "model_fingerprint": model.fingerprint, "model_name": model.name,
             "backend": model.backend, "policy_key": key, "policy": json.dumps(chosen.describe()),
@@ -217,15 +238,9 @@ class Comma:
             "recall_path": str(store_path) if store_path else None,
             "recall_bytes": store_path.stat().st_size if store_path else None,
         }
-        self.library.save_memory(record, result.notes)
-        old_store = existing.get("recall_path") if existing else None
-        if old_store and old_store != record["recall_path"]:
-            Path(old_store).unlink(missing_ok=True)
-        if checkpoint is not None:
-            read_checkpoint.remove(checkpoint)
-        saved = self.library.find_memory(doc_id, model.fingerprint, model.backend, key)
-        return self._ingest_report(doc_id, document.title, document.pages, saved, time.perf_counter() - started,
-                                   reused=False)
+        with self.library.transaction():
+            self.library.add_document(document)
+            self.library.save_memory(record, result.notes)
 
     @staticmethod
     def _ingest_report(doc_id, title: str, pages: int, memory: dict, seconds: float, reused: bool) -> dict:
@@ -361,6 +376,9 @@ class Comma:
             # The notes are the small model's, taken while it read; the answering model writes better.
             text = summarize_notes(self.answerer or self.model, [n["text"] for n in notes], progress)
             pages = sorted({p for n in notes for p in range(n["first_page"], n["last_page"] + 1)})
+            if self.library.read_only:  # written, shown, not kept
+                return {"summary": text, "pages": pages, "seconds": round(time.perf_counter() - started, 3),
+                        "not_saved": "the library is read-only; this summary was not kept"}
             self.library.save_summary(record["id"], text, pages)
             saved = self.library.summary(record["id"])
         return {"summary": saved["text"], "pages": saved["pages"],
@@ -373,6 +391,32 @@ class Comma:
             for memory in doc["memories"]:
                 memory["missing"] = not Path(memory["path"]).is_file()
         return docs
+
+
+def _keep_previous(target: Path) -> Path | None:
+    """A second name for the memory at ``target`` (a hard link: no copy), so that it can be put
+    back if what replaces it is never recorded; None where there is none, or links are not
+    possible (the previous memory is then replaced as before)."""
+    if not target.is_file():
+        return None
+    previous = target.with_name(f".{target.name}.previous.tmp")
+    try:
+        previous.unlink(missing_ok=True)
+        os.link(target, previous)
+    except OSError:
+        return None
+    return previous
+
+
+def _restore_previous(target: Path, previous: Path | None) -> None:
+    """Put the previous memory back, or remove the new one that the library never recorded."""
+    try:
+        if previous is not None:
+            os.replace(previous, target)
+        else:
+            target.unlink(missing_ok=True)
+    except OSError:
+        pass
 
 
 def read_again(doc: dict) -> str:
@@ -434,8 +478,9 @@ class DocumentConversation:
             on_status: Callable[[str], None] | None = None, sampling: Sampling = Sampling()) -> AskResult:
         started = started if started is not None else time.perf_counter()
         library, doc = self.comma.library, self.doc
+        # A read-only library answers; the conversation is only not kept (session "" then).
         if session_id is None:
-            session_id = library.new_session(doc["id"], question)
+            session_id = "" if library.read_only else library.new_session(doc["id"], question)
         elif library.session(session_id)["doc_id"] != doc["id"]:
             raise LibraryError(f"session {session_id} belongs to another document")
         history = [{"role": m["role"], "content": m["content"]} for m in library.messages(session_id)]
@@ -465,14 +510,17 @@ class DocumentConversation:
             text = library.page_text(doc["id"], source["page"])
             source["section"] = library.section_at(doc["id"], source["page"], max(0, text.find(source["text"][:40])))
         answer = "".join(parts).strip()
-        library.add_message(session_id, "user", question)
-        library.add_message(session_id, "assistant", answer, pages, sources=sources)
+        if not library.read_only:
+            with library.transaction():
+                library.add_message(session_id, "user", question)
+                library.add_message(session_id, "assistant", answer, pages, sources=sources)
         seconds = time.perf_counter() - started
         reason = self.reason or (f"{conversation.recall_error}; {read_again(doc)}" if conversation.recall_error else None)
         return AskResult(answer, session_id, pages, round(ttft if ttft is not None else seconds, 3), round(seconds, 3),
                          sources, conversation.recall is not None or bool(spot), None if spot else reason,
                          self.role, self.model.name, self.comma.answerer_reason if self.role == "reading" else None,
-                         spot, [library.section_at(doc["id"], page) for page in pages])
+                         spot, [library.section_at(doc["id"], page) for page in pages],
+                         "the library is read-only; this conversation is not kept" if library.read_only else None)
 
     def close(self) -> None:
         if self._live is not None:

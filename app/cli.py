@@ -17,6 +17,7 @@ from engine.backends import ANSWERING, BACKENDS, default_answering
 from engine.conversation import RANKINGS
 from engine.documents import Limits
 from engine.errors import CommaError
+from engine.generate import MAX_TEMPERATURE, Sampling
 from engine.policy import DEFAULT_CAPACITY, POLICIES
 from engine.recall import DEFAULT_RANKING
 
@@ -74,6 +75,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ranking", choices=list(RANKINGS), default=DEFAULT_RANKING,
                    help="how the passages for the question are chosen among the pages that share its words: "
                         "words (the full-text index's order) or likelihood (the model ranks them; slower)")
+    default = Sampling()
+    p.add_argument("--temperature", type=float, default=default.temperature, metavar="T",
+                   help=f"0 (the default) answers greedily, the same answer every time; up to {MAX_TEMPERATURE:g} "
+                        "samples more freely")
+    p.add_argument("--top-p", type=float, default=default.top_p, metavar="P",
+                   help="with a temperature: sample only among the most likely tokens that make up P of the "
+                        "probability (default 1: all)")
+    p.add_argument("--seed", type=int, metavar="N", help="with a temperature: the same seed gives the same answer")
+    p.add_argument("--max-tokens", type=int, default=default.max_tokens, metavar="N",
+                   help=f"the longest answer, in tokens (default {default.max_tokens})")
     common(p)
 
     p = sub.add_parser("summarize", help="summarise a whole document from its reading notes")
@@ -178,23 +189,29 @@ def _dispatch(args) -> int:
     elif args.command == "ask":
         stream = None if args.json else (lambda text: (sys.stdout.write(text), sys.stdout.flush()))
         status = None if args.json else (lambda text: print(f"note: {text}", file=sys.stderr))
+        sampling = Sampling(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed)
         result = comma.ask(args.doc_id, args.question, args.session, on_text=stream, ranking=args.ranking,
-                           on_status=status)
+                           on_status=status, sampling=sampling)
         if args.json:
             print(json.dumps(result.__dict__, ensure_ascii=False))
         else:
-            print(f"\n[pages {', '.join(map(str, result.pages))} · session {result.session_id}]")
+            session = f" · session {result.session_id}" if result.session_id else ""
+            print(f"\n[pages {', '.join(map(str, result.pages))}{session}]")
             for source in result.sources:
                 print(f"  {citation(source['page'], source.get('section'))}: {source['text']}")
         if result.recall_reason:
             print(f"note: answered from the memory alone: {result.recall_reason}", file=sys.stderr)
         if result.model_reason:
             print(f"note: answered by the small model {result.model_name}: {result.model_reason}", file=sys.stderr)
+        if result.not_saved:
+            print(f"note: {result.not_saved}", file=sys.stderr)
     elif args.command == "summarize":
         with progress_bar(_show_bars(args), "part", "summarising") as bar:
             report = comma.summarize(args.doc_id, args.force, progress=bar)
         _print(args, report, lambda r: f"{r['summary']}\n[pages {r['pages'][0]}–{r['pages'][-1]}]"
                if r["pages"] else r["summary"])
+        if report.get("not_saved"):
+            print(f"note: {report['not_saved']}", file=sys.stderr)
     elif args.command == "list":
         docs = comma.list()
         _print(args, docs, _format_list)

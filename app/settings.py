@@ -18,6 +18,7 @@ from PySide6.QtWidgets import (
     QComboBox,
     QDialog,
     QDialogButtonBox,
+    QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
@@ -31,6 +32,7 @@ from PySide6.QtWidgets import (
 from app.faster_model import FasterModelRow
 from engine.backends import ANSWERING, BACKENDS, default_answering
 from engine.documents import Limits
+from engine.generate import MAX_TEMPERATURE, Sampling
 from engine.policy import DEFAULT_CAPACITY, POLICIES
 from storage.library import data_folder, models_folder
 
@@ -51,9 +53,19 @@ class Settings:
     max_expanded_mb: int = Limits.expanded_bytes // 1_000_000
     max_compression_ratio: int = Limits.compression_ratio
     ask_above_minutes: int = 10  # a reading expected to take longer asks first; 0: never ask
+    temperature: float = Sampling.temperature  # 0: greedy, the same answer every time
+    top_p: float = Sampling.top_p
+    max_answer_tokens: int = Sampling.max_tokens
 
     def library_folder(self) -> Path:
         return Path(self.data_folder).expanduser() if self.data_folder else data_folder()
+
+    def sampling(self) -> Sampling:
+        """How answers are generated; a hand-edited value out of range means the default."""
+        try:
+            return Sampling(max_tokens=self.max_answer_tokens, temperature=self.temperature, top_p=self.top_p)
+        except ValueError:
+            return Sampling()
 
     def limits(self) -> Limits:
         # 0 (or a hand-edited nonsense value) would refuse every file: it means the default.
@@ -83,6 +95,11 @@ def load(qs: QSettings | None = None) -> Settings:
         elif f.type in ("int", int):
             try:
                 values[f.name] = max(0, int(raw))
+            except ValueError:
+                pass
+        elif f.type in ("float", float):
+            try:
+                values[f.name] = max(0.0, float(raw))
             except ValueError:
                 pass
         else:
@@ -163,6 +180,10 @@ class SettingsDialog(QDialog):
         self.max_ratio = self._number(settings.max_compression_ratio, 2, 100_000, " × compression")
         self.ask_above = self._number(settings.ask_above_minutes, 0, 100_000, " minutes")
         self.ask_above.setSpecialValueText("never ask")
+        self.temperature = self._fraction(settings.temperature, 0.0, MAX_TEMPERATURE)
+        self.temperature.setSpecialValueText("0 (greedy: the same answer every time)")
+        self.top_p = self._fraction(settings.top_p, 0.01, 1.0)
+        self.max_answer = self._number(settings.max_answer_tokens, 1, 100_000, " tokens")
 
         self.faster = FasterModelRow(models_folder(settings.library_folder()))
         self.faster.use_copy.connect(self.model.setText)
@@ -185,6 +206,10 @@ class SettingsDialog(QDialog):
         form.addRow("Word files up to", self.max_expanded)
         form.addRow("Word files packed at most", self.max_ratio)
         form.addRow("Ask before readings over", self.ask_above)
+        form.addRow(QLabel("Answers"))
+        form.addRow("Temperature", self.temperature)
+        form.addRow("Top-p (with a temperature)", self.top_p)
+        form.addRow("Longest answer", self.max_answer)
         form.addRow(QLabel("A new model, backend or data folder applies to the next reading or question;\n"
                            "policy and cache size apply to the next document read."))
         buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel)
@@ -198,6 +223,15 @@ class SettingsDialog(QDialog):
         box.setRange(low, high)
         box.setGroupSeparatorShown(True)
         box.setSuffix(suffix)
+        box.setValue(value)
+        return box
+
+    @staticmethod
+    def _fraction(value: float, low: float, high: float) -> QDoubleSpinBox:
+        box = QDoubleSpinBox()
+        box.setRange(low, high)
+        box.setDecimals(2)
+        box.setSingleStep(0.05)
         box.setValue(value)
         return box
 
@@ -229,4 +263,5 @@ class SettingsDialog(QDialog):
                         notes=self.notes.isChecked(), data_folder=self.folder.text().strip(),
                         max_pages=self.max_pages.value(), max_million_chars=self.max_chars.value(),
                         max_expanded_mb=self.max_expanded.value(), max_compression_ratio=self.max_ratio.value(),
-                        ask_above_minutes=self.ask_above.value())
+                        ask_above_minutes=self.ask_above.value(), temperature=self.temperature.value(),
+                        top_p=self.top_p.value(), max_answer_tokens=self.max_answer.value())

@@ -115,8 +115,12 @@ class MainWindow(QMainWindow):
             self.library_panel.select(last)
         elif self.library_panel.doc_ids():
             self.library_panel.select(self.library_panel.doc_ids()[0])
-        self.statusBar().showMessage(f"Library: {self.library.folder}")
         self.deep_jobs: dict[str, Job] = {}
+        if self.library.read_only:
+            self.statusBar().showMessage(f"Library: {self.library.folder} (read-only: documents can be read and "
+                                         "asked about; nothing new is kept)")
+            return
+        self.statusBar().showMessage(f"Library: {self.library.folder}")
         # Deep reads that a restart, a crash or a cancel left unfinished go on in the background.
         for doc_id in self.library_panel.doc_ids():
             self.deep_read(doc_id)
@@ -410,7 +414,9 @@ class MainWindow(QMainWindow):
         if self.doc is None or self.doc["id"] != result["doc_id"]:
             return  # the person moved on to another document; the answer is saved in its session
         self.conversation.end_answer(result)
-        self.conversation.set_sessions(self.library.sessions(result["doc_id"]), result["session_id"])
+        self.conversation.set_sessions(self.library.sessions(result["doc_id"]), result["session_id"] or None)
+        if result.get("not_saved"):
+            self.statusBar().showMessage(result["not_saved"][:1].upper() + result["not_saved"][1:])
 
     def _not_answered(self, job: Job, message: str, stopped: bool = False) -> None:
         self.asking = None

@@ -322,14 +322,18 @@ class Engine(QObject):
         return Job("deep", work, doc_id=doc_id)
 
     def ask(self, doc_id: str, question: str, session_id: str | None) -> Job:
+        sampling = self.settings.sampling()
+
         def work(job: Job, comma: Comma) -> dict:
             self._answering.set()
             try:
                 result = comma.ask(doc_id, question, session_id, on_text=job.report_text,
-                                   should_stop=job.is_cancelled, live=True, on_status=job.report_notice)
+                                   should_stop=job.is_cancelled, live=True, on_status=job.report_notice,
+                                   sampling=sampling)
             finally:
                 self._answering.clear()
-            comma.library.set_last_answer_seconds(result.session_id, result.seconds)
+            if result.not_saved is None:
+                comma.library.set_last_answer_seconds(result.session_id, result.seconds)
             return {**result.__dict__, "stopped": job.is_cancelled(), "doc_id": doc_id, "question": question}
 
         return Job("ask", work, doc_id=doc_id, question=question, session_id=session_id)

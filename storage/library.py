@@ -14,6 +14,7 @@ is newest first) and the time each answer took. Version 2 added each memory's re
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import sqlite3
@@ -52,17 +53,40 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
+def _read_only_failure(exc: Exception) -> bool:
+    """Whether opening failed only because the data folder or database cannot be written."""
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM)
+    return isinstance(exc, sqlite3.OperationalError) and "readonly" in str(exc)
+
+
 class Library:
+    """``read_only``: the data folder cannot be written (a read-only mount, a backup opened in
+    place); the library then lists, searches and answers, and every write is refused with a
+    LibraryError saying so, before any long work starts (``check_writable``)."""
+
     def __init__(self, folder: Path | None = None):
         self.folder = Path(folder) if folder else data_folder()
         self.memories_folder = self.folder / "memories"
-        database = self.folder / "library.db"
+        self.models_folder = models_folder(self.folder)
+        self.read_only = False
+        self.database = self.folder / "library.db"
         try:
-            self._open(database)
+            try:
+                self._open(self.database)
+            except (sqlite3.DatabaseError, OSError) as exc:
+                if not (_read_only_failure(exc) and self.database.is_file()):
+                    raise
+                self._close_connection()
+                self._open_read_only(self.database)
         except (sqlite3.DatabaseError, OSError) as exc:
-            if getattr(self, "db", None) is not None:
-                self.db.conn.close()
-            raise self._refusal(database, exc) from exc
+            self._close_connection()
+            raise self._refusal(self.database, exc) from exc
+
+    def _close_connection(self) -> None:
+        if getattr(self, "db", None) is not None:
+            self.db.conn.close()
+            del self.db
 
     def _refusal(self, database: Path, exc: Exception) -> LibraryError:
         """A sentence for what stopped the library from opening."""
@@ -87,7 +111,6 @@ class Library:
         for private, mode in ((self.folder, 0o700), (self.memories_folder, 0o700), (database, 0o600)):
             with contextlib.suppress(OSError):  # a folder on a file system without modes (FAT, a share)
                 private.chmod(mode)
-        self.models_folder = models_folder(self.folder)
         # The window reads the library while its workers write it, each on its own connection:
         # write-ahead logging lets readers go on during a write, and a writer waits its turn.
         self.db = sqlite_utils.Database(sqlite3.connect(database, timeout=BUSY_TIMEOUT_S))
@@ -99,6 +122,46 @@ class Library:
         self._create_tables()
         self._migrate()
         self.remove_stale_temporaries()
+
+    def _open_read_only(self, database: Path) -> None:
+        # immutable: nothing can change a file on a read-only mount, and SQLite then needs no
+        # -shm file beside it (which it could not create there) to read a WAL database.
+        self.db = sqlite_utils.Database(sqlite3.connect(f"{database.resolve().as_uri()}?mode=ro&immutable=1", uri=True))
+        verdict = self.db.execute("PRAGMA quick_check(1)").fetchone()[0]
+        if verdict != "ok":
+            raise sqlite3.DatabaseError(verdict)
+        if self.schema_version != SCHEMA_VERSION or not self.db["documents"].exists():
+            raise LibraryError(f"the library {database} is read-only and was made by another version of Comma "
+                               f"(schema {self.schema_version}, this one needs {SCHEMA_VERSION}), so it cannot be "
+                               "brought up to date; open it where it can be written, or choose another (COMMA_HOME)")
+        self.read_only = True
+
+    def _write_refusal(self, exc: sqlite3.Error) -> LibraryError:
+        """A sentence for a write the database refused; nothing of that write was kept."""
+        text = str(exc)
+        if self.read_only or "readonly" in text:
+            return LibraryError(f"the library {self.database} is read-only, so nothing can be saved to it; "
+                                "open it where it can be written, or choose another (COMMA_HOME)")
+        if "locked" in text or "busy" in text:
+            return LibraryError(f"the library {self.database} is in use by another program that is writing to it; "
+                                "nothing was saved; try again when it is done")
+        if "full" in text:
+            return LibraryError(f"not enough disk space to save to the library {self.database}; nothing was saved")
+        return LibraryError(f"the library {self.database} could not be written ({text}); nothing was saved")
+
+    def check_writable(self, wait_s: float = 2.0) -> None:
+        """Raise LibraryError now, before a reading of minutes, if its result could not be saved:
+        the library is read-only, or another program holds its write lock."""
+        if self.read_only:
+            raise self._write_refusal(sqlite3.OperationalError("readonly"))
+        self.db.execute(f"PRAGMA busy_timeout = {int(wait_s * 1000)}")
+        try:
+            self.db.conn.execute("BEGIN IMMEDIATE")
+            self.db.conn.rollback()
+        except sqlite3.Error as exc:
+            raise self._write_refusal(exc) from exc
+        finally:
+            self.db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
 
     @property
     def schema_version(self) -> int:
@@ -173,21 +236,30 @@ class Library:
     # documents -------------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _writing(self):
+    def transaction(self):
         """One write transaction, all or nothing, holding the write lock from its start (BEGIN
         IMMEDIATE): sqlite-utils commits each statement made outside a transaction on its own,
-        and a deferred transaction that reads first can fail when it comes to write."""
-        self.db.conn.execute("BEGIN IMMEDIATE")
-        try:
+        and a deferred transaction that reads first can fail when it comes to write. Inside
+        another, it is part of that one (a caller can make several writes one)."""
+        if self.read_only:
+            raise self._write_refusal(sqlite3.OperationalError("readonly"))
+        if self.db.conn.in_transaction:
             yield
-        except BaseException:
-            self.db.conn.rollback()
-            raise
-        self.db.conn.commit()
+            return
+        try:
+            self.db.conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                self.db.conn.rollback()
+                raise
+            self.db.conn.commit()
+        except sqlite3.Error as exc:
+            raise self._write_refusal(exc) from exc
 
     def add_document(self, document) -> str:
         doc_id = document_id(document)
-        with self._writing():
+        with self.transaction():
             # Insert-or-ignore, then update: a check before the insert would race another process
             # adding the same file (IntegrityError).
             self.db["documents"].insert({
@@ -246,7 +318,7 @@ class Library:
             return False
         if document.sha256 != doc["sha256"]:
             return False
-        with self._writing():
+        with self.transaction():
             self._insert_pages(doc_id, document)
         return True
 
@@ -299,7 +371,7 @@ class Library:
         """Forget a document: its pages, memories (and their files), notes, summaries, sessions."""
         doc = self.document(doc_id)
         memories = self.memories(doc["id"])
-        with self._writing():
+        with self.transaction():
             for m in memories:
                 self.db["notes"].delete_where("memory_id = ?", [m["id"]])
                 self.db["summaries"].delete_where("memory_id = ?", [m["id"]])
@@ -397,7 +469,7 @@ class Library:
         """Insert or replace the memory row for its (document, model, backend, policy), with notes."""
         row = {**record, "created": _now()}
         key = ("doc_id", "model_fingerprint", "backend", "policy_key")
-        with self._writing():
+        with self.transaction():
             # One statement inserts or replaces the row: a look-up first would race another
             # process saving the same memory (IntegrityError on the unique index).
             names = ", ".join(f"[{name}]" for name in row)
@@ -420,8 +492,9 @@ class Library:
         return list(self.db["notes"].rows_where("memory_id = ?", [memory_id], order_by="idx"))
 
     def save_summary(self, memory_id: int, text: str, pages: list[int]) -> None:
-        self.db["summaries"].upsert({"memory_id": memory_id, "text": text, "pages": json.dumps(pages),
-                                     "created": _now()}, pk="memory_id")
+        with self.transaction():
+            self.db["summaries"].upsert({"memory_id": memory_id, "text": text, "pages": json.dumps(pages),
+                                         "created": _now()}, pk="memory_id")
 
     def summary(self, memory_id: int) -> dict | None:
         rows = list(self.db["summaries"].rows_where("memory_id = ?", [memory_id]))
@@ -434,8 +507,9 @@ class Library:
     def new_session(self, doc_id: str, title: str) -> str:
         session_id = uuid.uuid4().hex[:12]
         now = _now()
-        self.db["sessions"].insert({"id": session_id, "doc_id": doc_id, "title": " ".join(title.split())[:80],
-                                    "created": now, "updated": now})
+        with self.transaction():
+            self.db["sessions"].insert({"id": session_id, "doc_id": doc_id, "title": " ".join(title.split())[:80],
+                                        "created": now, "updated": now})
         return session_id
 
     def sessions(self, doc_id: str) -> list[dict]:
@@ -448,11 +522,12 @@ class Library:
 
     def rename_session(self, session_id: str, title: str) -> None:
         self.session(session_id)
-        self.db["sessions"].update(session_id, {"title": " ".join(title.split())[:80]})
+        with self.transaction():
+            self.db["sessions"].update(session_id, {"title": " ".join(title.split())[:80]})
 
     def remove_session(self, session_id: str) -> None:
         self.session(session_id)
-        with self._writing():
+        with self.transaction():
             self.db["messages"].delete_where("session_id = ?", [session_id])
             self.db["sessions"].delete_where("id = ?", [session_id])
 
@@ -465,7 +540,7 @@ class Library:
     def add_message(self, session_id: str, role: str, content: str, pages: list[int] | None = None,
                     seconds: float | None = None, sources: list[dict] | None = None) -> None:
         now = _now()
-        with self._writing():
+        with self.transaction():
             self.db["messages"].insert({"session_id": session_id, "role": role, "content": content,
                                         "pages": json.dumps(pages or []), "created": now, "seconds": seconds,
                                         "sources": json.dumps(sources or [])})
@@ -473,10 +548,10 @@ class Library:
 
     def set_last_answer_seconds(self, session_id: str, seconds: float) -> None:
         """Record how long the session's latest answer took (the window shows it)."""
-        self.db.execute("""update messages set seconds = ? where id = (
-                               select max(id) from messages where session_id = ? and role = 'assistant')""",
-                        [seconds, session_id])
-        self.db.conn.commit()
+        with self.transaction():
+            self.db.execute("""update messages set seconds = ? where id = (
+                                   select max(id) from messages where session_id = ? and role = 'assistant')""",
+                            [seconds, session_id])
 
     def messages(self, session_id: str) -> list[dict]:
         rows = self.db["messages"].rows_where("session_id = ?", [session_id], order_by="id")

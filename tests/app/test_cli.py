@@ -244,7 +244,7 @@ def test_ask_follow_up_and_summary_leave_the_memory_untouched(lib, capsys):
     assert code == 0, err
     first = json.loads(out)
     assert set(first) == {"answer", "session_id", "pages", "ttft_s", "seconds", "sources", "recall", "recall_reason",
-                          "model", "model_name", "model_reason", "read_on_the_spot", "sections"}
+                          "model", "model_name", "model_reason", "read_on_the_spot", "sections", "not_saved"}
     # The tests run the small model alone (COMMA_ANSWERING=off): it answers, and that is no failure.
     assert first["model"] == "reading" and first["model_reason"] is None and first["read_on_the_spot"] == []
     assert first["answer"] and first["pages"] and 0 < first["ttft_s"] <= first["seconds"]
@@ -448,3 +448,13 @@ def test_memory_of_the_original_weights_asks_for_a_new_reading(tmp_path, capsys,
     assert again["reused"] is False
     code, out, err = cli(capsys, "ask", report["doc_id"], "What is it about?", "--json")
     assert code == 0, err
+
+
+@pytest.mark.parametrize("flag, value, words", [
+    ("--temperature", "3", "temperature must be between 0 and 2"),
+    ("--top-p", "0", "top-p must be above 0"),
+    ("--max-tokens", "0", "answer length must be between 1"),
+])
+def test_generation_flags_out_of_range_are_one_error_line(home, capsys, flag, value, words):
+    code, _, err = cli(capsys, "ask", "abc", "Anything?", flag, value)
+    assert_user_error(code, err, words)

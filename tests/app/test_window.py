@@ -300,6 +300,42 @@ def test_settings_and_recent_files_persist(home):
     assert settings_store.recent_files() == ["/a.pdf", "/b.pdf"]
 
 
+def test_answer_settings_are_kept_edited_and_reach_the_question(qtbot, home):
+    from app.settings import SettingsDialog
+    from engine.generate import Sampling
+
+    settings_store.save(Settings(temperature=0.7, top_p=0.9, max_answer_tokens=400))
+    loaded = settings_store.load()
+    assert (loaded.temperature, loaded.top_p, loaded.max_answer_tokens) == (0.7, 0.9, 400)
+    assert loaded.sampling() == Sampling(max_tokens=400, temperature=0.7, top_p=0.9)
+    assert Settings(temperature=7.0).sampling() == Sampling(), "a hand-edited value out of range means the default"
+    dialog = SettingsDialog(loaded)
+    qtbot.addWidget(dialog)
+    dialog.temperature.setValue(0.0)
+    dialog.max_answer.setValue(64)
+    chosen = dialog.result_settings()
+    assert chosen.sampling() == Sampling(max_tokens=64, top_p=0.9)
+    from app.workers import Engine
+
+    class Recorder:
+        """Stands in for the lane's Comma: keeps what the question was asked with."""
+
+        seen: list = []
+
+        def ask(self, *args, **kwargs):
+            self.seen.append(kwargs["sampling"])
+            raise RuntimeError("recorded")
+
+    engine = Engine(chosen)
+    try:
+        job = engine.ask("doc", "question?", None)
+        with pytest.raises(RuntimeError, match="recorded"):
+            job._work(job, Recorder())
+    finally:
+        engine.shutdown()
+    assert Recorder.seen == [chosen.sampling()]
+
+
 def test_screenshot_option_parses():
     from app.cli import build_parser
 
