@@ -94,6 +94,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("list", help="documents in the library and their memories")
     common(p, model=False)
+
+    p = sub.add_parser("models", help="the models to choose from (--model PATH): the bundled one and the models folder's")
+    common(p, model=False)
+
+    p = sub.add_parser("download", help="download a GGUF model from Hugging Face into the data folder's models")
+    p.add_argument("repo_id", help="the repository, owner/name (e.g. bartowski/Qwen2.5-7B-Instruct-GGUF)")
+    p.add_argument("filename", help="the .gguf file in it (e.g. Qwen2.5-7B-Instruct-Q4_K_M.gguf)")
+    p.add_argument("--revision", help="a branch, tag or commit (default: main)")
+    p.add_argument("--token", help="an access token, for a gated or private repository (or set HF_TOKEN)")
+    p.add_argument("--endpoint", metavar="URL", help="a mirror of the hub (default: HF_ENDPOINT, else huggingface.co)")
+    common(p, model=False)
     return parser
 
 
@@ -215,6 +226,25 @@ def _dispatch(args) -> int:
     elif args.command == "list":
         docs = comma.list()
         _print(args, docs, _format_list)
+    elif args.command == "models":
+        from engine.model_catalog import model_choices
+
+        choices = model_choices(comma.library.models_folder)
+        _print(args, [c.as_json() for c in choices], lambda _: _format_models(choices, comma.library.models_folder))
+    elif args.command == "download":
+        from engine.model_download import download_model
+
+        try:
+            with progress_bar(_show_bars(args), "B", "download") as bar:
+                path = download_model(args.repo_id, args.filename, comma.library.models_folder,
+                                      revision=args.revision, progress=bar, token=args.token,
+                                      endpoint=args.endpoint)
+        except KeyboardInterrupt:
+            print("error: interrupted; what arrived is kept: the same command resumes the download", file=sys.stderr)
+            return 130
+        _print(args, {"path": str(path), "bytes": path.stat().st_size},
+               lambda r: f"{_printable(r['path'])} ({r['bytes'] / 1e6:,.0f} MB)\n"
+                         f"read with it: comma ingest FILE --model {_printable(r['path'])}")
     return 0
 
 
@@ -247,6 +277,16 @@ def _format_ingest(report: dict) -> str:
                 + (f" + recall store {r['recall_bytes'] / 1e6:.0f} MB" if r["recall_bytes"] else "")
                 + f"{' (already read)' if r['reused'] else ''} in {r['seconds']:.1f} s"
                 + (f"  [{label}: {r['model']}]" if "deep" in report else ""))
+    return "\n".join(lines)
+
+
+def _format_models(choices, folder) -> str:
+    lines = [f"Models folder: {_printable(folder)} (comma download REPO FILE puts a model there)"]
+    for c in choices:
+        lines.append(f"{'  ' if c.usable else '✗ '}{_printable(c.summary())}")
+        lines.append(f"    {_printable(c.path)}")
+        if c.problem:
+            lines.append(f"    cannot be used: {_printable(c.problem)}")
     return "\n".join(lines)
 
 

@@ -154,7 +154,10 @@ class LibraryPanel(QWidget):
             item.setData(DOC_ROLE, d["id"])
             item.setData(Qt.ItemDataRole.UserRole + 4, f"{d['title']}\n{d['pages']} page{'s' * (d['pages'] != 1)} · {state}")
             self._label(item)
-            item.setToolTip(d["path"])
+            # Memories of every model that read the document stay; the tooltip names them, so a
+            # document read with another model than the one chosen now is not a mystery.
+            models = sorted({m["model_name"] for m in memories})
+            item.setToolTip(d["path"] + (f"\nread by: {', '.join(models)}" if models else ""))
             self.list.addItem(item)
             if d["id"] == current:
                 chosen = item

@@ -30,6 +30,7 @@ from PySide6.QtWidgets import (
 )
 
 from app.faster_model import FasterModelRow
+from app.model_picker import ModelList
 from engine.backends import ANSWERING, BACKENDS, default_answering
 from engine.documents import Limits
 from engine.generate import MAX_TEMPERATURE, Sampling
@@ -185,6 +186,8 @@ class SettingsDialog(QDialog):
         self.top_p = self._fraction(settings.top_p, 0.01, 1.0)
         self.max_answer = self._number(settings.max_answer_tokens, 1, 100_000, " tokens")
 
+        self.models = ModelList(models_folder(settings.library_folder()))
+        self.models.chosen.connect(self.model.setText)
         self.faster = FasterModelRow(models_folder(settings.library_folder()))
         self.faster.use_copy.connect(self.model.setText)
         self.model.textChanged.connect(self.faster.check)
@@ -194,6 +197,7 @@ class SettingsDialog(QDialog):
         form = QFormLayout(self)
         form.addRow("Model file", self._with_browse(self.model, self._browse_model))
         form.addRow("", self.faster)
+        form.addRow("Models", self.models)
         form.addRow("Backend", self.backend)
         form.addRow("Answering model", self.answering)
         form.addRow("Memory policy", self.policy)

@@ -43,3 +43,11 @@ def bundled_model_copy():
     from engine.gguf.fast_weights import fast_model_path
 
     fast_model_path(source, Path(os.environ["COMMA_MODELS"]))
+
+
+@pytest.fixture
+def hub(monkeypatch):
+    """A local stand-in for the Hugging Face hub (tests/hub_server.py), for this test alone."""
+    from tests.hub_server import serve
+
+    yield from serve(monkeypatch)

@@ -25,11 +25,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from gguf import GGUFReader
-
 from engine.atomic import temporary_beside, write_bytes
 from engine.errors import ModelError
 from engine.gguf.model import llama
+from engine.gguf.model_info import read_model_info
 from engine.models import fingerprint
 
 FAST_TYPES = frozenset({
@@ -65,15 +64,10 @@ class SourceInfo:
 
 def inspect(path: Path) -> SourceInfo:
     """The weight type and size of ``path`` from its GGUF header (no tensor is read)."""
-    try:
-        reader = GGUFReader(path)
-        field = reader.fields.get("general.file_type")
-        ftype = int(field.contents()) if field is not None else -1
-        n_params = sum(int(t.n_elements) for t in reader.tensors)
-    except (OSError, ValueError, KeyError, IndexError) as exc:
-        raise ModelError(f"could not read the header of {path.name}: {exc}") from exc
+    info = read_model_info(path)
+    ftype = info.file_type
     name = (llama.llama_ftype_name(ftype) or b"unknown").decode() if ftype >= 0 else "unknown"
-    return SourceInfo(ftype, name, n_params)
+    return SourceInfo(ftype, name, info.n_params)
 
 
 def copy_paths(source: Path, folder: Path, source_fingerprint: str) -> tuple[Path, Path]:

@@ -13,20 +13,14 @@ from pathlib import Path
 import numpy as np
 
 from engine.errors import MemoryFileError, ModelError
+from engine.gguf.chat_template import ChatTemplate
 from engine.gguf.context import GGUFCache
+from engine.gguf.model_info import read_model_info, refusal
 from engine.gguf.native import llama
 from engine.gguf.sequence_state import cell_positions
 from engine.models import fingerprint, resolve_model_path
 from engine.protocols import Capabilities
 from engine.vocabulary import PieceVocabulary
-
-# Families whose KV cache is one plain attention cache: a middle range can be removed and the
-# rest re-positioned. Sliding-window, hybrid and recurrent families cannot (llama.cpp refuses
-# a partial removal there), so a separator-compressed memory is impossible for them.
-EVICTABLE_ARCHITECTURES = frozenset(
-    {"llama", "qwen2", "qwen3", "mistral", "mistral3", "granite", "olmo", "olmo2", "phi3",
-     "internlm2", "deepseek", "minicpm", "stablelm", "starcoder2", "smollm3", "exaone"}
-)
 
 
 class GGUFModel(PieceVocabulary):
@@ -42,20 +36,20 @@ class GGUFModel(PieceVocabulary):
         memories made with that model can be told apart from a mismatch (engine.gguf.fast_weights)."""
         self.path: Path = resolve_model_path(path)
         self.derived_from = derived_from
+        # The header is checked by our own reader first: llama.cpp gives no reason for a file it
+        # cannot load, and loads some models whose cache Comma could not compress.
+        self.info = read_model_info(self.path)
+        reason = refusal(self.info)
+        if reason is not None:
+            raise ModelError(reason)
         params = llama.llama_model_default_params()
         params.n_gpu_layers = 0
         self.ptr = llama.llama_model_load_from_file(str(self.path).encode(), params)
         if not self.ptr:
             raise ModelError(f"llama.cpp could not load {self.path}; the file may be damaged")
         self.vocab = llama.llama_model_get_vocab(self.ptr)
-        self.architecture = self.meta("general.architecture") or "unknown"
-        if self.architecture not in EVICTABLE_ARCHITECTURES:
-            raise ModelError(
-                f"{self.path.name} is a {self.architecture!r} model, whose KV cache cannot be partially "
-                "removed, so Comma cannot keep a compressed memory with it; use a Llama, Qwen2/3 "
-                "or Mistral-family GGUF"
-            )
-        self.name = self.meta("general.name") or self.path.stem
+        self.architecture = self.info.architecture
+        self.name = self.info.name
         self.n_vocab = llama.llama_vocab_n_tokens(self.vocab)
         self.n_ctx_train = llama.llama_model_n_ctx_train(self.ptr)
         self.n_layer = llama.llama_model_n_layer(self.ptr)
@@ -89,11 +83,6 @@ class GGUFModel(PieceVocabulary):
         peak = logits.max(axis=1, keepdims=True)
         log_norm = np.log(np.exp(logits - peak).sum(axis=1)) + peak[:, 0]
         return logits[np.arange(len(targets)), targets] - log_norm
-
-    def meta(self, key: str) -> str | None:
-        buf = ctypes.create_string_buffer(4096)
-        n = llama.llama_model_meta_val_str(self.ptr, key.encode(), buf, len(buf))
-        return buf.value.decode("utf-8", "replace") if n >= 0 else None
 
     @cached_property
     def fingerprint(self) -> str:
@@ -133,27 +122,18 @@ class GGUFModel(PieceVocabulary):
             n = llama.llama_tokenize(self.vocab, data, len(data), buf, capacity, add_bos, special)
         return np.ctypeslib.as_array(buf)[:n].astype(np.int32)
 
+    @cached_property
+    def chat(self) -> ChatTemplate:
+        """The renderer of this model's prompts; its ``fallback_reason`` is worth a log line."""
+        eos = llama.llama_vocab_eos(self.vocab)
+        return ChatTemplate(self.chat_template, self._token_text(self.bos), self._token_text(eos),
+                            adds_bos=bool(llama.llama_vocab_get_add_bos(self.vocab)))
+
+    def _token_text(self, token: int) -> str:
+        if token < 0:  # the vocabulary has no such token
+            return ""
+        return (llama.llama_vocab_get_text(self.vocab, token) or b"").decode("utf-8", "replace")
+
     def apply_chat_template(self, messages: list[dict[str, str]], add_assistant: bool) -> str:
-        """Render ``messages`` with the model's template (llama.cpp's built-in renderer)."""
-        chat = (llama.llama_chat_message * len(messages))()
-        keep = []
-        for slot, m in zip(chat, messages, strict=True):
-            role, content = m["role"].encode(), m["content"].encode()
-            keep += [role, content]
-            slot.role, slot.content = role, content
-
-        buf = ctypes.create_string_buffer(4096 + 2 * sum(len(b) for b in keep))
-
-        def render(template: bytes) -> int:
-            nonlocal buf
-            n = llama.llama_chat_apply_template(template, chat, len(messages), add_assistant, buf, len(buf))
-            if n > len(buf):
-                buf = ctypes.create_string_buffer(n)
-                n = llama.llama_chat_apply_template(template, chat, len(messages), add_assistant, buf, n)
-            return n
-
-        n = render((self.chat_template or "chatml").encode())
-        if n < 0:
-            # A template llama.cpp does not recognise: ChatML is the most widely trained fallback.
-            n = render(b"chatml")
-        return buf.raw[:n].decode("utf-8")
+        """Render ``messages`` with the model's own template (engine.gguf.chat_template)."""
+        return self.chat.render(messages, add_assistant)

@@ -387,16 +387,14 @@ def test_full_disk_keeps_the_previous_memory(lib, capsys, monkeypatch):
     assert not [p for p in Path(report["memory_path"]).parent.iterdir() if p.name.endswith(".tmp")]
 
 
-@pytest.mark.model
-def test_model_whose_cache_cannot_be_evicted_is_refused(monkeypatch):
-    from engine.errors import ModelError
-    from engine.gguf.model import GGUFModel
+def test_model_whose_cache_cannot_be_evicted_is_one_error_line(tmp_path, home, capsys):
+    from tests.tiny_gguf import write_gguf
 
-    real_meta = GGUFModel.meta
-    monkeypatch.setattr(GGUFModel, "meta", lambda self, key: "gemma3" if key == "general.architecture"
-                        else real_meta(self, key))
-    with pytest.raises(ModelError, match="cannot be partially removed"):
-        GGUFModel()
+    model = write_gguf(tmp_path / "g.gguf", "gemma3", metadata={"{arch}.attention.sliding_window": 512})
+    doc = tmp_path / "a.txt"
+    doc.write_text("Some text to read.")
+    code, _, err = cli(capsys, "ingest", doc, "--model", model)
+    assert_user_error(code, err, "cannot be partially removed")
 
 
 @pytest.mark.model
@@ -458,3 +456,18 @@ def test_memory_of_the_original_weights_asks_for_a_new_reading(tmp_path, capsys,
 def test_generation_flags_out_of_range_are_one_error_line(home, capsys, flag, value, words):
     code, _, err = cli(capsys, "ask", "abc", "Anything?", flag, value)
     assert_user_error(code, err, words)
+
+
+def test_download_puts_a_model_in_the_data_folder_and_a_failure_is_one_line(home, hub, capsys):
+    from storage.library import models_folder
+    from tests.hub_server import FILE, MODEL, REPO
+
+    code, out, err = cli(capsys, "download", REPO, FILE, "--endpoint", hub.endpoint, "--json")
+    assert code == 0, err
+    path = Path(json.loads(out)["path"])
+    assert path.read_bytes() == MODEL and path.is_relative_to(models_folder(home))
+    assert [r[1] for r in hub.requests if "agent" in r[1]] == [], "no telemetry request"
+    code, _, err = cli(capsys, "download", REPO, "missing.gguf", "--endpoint", hub.endpoint)
+    assert_user_error(code, err, "has no file missing.gguf")
+    code, _, err = cli(capsys, "download", "not a repo", FILE)
+    assert_user_error(code, err, "is not a Hugging Face repository id")
