@@ -28,6 +28,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--screenshot", metavar="OUT.png",
                         help="with no command: open the window offscreen (reading --open FILE if given), "
                              "save a picture of it to OUT.png once the reading ends, and exit")
+    parser.add_argument("--ask", metavar="QUESTION", help="with --screenshot: ask this after the reading, "
+                                                          "and take the picture once it is answered")
+    parser.add_argument("--summarize", action="store_true",
+                        help="with --screenshot: summarise the document after the reading, then take the picture")
+    parser.add_argument("--while-reading", action="store_true",
+                        help="with --screenshot: take the picture a third of the way through the reading")
     sub = parser.add_subparsers(dest="command")
 
     def common(p, model=True):
@@ -178,7 +184,7 @@ def _dispatch(args) -> int:
     if args.command is None:
         from app.window import open_window
 
-        return open_window(args.open, args.screenshot)
+        return open_window(args.open, args.screenshot, args.ask, args.summarize, args.while_reading)
 
     from app.actions import Comma, citation
 

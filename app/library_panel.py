@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtGui import QAction, QColor
+from PySide6.QtGui import QAction
 from PySide6.QtWidgets import (
     QHBoxLayout,
     QLabel,
@@ -16,9 +16,12 @@ from PySide6.QtWidgets import (
     QMenu,
     QProgressBar,
     QPushButton,
+    QSizePolicy,
     QVBoxLayout,
     QWidget,
 )
+
+from app import theme
 
 DOC_ROLE = Qt.ItemDataRole.UserRole
 PENDING_ROLE = Qt.ItemDataRole.UserRole + 1
@@ -31,6 +34,32 @@ def _duration(seconds: float) -> str:
         f"{seconds // 60}:{seconds % 60:02d}"
 
 
+class ElidedLabel(QLabel):
+    """One line of plain text cut with "…" to the width it is given, the whole in its tooltip: a
+    long title or progress line must not widen the pane the person sized (it asks for no width)."""
+
+    def __init__(self):
+        super().__init__()
+        self.setTextFormat(Qt.TextFormat.PlainText)  # titles and file names come from documents
+        self.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        self._full = ""
+
+    def setText(self, text: str) -> None:  # type: ignore[override]  # keeps the whole text too
+        self._full = text
+        self.setToolTip(text)
+        self._elide()
+
+    def text(self) -> str:  # type: ignore[override]  # what was set, not the cut line shown
+        return self._full
+
+    def resizeEvent(self, event) -> None:
+        super().resizeEvent(event)
+        self._elide()
+
+    def _elide(self) -> None:
+        super().setText(self.fontMetrics().elidedText(self._full, Qt.TextElideMode.ElideRight, max(self.width(), 20)))
+
+
 class ReadingProgress(QWidget):
     """A bar with pages, tokens, tokens/s and ETA for the reading in progress, and Cancel."""
 
@@ -38,14 +67,10 @@ class ReadingProgress(QWidget):
 
     def __init__(self):
         super().__init__()
-        # Titles and file names come from documents: shown as plain text, never as rich text.
-        self.title = QLabel()
-        self.title.setTextFormat(Qt.TextFormat.PlainText)
-        self.title.setWordWrap(True)
+        self.title = ElidedLabel()
         self.bar = QProgressBar()
         self.bar.setTextVisible(True)
-        self.detail = QLabel()
-        self.detail.setTextFormat(Qt.TextFormat.PlainText)
+        self.detail = ElidedLabel()
         self.cancel = QPushButton("Cancel")
         self.cancel.clicked.connect(self.cancelRequested)
         row = QHBoxLayout()
@@ -217,7 +242,7 @@ class LibraryPanel(QWidget):
             return
         item.setText(f"{name}\n{state}")
         item.setData(Qt.ItemDataRole.UserRole + 3, name)
-        item.setForeground(QColor("#b00020") if failed else QColor("#1d5fbf"))
+        item.setForeground(theme.status_colour(self.palette(), failed))
         item.setToolTip(state)
 
     def pending_name(self, key: object) -> str:

@@ -207,6 +207,13 @@ class PageCanvas(QWidget):
                 painter.setBrush(Qt.BrushStyle.NoBrush)
                 painter.setPen(QPen(QColor("#f0a500"), 3))
                 painter.drawRect(rect.adjusted(-2, -2, 2, 2))
+            if view.read_upto is not None and index >= view.read_upto:
+                # Pages the reading has not reached yet: veiled, so how far it has got shows.
+                painter.fillRect(rect, QColor(91, 95, 102, 120))
+                if index == view.read_upto:
+                    painter.setPen(QColor("#ffffff"))
+                    painter.drawText(rect.adjusted(0, 12, 0, 0), Qt.AlignmentFlag.AlignHCenter | Qt.AlignmentFlag.AlignTop,
+                                     "not read yet")
 
 
 class PageView(QScrollArea):
@@ -220,6 +227,7 @@ class PageView(QScrollArea):
         self.placeholder = "Drop a PDF, TXT, MD or DOCX file here, or use File → Open."
         self.marks: dict[int, list[QRectF]] = {}
         self.cited_page: int | None = None  # 0-based
+        self.read_upto: int | None = None  # while a reading goes on: how many pages it has read
         self._tops: list[int] = []
         self._cache: OrderedDict[tuple[int, float], QImage] = OrderedDict()
         self.canvas = PageCanvas(self)
@@ -233,7 +241,7 @@ class PageView(QScrollArea):
         if self.source is not None:
             self.source.close()
         self.source = source
-        self.marks, self.cited_page = {}, None
+        self.marks, self.cited_page, self.read_upto = {}, None, None
         self._cache.clear()
         self._layout()
         self.verticalScrollBar().setValue(0)
@@ -356,18 +364,29 @@ class Viewer(QWidget):
         self.find_edit.setClearButtonEnabled(True)
         self.find_edit.returnPressed.connect(lambda: self.find(self.find_edit.text()))
         self.find_label = QLabel("")
+        self.reading_label = QLabel("")
+        self.controls = [
+            self.page,
+            button("−", "Zoom out (Ctrl+-)", lambda: self.view.set_zoom(self.view.zoom / 1.2)),
+            button("+", "Zoom in (Ctrl++)", lambda: self.view.set_zoom(self.view.zoom * 1.2)),
+            button("Fit", "Fit the width", lambda: self.view.set_zoom(1.0, fit_width=True)),
+            self.find_edit,
+            button("▲", "Previous match (Shift+F3)", lambda: self.next_match(-1)),
+            button("▼", "Next match (F3)", lambda: self.next_match(1)),
+        ]
+        page, zoom_out, zoom_in, fit, find, previous, following = self.controls
         bar = QHBoxLayout()
         bar.setContentsMargins(6, 4, 6, 4)
-        bar.addWidget(self.page)
+        bar.addWidget(page)
         bar.addWidget(self.pages_label)
         bar.addSpacing(12)
-        bar.addWidget(button("−", "Zoom out (Ctrl+-)", lambda: self.view.set_zoom(self.view.zoom / 1.2)))
-        bar.addWidget(button("+", "Zoom in (Ctrl++)", lambda: self.view.set_zoom(self.view.zoom * 1.2)))
-        bar.addWidget(button("Fit", "Fit the width", lambda: self.view.set_zoom(1.0, fit_width=True)))
+        for b in (zoom_out, zoom_in, fit):
+            bar.addWidget(b)
+        bar.addWidget(self.reading_label)
         bar.addStretch(1)
-        bar.addWidget(self.find_edit, 2)
-        bar.addWidget(button("▲", "Previous match (Shift+F3)", lambda: self.next_match(-1)))
-        bar.addWidget(button("▼", "Next match (F3)", lambda: self.next_match(1)))
+        bar.addWidget(find, 2)
+        bar.addWidget(previous)
+        bar.addWidget(following)
         bar.addWidget(self.find_label)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
@@ -378,6 +397,13 @@ class Viewer(QWidget):
         QShortcut(QKeySequence.StandardKey.ZoomOut, self, lambda: self.view.set_zoom(self.view.zoom / 1.2))
         QShortcut(QKeySequence.StandardKey.FindNext, self, lambda: self.next_match(1))
         QShortcut(QKeySequence.StandardKey.FindPrevious, self, lambda: self.next_match(-1))
+        self._enable(False)
+
+    def _enable(self, has_pages: bool) -> None:
+        """Page, zoom and find act on pages: without a document they are off, not "Page 0 of 0"."""
+        for control in self.controls:
+            control.setEnabled(has_pages)
+        self.pages_label.setVisible(has_pages)
 
     def show_document(self, doc: dict | None, texts: list[str],
                       ocr_lines: dict[int, list[OcrLine]] | None = None) -> None:
@@ -399,9 +425,18 @@ class Viewer(QWidget):
             if source is None:
                 self.view.placeholder = f"{doc['title']}: the file is gone and the library has no page text."
         self.view.set_source(source)
+        self.reading_label.setText("")
         count = source.count if source else 0
         self.page.setRange(1 if count else 0, count)
         self.pages_label.setText(f"of {count}")
+        self._enable(count > 0)
+
+    def set_reading(self, pages_read: int | None) -> None:
+        """Mark how far a reading of the shown document has got (None: it is not being read)."""
+        self.view.read_upto = pages_read
+        count = self.view.source.count if self.view.source else 0
+        self.reading_label.setText("" if pages_read is None else f"read to p. {min(pages_read, count)} of {count}")
+        self.view.canvas.update()
 
     def _page_changed(self, page: int) -> None:
         self.page.blockSignals(True)

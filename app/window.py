@@ -15,8 +15,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from PySide6.QtCore import Qt, QTimer
-from PySide6.QtGui import QAction, QKeySequence
+from PySide6.QtCore import QByteArray, Qt, QTimer
+from PySide6.QtGui import QAction, QKeySequence, QShortcut
 from PySide6.QtWidgets import (
     QApplication,
     QFileDialog,
@@ -33,9 +33,11 @@ from PySide6.QtWidgets import (
 )
 
 from app import settings as settings_store
+from app import theme
 from app.conversation_panel import ConversationPanel
 from app.export import session_markdown
 from app.library_panel import LibraryPanel
+from app.qt_platform import startup_problem
 from app.settings import Settings, SettingsDialog
 from app.viewer import Viewer
 from app.workers import Engine, Job
@@ -66,8 +68,9 @@ class Banner(QFrame):
         self.hide()
 
     def show_message(self, text: str, error: bool = True) -> None:
-        colour = "#fde7e9; color: #7a0010" if error else "#e8f1fd; color: #0b3d91"
-        self.setStyleSheet(f"QFrame#banner {{ background: {colour}; border-radius: 4px; }}")
+        background, colour = theme.banner_colours(self.palette(), error)
+        self.setStyleSheet(f"QFrame#banner {{ background: {background}; border-radius: 4px; }} "
+                           f"QFrame#banner QLabel {{ color: {colour}; }}")
         self.label.setText(text)
         self.show()
 
@@ -86,6 +89,11 @@ class MainWindow(QMainWindow):
         self.doc: dict | None = None
         self.reading: Job | None = None  # the reading shown in the progress bar
         self.asking: Job | None = None
+        # The file being read that the middle pane shows until its reading ends; a reading shows
+        # itself there only if no document was opened since it was queued.
+        self.previewing: Job | None = None
+        self._opened = 0
+        self._queued_at: dict[Job, int] = {}
 
         self.banner = Banner()
         self.library_panel = LibraryPanel()
@@ -100,6 +108,10 @@ class MainWindow(QMainWindow):
         splitter.setStretchFactor(2, 3)
         splitter.setSizes([280, 640, 420])
         self.splitter = splitter
+        saved = settings_store.recall("splitter")
+        if saved:
+            splitter.restoreState(QByteArray.fromBase64(saved.encode()))
+        splitter.splitterMoved.connect(lambda *_: self._remember_layout())
         central = QWidget()
         layout = QVBoxLayout(central)
         layout.setContentsMargins(4, 4, 4, 4)
@@ -108,6 +120,7 @@ class MainWindow(QMainWindow):
         self.setCentralWidget(central)
         self._menus()
         self._connect()
+        self._keys()
         self.resize(1360, 820)
         self.refresh_library()
         last = settings_store.recall("document")
@@ -144,8 +157,31 @@ class MainWindow(QMainWindow):
         doc.addAction(QAction("&Summarize", self, triggered=lambda: self.summarize()))
         doc.addAction(QAction("Summarize &Again", self, triggered=lambda: self.summarize(force=True)))
         doc.addAction(QAction("&Read Again", self, triggered=lambda: self.doc and self.read_again(self.doc["id"])))
-        doc.addAction(QAction("&Find…", self, shortcut=QKeySequence.StandardKey.Find,
-                              triggered=lambda: self.viewer.find_edit.setFocus()))
+        doc.addAction(QAction("&Find…", self, shortcut=QKeySequence.StandardKey.Find, triggered=self.find_in_document))
+        help_menu = self.menuBar().addMenu("&Help")
+        help_menu.addAction(QAction("&Keys…", self, shortcut=QKeySequence.StandardKey.HelpContents,
+                                    triggered=self.show_help))
+
+    def _keys(self) -> None:
+        """Shortcuts beyond the menus' (Ctrl+O, Ctrl+F, Ctrl+E, Ctrl+Q), F1 to list them all, and a
+        Tab order that goes library → document → conversation."""
+        QShortcut(QKeySequence("Ctrl+L"), self, self.conversation.question.setFocus)
+        QShortcut(QKeySequence(Qt.Key.Key_Escape), self, self.stop_answer)
+        lp, viewer, conv = self.library_panel, self.viewer, self.conversation
+        chain = [lp.search_edit, lp.list, viewer.page, viewer.find_edit, conv.sessions, conv.question, conv.ask_button]
+        for first, second in zip(chain, chain[1:], strict=False):
+            self.setTabOrder(first, second)
+
+    def show_help(self) -> None:
+        if getattr(self, "help_dialog", None) is None:
+            self.help_dialog = QMessageBox(QMessageBox.Icon.Information, "Comma: keys", _help_text(), parent=self)
+            self.help_dialog.setTextFormat(Qt.TextFormat.RichText)  # our own text, no document's
+            self.help_dialog.setModal(False)
+        self.help_dialog.show()
+
+    def find_in_document(self) -> None:
+        self.viewer.find_edit.setFocus()
+        self.viewer.find_edit.selectAll()
 
     def _connect(self) -> None:
         lp, conv = self.library_panel, self.conversation
@@ -184,6 +220,8 @@ class MainWindow(QMainWindow):
             self.error(str(exc))
             return
         self.doc = doc
+        self._opened += 1
+        self.previewing = None
         if not self.library.ensure_pages(doc_id):
             self.statusBar().showMessage(f"{doc['path']} is gone or changed; showing what the library keeps")
         self.viewer.show_document(doc, self.library.page_texts(doc_id),
@@ -267,6 +305,7 @@ class MainWindow(QMainWindow):
                 continue
             settings_store.add_recent(path)
             job = self.engine.read(path, force)
+            self._queued_at[job] = self._opened
             name = Path(path).name
             self.library_panel.add_pending(job, name)
             job.started.connect(lambda job=job: self._reading_started(job))
@@ -307,9 +346,19 @@ class MainWindow(QMainWindow):
     def _reading_described(self, job: Job, info: dict) -> None:
         self.library_panel.progress.describe(info)
         self.library_panel.set_pending(job, info["title"], f"{info['pages']} pages · loading the model…")
+        if self._queued_at.get(job) == self._opened:  # nothing opened since: show what is being read
+            self.previewing = job
+            self.doc = None
+            self.viewer.show_document(info, info["texts"])
+            self.viewer.set_reading(0)
+            self.conversation.set_document(None, [], None)
+            self.setWindowTitle(f"{info['title']} (reading) — Comma")
 
     def _reading_progress(self, job: Job, done: int, total: int) -> None:
         text = self.library_panel.progress.update_progress(done, total)
+        if self.previewing is job:
+            pages = self.viewer.view.source.count if self.viewer.view.source else 0
+            self.viewer.set_reading(done * pages // max(total, 1))
         self.library_panel.set_pending(job, self.library_panel.pending_name(job),
                                        f"reading {100 * done // max(total, 1)}% · {text}")
 
@@ -318,14 +367,16 @@ class MainWindow(QMainWindow):
         self.statusBar().showMessage(text[:1].upper() + text[1:])
 
     def _reading_finished(self, job: Job) -> None:
+        self._queued_at.pop(job, None)
         if self.reading is job:
             self.reading = None
             self.library_panel.progress.finish()
 
     def _reading_done(self, job: Job, report: dict) -> None:
+        shown = self.previewing is job
         self._reading_finished(job)
         self.library_panel.remove_pending(job)
-        select = report["doc_id"] if self.doc is None or self.doc["id"] == report["doc_id"] else None
+        select = report["doc_id"] if shown or self.doc is None or self.doc["id"] == report["doc_id"] else None
         self.refresh_library(select)
         if select and (self.doc is None or self.doc["id"] != select):
             self.open_document(select)
@@ -378,12 +429,21 @@ class MainWindow(QMainWindow):
         return self.engine.start(job)
 
     def _reading_failed(self, job: Job, message: str) -> None:
+        self._end_preview(job)
         self._reading_finished(job)
         name = self.library_panel.pending_name(job) or Path(job.info["path"]).name
         self.library_panel.set_pending(job, name, f"could not read: {message}", failed=True)
         self.error(f"Could not read {name}: {message}")
 
+    def _end_preview(self, job: Job) -> None:
+        """A reading that was shown ended without a document: the middle pane empties again."""
+        if self.previewing is job:
+            self.previewing = None
+            self.viewer.show_document(None, [])
+            self.setWindowTitle("Comma")
+
     def _reading_cancelled(self, job: Job, message: str) -> None:
+        self._end_preview(job)
         self._reading_finished(job)
         name = self.library_panel.pending_name(job)
         self.library_panel.remove_pending(job)
@@ -531,18 +591,47 @@ class MainWindow(QMainWindow):
 
     # closing ---------------------------------------------------------------------------------
 
+    def _remember_layout(self) -> None:
+        settings_store.remember("splitter", bytes(self.splitter.saveState().toBase64().data()).decode())
+
     def closeEvent(self, event) -> None:
+        self._remember_layout()
         self.engine.shutdown()
         super().closeEvent(event)
 
 
-def open_window(path: str | None = None, screenshot: str | None = None) -> int:
-    """Open the window (reading ``path`` if given). With ``screenshot``, run offscreen, wait for the
-    reading to end, save a picture of the window there and exit (status 1 if the reading failed)."""
+KEYS = [
+    ("Ctrl+O", "open documents to read"),
+    ("Ctrl+F", "find in the document; F3 / Shift+F3: next / previous match"),
+    ("Ctrl+L", "go to the question box; Enter asks, Shift+Enter starts a new line"),
+    ("Esc", "stop the answer (what was said so far is kept)"),
+    ("Ctrl+E", "export the conversation as Markdown"),
+    ("Ctrl++ / Ctrl+-", "zoom the pages in / out"),
+    ("Tab", "from the library to the document to the conversation"),
+    ("F1", "this list"),
+]
+
+
+def _help_text() -> str:
+    rows = "".join(f"<tr><td><b>{key}</b>&nbsp;&nbsp;</td><td>{what}</td></tr>" for key, what in KEYS)
+    return f"<table>{rows}</table>"
+
+
+def open_window(path: str | None = None, screenshot: str | None = None, ask: str | None = None,
+                summarize: bool = False, while_reading: bool = False) -> int:
+    """Open the window (reading ``path`` if given). With ``screenshot``, run offscreen, save a
+    picture of the window there and exit (status 1 if the work failed): once the reading ends;
+    or, with ``while_reading``, once it is a third done; with ``ask`` or ``summarize``, once that
+    question is answered or the summary written after the reading."""
     if screenshot:
         os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    # Missing X libraries or no display: one sentence saying what to install, not Qt's abort.
+    if problem := startup_problem():
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     app = QApplication.instance() or QApplication(sys.argv)
     app.setApplicationName("Comma")
+    theme.follow_system(app)
     try:
         window = MainWindow()
     except CommaError as exc:  # the library cannot be opened: say why, and how to go on
@@ -565,8 +654,33 @@ def open_window(path: str | None = None, screenshot: str | None = None) -> int:
         status["code"] = 1 if failed else 0
         QTimer.singleShot(800, shoot)
 
-    def watch(job: Job) -> None:
+    def watch_work(job: Job | None) -> None:
+        if job is None:
+            ended(True)
+            return
         job.finished.connect(lambda _: ended())
+        job.failed.connect(lambda _: ended(True))
+        job.cancelled.connect(lambda _: ended(True))
+
+    def read(_report: dict) -> None:
+        # The document opens when its reading ends; the question or summary follows it.
+        QApplication.processEvents()
+        watch_work(window.ask(ask) if ask else window.summarize())
+
+    def third(done: int, total: int) -> None:
+        if status.get("shot") is None and done * 3 >= total:
+            status["shot"] = 1
+            QTimer.singleShot(300, shoot)
+
+    def watch(job: Job) -> None:
+        if while_reading:
+            job.progress.connect(third)
+            # A memory that is reused reports no progress: the picture is then of the document read.
+            job.finished.connect(lambda _: status.get("shot") is None and ended())
+        elif ask or summarize:
+            job.finished.connect(lambda report: QTimer.singleShot(200, lambda: read(report)))
+        else:
+            job.finished.connect(lambda _: ended())
         job.failed.connect(lambda _: ended(True))
         job.cancelled.connect(lambda _: ended(True))
 

@@ -284,7 +284,10 @@ class Engine(QObject):
                 path, progress=lambda done, total: job.report_notice(
                     f"reading the text of scanned pages (OCR): {done} of {total} done"),
                 cancelled=job.is_cancelled)
-            job.described.emit({"title": document.title, "pages": document.pages, "path": str(document.path)})
+            # The page text goes along so that the window can show the document while it is read.
+            job.described.emit({"title": document.title, "pages": document.pages, "path": str(document.path),
+                                "kind": document.kind,
+                                "texts": [document.page_text(p) for p in range(1, document.pages + 1)]})
             stop_reading_if(job.is_cancelled)
             if s.ask_above_minutes and (force or not comma.has_reading(document, s.policy, s.cache or None)):
                 minutes = comma.reading_estimate(document) / 60

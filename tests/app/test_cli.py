@@ -471,3 +471,16 @@ def test_download_puts_a_model_in_the_data_folder_and_a_failure_is_one_line(home
     assert_user_error(code, err, "has no file missing.gguf")
     code, _, err = cli(capsys, "download", "not a repo", FILE)
     assert_user_error(code, err, "is not a Hugging Face repository id")
+
+
+def test_screenshots_of_a_reading_an_answer_and_a_summary(tmp_path, monkeypatch, capsys):
+    from tests.fakes import use_fake_model, write_doc
+
+    use_fake_model(monkeypatch, token_seconds=0)
+    monkeypatch.setenv("COMMA_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("QT_QPA_PLATFORM", "offscreen")
+    doc = write_doc(tmp_path / "harbour.txt")
+    for i, extra in enumerate([["--while-reading"], ["--ask", "Where do boats moor?"], ["--summarize"], []]):
+        shot = tmp_path / f"shot{i}.png"
+        code, _, err = cli(capsys, "--open", doc, "--screenshot", shot, *extra)
+        assert code == 0 and shot.stat().st_size > 10_000, (extra, err)
