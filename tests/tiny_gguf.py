@@ -24,20 +24,11 @@ def write_gguf(path: Path, arch: str = "llama", *, metadata: dict[str, Any] | No
     """A GGUF file of ``arch`` that llama.cpp need not load; ``metadata`` keys may hold ``{arch}``,
     and its ints are written as UINT32, its lists as arrays. ``None`` leaves a key out."""
     writer = GGUFWriter(path, arch)
-    if name is not None:
-        writer.add_name(name)
-    if context is not None:
-        writer.add_context_length(context)
-    if layers is not None:
-        writer.add_block_count(layers)
-    if heads is not None:
-        writer.add_head_count(heads)
-    if kv_heads is not None:
-        writer.add_head_count_kv(kv_heads)
-    if file_type is not None:
-        writer.add_file_type(file_type)
-    if chat_template is not None:
-        writer.add_chat_template(chat_template)
+    for value, add in ((name, writer.add_name), (context, writer.add_context_length), (layers, writer.add_block_count),
+                       (heads, writer.add_head_count), (kv_heads, writer.add_head_count_kv),
+                       (file_type, writer.add_file_type), (chat_template, writer.add_chat_template)):
+        if value is not None:
+            add(value)
     for key, value in (metadata or {}).items():
         _add(writer, key.format(arch=arch), value)
     default = {"token_embd.weight": np.zeros((32, 8), np.float32), "blk.0.attn_q.weight": np.zeros((8, 8), np.float16)}
