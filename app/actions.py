@@ -112,7 +112,9 @@ class Comma:
     def read_file(self, path: str | Path, progress: Progress | None = None,
                   cancelled: Callable[[], bool] | None = None) -> Document:
         """The document in a file, within this Comma's limits (DocumentError says why not).
-        Scanned pages are read by OCR once (``progress`` in pages) and kept in the library."""
+        Scanned pages are read by OCR once (``progress`` in pages) and kept in the library.
+        It is read to be kept: a library that cannot keep it is found first, before any OCR."""
+        self.library.check_writable()
         return read_document(path, self.limits, self.library.ocr_cache_path, progress, cancelled)
 
     def has_reading(self, document: Document, policy: str = "sepllm", cache: int | None = None) -> bool:
@@ -199,6 +201,7 @@ class Comma:
         # The new store goes in beside the old pair under a name of its own; saving the memory is
         # the switch; only then is the old store removed. A failure at any step, the library's
         # own write included, leaves the previous memory and store as they were.
+        existed = target.is_file()
         previous = _keep_previous(target)
         try:
             try:
@@ -209,7 +212,7 @@ class Comma:
             except BaseException:
                 if store_path is not None:
                     store_path.unlink(missing_ok=True)
-                _restore_previous(target, previous)
+                _restore_previous(target, previous, existed)
                 raise
         finally:
             if result.recall is not None:
@@ -396,10 +399,11 @@ class Comma:
 def _keep_previous(target: Path) -> Path | None:
     """A second name for the memory at ``target`` (a hard link: no copy), so that it can be put
     back if what replaces it is never recorded; None where there is none, or links are not
-    possible (the previous memory is then replaced as before)."""
+    possible (FAT, some shares). Its suffix is not one the library's clean-up of stale saves
+    removes by age: a link carries the old memory's times."""
     if not target.is_file():
         return None
-    previous = target.with_name(f".{target.name}.previous.tmp")
+    previous = target.with_name(f".{target.name}.previous")
     try:
         previous.unlink(missing_ok=True)
         os.link(target, previous)
@@ -408,12 +412,14 @@ def _keep_previous(target: Path) -> Path | None:
     return previous
 
 
-def _restore_previous(target: Path, previous: Path | None) -> None:
-    """Put the previous memory back, or remove the new one that the library never recorded."""
+def _restore_previous(target: Path, previous: Path | None, existed: bool) -> None:
+    """Put the previous memory back; without a second name for it, remove the new file only if
+    there was none before (where there was, the failed save left it, or its successor, in place:
+    either still belongs to the document the library records)."""
     try:
         if previous is not None:
             os.replace(previous, target)
-        else:
+        elif not existed:
             target.unlink(missing_ok=True)
     except OSError:
         pass

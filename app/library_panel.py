@@ -213,6 +213,12 @@ class LibraryPanel(QWidget):
         item = self.list.currentItem()
         return item.data(DOC_ROLE) if item is not None else None
 
+    def clear_selection(self) -> None:
+        """No document chosen (another thing is shown); a click on any then opens it."""
+        self.list.blockSignals(True)
+        self.list.setCurrentRow(-1)
+        self.list.blockSignals(False)
+
     def select(self, doc_id: str) -> bool:
         for row in range(self.list.count()):
             if self.list.item(row).data(DOC_ROLE) == doc_id:

@@ -30,6 +30,9 @@ from engine.errors import CommaError
 from engine.model_catalog import model_choices
 
 PATH_ROLE = Qt.ItemDataRole.UserRole + 1
+# Downloads cancelled but not yet stopped (a dead connection waits for its timeout): a QThread
+# destroyed while it runs would abort the process.
+_unfinished: set[QThread] = set()
 
 
 class ModelList(QWidget):
@@ -167,7 +170,11 @@ class DownloadDialog(QDialog):
         """Stop a download under way (what arrived is kept for next time), then close."""
         if self.thread is not None and self.thread.isRunning():
             self.thread.cancel_requested = True
-            self.thread.wait()
+            # Cancel is seen at the next chunk; a dead connection may take its timeout first, and
+            # the window must not freeze meanwhile: the thread then ends on its own.
+            if not self.thread.wait(2000):
+                _unfinished.add(self.thread)  # kept alive until it ends, after this dialog is gone
+                self.thread.finished.connect(lambda thread=self.thread: _unfinished.discard(thread))
         self.reject()
 
     def closeEvent(self, event) -> None:

@@ -10,6 +10,8 @@ neutral grey that suits both.
 
 from __future__ import annotations
 
+import sys
+
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QColor, QGuiApplication, QPalette
 from PySide6.QtWidgets import QApplication, QStyleFactory
@@ -60,7 +62,10 @@ def apply(app: QApplication, scheme: Qt.ColorScheme | None = None) -> None:
 
 
 def follow_system(app: QApplication) -> None:
-    """Apply the system's scheme now and whenever it changes."""
+    """On Linux, apply the system's scheme now and whenever it changes. macOS and Windows keep
+    their native style, which follows the system's scheme by itself."""
+    if not sys.platform.startswith("linux"):
+        return
     apply(app)
     QGuiApplication.styleHints().colorSchemeChanged.connect(lambda scheme: apply(app, scheme))
 

@@ -92,6 +92,7 @@ class MainWindow(QMainWindow):
         # The file being read that the middle pane shows until its reading ends; a reading shows
         # itself there only if no document was opened since it was queued.
         self.previewing: Job | None = None
+        self._before_preview: str | None = None
         self._opened = 0
         self._queued_at: dict[Job, int] = {}
 
@@ -202,6 +203,15 @@ class MainWindow(QMainWindow):
         conv.deleteRequested.connect(self.delete_session)
         conv.citationClicked.connect(self.viewer.show_citation)
 
+    def _write(self, change: Callable[[], None]) -> bool:
+        """Make a change to the library, or show why it could not be made (read-only, locked)."""
+        try:
+            change()
+        except CommaError as exc:
+            self.error(str(exc))
+            return False
+        return True
+
     def error(self, message: str) -> None:
         self.banner.show_message(message, error=True)
 
@@ -258,7 +268,8 @@ class MainWindow(QMainWindow):
                                       f"Forget “{doc['title']}”, its memories and its conversations? "
                                       "The file itself stays where it is.")
         if answer == QMessageBox.StandardButton.Yes:
-            self.library.remove_document(doc_id)
+            if not self._write(lambda: self.library.remove_document(doc_id)):
+                return
             if self.doc and self.doc["id"] == doc_id:
                 self.doc = None
                 self.viewer.show_document(None, [])
@@ -346,12 +357,17 @@ class MainWindow(QMainWindow):
     def _reading_described(self, job: Job, info: dict) -> None:
         self.library_panel.progress.describe(info)
         self.library_panel.set_pending(job, info["title"], f"{info['pages']} pages · loading the model…")
-        if self._queued_at.get(job) == self._opened:  # nothing opened since: show what is being read
+        # Show what is being read, unless a document was opened since it was queued, a question
+        # is being answered, or it is the open document read again (its memory still answers).
+        if self._queued_at.get(job) == self._opened and self.asking is None and not job.info.get("force"):
             self.previewing = job
+            self._before_preview = self.doc["id"] if self.doc else None
             self.doc = None
             self.viewer.show_document(info, info["texts"])
             self.viewer.set_reading(0)
             self.conversation.set_document(None, [], None)
+            self.conversation.show_messages([])
+            self.library_panel.clear_selection()  # so that a click on the document shown before opens it
             self.setWindowTitle(f"{info['title']} (reading) — Comma")
 
     def _reading_progress(self, job: Job, done: int, total: int) -> None:
@@ -436,11 +452,15 @@ class MainWindow(QMainWindow):
         self.error(f"Could not read {name}: {message}")
 
     def _end_preview(self, job: Job) -> None:
-        """A reading that was shown ended without a document: the middle pane empties again."""
+        """A reading that was shown ended without a document (it failed, was cancelled or not
+        wanted): the document shown before comes back, or the pane empties."""
         if self.previewing is job:
             self.previewing = None
             self.viewer.show_document(None, [])
             self.setWindowTitle("Comma")
+            if self._before_preview is not None and self._before_preview in self.library_panel.doc_ids():
+                self.library_panel.select(self._before_preview)
+                self.open_document(self._before_preview)
 
     def _reading_cancelled(self, job: Job, message: str) -> None:
         self._end_preview(job)
@@ -551,7 +571,8 @@ class MainWindow(QMainWindow):
             if not ok:
                 return
         if title.strip():
-            self.library.rename_session(session_id, title)
+            if not self._write(lambda: self.library.rename_session(session_id, title)):
+                return
             self.conversation.set_sessions(self.library.sessions(self.doc["id"]), session_id)
 
     def delete_session(self, confirm: bool = True) -> None:
@@ -563,7 +584,8 @@ class MainWindow(QMainWindow):
                 f"Delete “{self.library.session(session_id)['title']}” and its messages?"
         ) != QMessageBox.StandardButton.Yes:
             return
-        self.library.remove_session(session_id)
+        if not self._write(lambda: self.library.remove_session(session_id)):
+            return
         self.conversation.set_sessions(self.library.sessions(self.doc["id"]), None)
         self.choose_session(None)
 

@@ -299,7 +299,7 @@ class Engine(QObject):
             return comma.ingest(document, s.policy, s.cache or None, force=force, notes=s.notes,
                                 progress=job.report_progress, cancelled=job.is_cancelled, deep=False)
 
-        return Job("read", work, path=path)
+        return Job("read", work, path=path, force=force)
 
     def deep_read(self, doc_id: str) -> Job:
         """The answering model's reading of a document, in the background: at a lower CPU

@@ -45,6 +45,8 @@ def choose(logits: np.ndarray, sampling: Sampling, rng: np.random.Generator) -> 
     scaled = logits.astype(np.float64) / sampling.temperature
     probs = np.exp(scaled - scaled.max())
     probs /= probs.sum()
+    if sampling.top_p >= 1.0:  # no nucleus: no sort of a whole vocabulary on every token
+        return int(rng.choice(len(probs), p=probs))
     order = np.argsort(probs)[::-1]
     # Keep tokens until their mass reaches top_p, the one that crosses it included.
     kept = order[:int(np.searchsorted(np.cumsum(probs[order]), sampling.top_p)) + 1]

@@ -73,6 +73,9 @@ def _check_header(header: dict) -> None:
     for name, kind in _OPTIONAL.items():
         if name in header:
             _check_type(name, header[name], kind)
+    for name, value in header["policy"].items():
+        if name != "name":  # every size of a policy is a whole number; Infinity would not be
+            _check_type(f"policy.{name}", value, int)
     try:
         policy_from_description(header["policy"])
     except (KeyError, TypeError, ValueError):
@@ -115,8 +118,14 @@ def _check_chunks(header: dict, n: int) -> None:
     if not chunks or sum(chunks) != n:
         raise _Unusable(f"its chunks add up to {sum(chunks)} slots, not its {n}")
     # A chunk's row held the prompt and at most parallel_chunk_tokens of the document.
-    if max(chunks) > header["parallel_chunk_tokens"] + header.get("prompt_tokens", 0):
+    prompt = header.get("prompt_tokens", 0)
+    if max(chunks) > header["parallel_chunk_tokens"] + prompt:
         raise _Unusable("a chunk holds more slots than a chunk of its read can")
+    # Chunks are scored side by side in rows as long as the longest: rows of a real read are
+    # alike (the first also holds the prompt, the last may be short), so the rows' cells stay
+    # near the slot count; a crafted skew would ask for rows x longest.
+    if len(chunks) * max(chunks) > 2 * n + max(chunks) + len(chunks) * prompt:
+        raise _Unusable("its chunks are of lengths no parallel read makes")
 
 
 def _check_slots(header: dict, sections: dict[str, bytes], n: int) -> None:

@@ -217,6 +217,9 @@ def _transfer(meta: HfFileMetadata, url: str, part: Path, filename: str, token: 
                      displayed_filename=filename, tqdm_class=_progress_bar(filename, progress, cancelled))
             out.flush()
             os.fsync(out.fileno())
+    except ValueError as exc:  # http_get refuses a file over 50 GB without hf_xet
+        raise ModelError(f"{filename} cannot be downloaded this way ({exc}); download it with a browser "
+                         "and give Comma its path") from None
     except HfHubHTTPError as exc:
         # Most often a signed CDN address that expired; the next call asks the hub for a fresh one.
         raise ModelError(f"the hub's file server answered HTTP {exc.response.status_code} while sending "

@@ -84,7 +84,7 @@ def load(path: Path, read_identity: dict, with_store: bool) -> Checkpoint | None
             return None
         return Checkpoint(int(state["done"]), memory, state["store"], [list(map(int, p)) for p in state["pieces"]],
                           int(state["passage_tokens"]), list(state["notes"]), int(state["note_last"]))
-    except (MemoryFileError, OSError, KeyError, TypeError, ValueError):
+    except (MemoryFileError, OSError, KeyError, TypeError, ValueError, OverflowError):  # int(Infinity)
         return None
 
 

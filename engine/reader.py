@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from engine import read_checkpoint
-from engine.errors import CommaError, stop_reading_if
+from engine.errors import CommaError, MemoryFileError, stop_reading_if
 from engine.generate import Sampling, generate_text
 from engine.memory import Memory, page_of
 from engine.memory_file import StoreWriter
@@ -200,6 +200,11 @@ def read(model: Model, document, policy: Policy, *, notes: bool = True, chunk: i
     chunk = policy.max_chunk(chunk)
     read_identity = read_checkpoint.identity(model, document, policy, chunk)
     resume = read_checkpoint.load(checkpoint, read_identity, recall is not None) if checkpoint is not None else None
+    if resume is not None:
+        try:
+            model.check_state(resume.cache.state, resume.cache.kept_tokens)
+        except MemoryFileError:
+            resume = None
     if checkpoint is not None and resume is None:
         read_checkpoint.remove(checkpoint)  # another read's, or damaged: begin again
     with model.new_cache(n_ctx, chunk) as cache:

@@ -22,6 +22,7 @@ import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.request import pathname2url
 
 import platformdirs
 import sqlite_utils
@@ -124,13 +125,24 @@ class Library:
         self.remove_stale_temporaries()
 
     def _open_read_only(self, database: Path) -> None:
-        # immutable: nothing can change a file on a read-only mount, and SQLite then needs no
-        # -shm file beside it (which it could not create there) to read a WAL database.
-        self.db = sqlite_utils.Database(sqlite3.connect(f"{database.resolve().as_uri()}?mode=ro&immutable=1", uri=True))
-        verdict = self.db.execute("PRAGMA quick_check(1)").fetchone()[0]
+        # pathname2url, not as_uri(): a Windows share's path must become file:////server/..., which
+        # SQLite accepts, not file://server/..., whose host it refuses.
+        uri = f"file:{pathname2url(str(database.resolve()))}?mode=ro"
+        try:
+            # Read-only but with locks and the write-ahead log: another program may still write
+            # a file this user cannot (someone else's library), and recent rows may be in the log.
+            self.db = sqlite_utils.Database(sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S))
+            verdict = self.db.execute("PRAGMA quick_check(1)").fetchone()[0]
+        except sqlite3.OperationalError:
+            # On a read-only mount SQLite cannot make the -shm file that reading a WAL database
+            # needs; nothing can change the file there, so it may be read as immutable.
+            self._close_connection()
+            self.db = sqlite_utils.Database(sqlite3.connect(uri + "&immutable=1", uri=True))
+            verdict = self.db.execute("PRAGMA quick_check(1)").fetchone()[0]
         if verdict != "ok":
             raise sqlite3.DatabaseError(verdict)
         if self.schema_version != SCHEMA_VERSION or not self.db["documents"].exists():
+            self._close_connection()
             raise LibraryError(f"the library {database} is read-only and was made by another version of Comma "
                                f"(schema {self.schema_version}, this one needs {SCHEMA_VERSION}), so it cannot be "
                                "brought up to date; open it where it can be written, or choose another (COMMA_HOME)")
@@ -308,6 +320,8 @@ class Library:
         its file when that is still there and unchanged. True when the pages are there now."""
         if self.has_pages(doc_id):
             return True
+        if self.read_only:  # a document added before page text was kept stays without it here
+            return False
         from engine.documents import read_document
         from engine.errors import CommaError
 
@@ -436,12 +450,15 @@ class Library:
         """Delete what an interrupted save left in the memories folder (a crash mid-read leaves a
         partial recall store); a day's age keeps another process's save in progress safe."""
         cutoff = time.time() - older_than_s
-        for leftover in self.memories_folder.glob(".*.tmp"):
-            try:
-                if leftover.stat().st_mtime < cutoff:
-                    leftover.unlink()
-            except OSError:
-                pass
+        # A save's temporary file is dated by its writes; the second name a save gives the memory
+        # it replaces (app/actions.py) by its making, which changes the inode's ctime.
+        for pattern, age in ((".*.tmp", lambda st: st.st_mtime), (".*.previous", lambda st: st.st_ctime)):
+            for leftover in self.memories_folder.glob(pattern):
+                try:
+                    if age(leftover.stat()) < cutoff:
+                        leftover.unlink()
+                except OSError:
+                    pass
 
     def find_memory(self, doc_id: str, model_fingerprint: str, backend: str, policy_key: str | None = None):
         where = "doc_id = ? and model_fingerprint = ? and backend = ?"

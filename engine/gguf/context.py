@@ -19,7 +19,7 @@ import numpy as np
 
 from engine.errors import CommaError, MemoryFileError
 from engine.gguf.native import llama
-from engine.gguf.sequence_state import cell_positions
+from engine.gguf.sequence_state import read_state
 from engine.protocols import Logits
 
 if TYPE_CHECKING:
@@ -194,10 +194,12 @@ class GGUFCache:
         """Load a passage saved by ``export_slots`` into ``seq``: at ``position..``, re-rotating its
         keys for the new positions, or where it was read when ``position`` is None (no shift).
         Returns the position after its last token."""
-        positions = np.sort(cell_positions(state, self.model.n_layer))
+        positions, rows = read_state(state, self.model.n_layer)
+        positions = np.sort(positions)
         if len(positions) != n_tokens or np.any(np.diff(positions) != 1):
             raise MemoryFileError(f"a stored passage's KV is not {n_tokens} tokens at consecutive positions "
                                   "(altered, or not this passage's)")
+        self.model.check_rows(rows)
         llama.llama_memory_seq_rm(self.memory, SIDE, -1, -1)
         buf = (ctypes.c_uint8 * len(state)).from_buffer_copy(state)
         read = llama.llama_state_seq_set_data(self.ptr, buf, len(state), SIDE)

@@ -17,7 +17,7 @@ from engine.gguf.chat_template import ChatTemplate
 from engine.gguf.context import GGUFCache
 from engine.gguf.model_info import read_model_info, refusal
 from engine.gguf.native import llama
-from engine.gguf.sequence_state import cell_positions
+from engine.gguf.sequence_state import read_state
 from engine.models import fingerprint, resolve_model_path
 from engine.protocols import Capabilities
 from engine.vocabulary import PieceVocabulary
@@ -70,12 +70,28 @@ class GGUFModel(PieceVocabulary):
 
     def check_state(self, state: bytes, n_tokens: int) -> None:
         """The state is one sequence of ``n_tokens`` cells at positions ``0..n_tokens-1``, with
-        this model's layers, to its last byte (llama.cpp itself checks only layers and sizes)."""
-        positions = np.sort(cell_positions(state, self.n_layer))
-        if not np.array_equal(positions, np.arange(n_tokens)):
+        this model's layers and rows, to its last byte (llama.cpp itself checks only layers and
+        sizes, and only once its context is made)."""
+        positions, rows = read_state(state, self.n_layer)
+        if not np.array_equal(np.sort(positions), np.arange(n_tokens)):
             raise MemoryFileError(
                 f"the memory's KV state does not hold its {n_tokens:,} tokens at positions 0..{n_tokens - 1} "
                 "(altered, or not this memory's state); read the document again with --force")
+        self.check_rows(rows)
+
+    def check_rows(self, rows: tuple) -> None:
+        """Rows of another size than this model's own caches make would let a small file claim
+        cells it does not hold, and a context be sized for them."""
+        if rows and rows != self._rows:
+            raise MemoryFileError("the memory's KV state has rows of another size than this model's "
+                                  "(altered, or made with other cache settings); read the document again with --force")
+
+    @cached_property
+    def _rows(self) -> tuple:
+        """The row layout of this model's own saved state, from a one-token cache."""
+        with self.new_cache(64, 64) as cache:
+            cache.append(np.array([max(self.bos, 0)], dtype=np.int32), np.zeros(1, dtype=np.int64), np.zeros(1, dtype=bool))
+            return read_state(cache.snapshot(), self.n_layer)[1]
 
     def log_probs_at(self, logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
         """log P(target) for each row of ``logits`` (host arrays, as llama.cpp hands them over)."""

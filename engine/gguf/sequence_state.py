@@ -65,27 +65,36 @@ def _positions(r: _Reader, cells: int) -> np.ndarray:
     return table[:, 0].astype(np.int64)
 
 
-def _skip_kv(r: _Reader, cells: int, n_layer: int) -> None:
+def _skip_kv(r: _Reader, cells: int, n_layer: int) -> tuple[tuple[int, int, int], ...]:
+    """Step over the layers' rows; returns each one's (part, type, bytes a cell): part 0 for K,
+    1 for V, 2 for a transposed V."""
     (v_trans,) = r.unpack(_U32)
     (layers,) = r.unpack(_U32)
     if v_trans not in (0, 1) or layers != n_layer:
         raise MemoryFileError(f"{_BAD} (it has {layers} layers; this model has {n_layer})")
+    rows = []
     for _ in range(layers):
-        _, row = r.unpack(_ROW)
+        kind, row = r.unpack(_ROW)
         r.take(cells * row)
+        rows.append((0, kind, row))
     for _ in range(layers):
         if v_trans:
-            _, element, width = r.unpack(_V_TRANSPOSED)
+            kind, element, width = r.unpack(_V_TRANSPOSED)
             r.take(cells * element * width)
+            rows.append((2, kind, element * width))
         else:
-            _, row = r.unpack(_ROW)
+            kind, row = r.unpack(_ROW)
             r.take(cells * row)
+            rows.append((1, kind, row))
+    return tuple(rows)
 
 
-def cell_positions(state: bytes, n_layer: int) -> np.ndarray:
-    """The position of every cell in ``state``, in the order llama.cpp saved them, once the
-    whole state is known to be one sequence's cells and ``n_layer`` layers of their KV, to the
-    last byte. Raises ``MemoryFileError`` otherwise."""
+def read_state(state: bytes, n_layer: int) -> tuple[np.ndarray, tuple[tuple[int, int, int], ...]]:
+    """The position of every cell in ``state`` (in the order llama.cpp saved them) and its
+    layers' row layout (part, type, bytes a cell), once the whole state is known to be one
+    sequence's cells and ``n_layer`` layers of their KV, to the last byte. Raises
+    ``MemoryFileError`` otherwise. Rows of another size than the model's own mean the state
+    claims cells it does not hold: the caller compares the layout with one of its own."""
     r = _Reader(state)
     magic, _ = r.unpack(_PREFIX)
     if magic != IO_MAGIC:
@@ -95,9 +104,10 @@ def cell_positions(state: bytes, n_layer: int) -> np.ndarray:
         raise MemoryFileError(f"{_BAD} (it has {streams} cell streams; Comma's caches have one)")
     (cells,) = r.unpack(_U32)
     positions = np.zeros(0, dtype=np.int64)
+    rows: tuple[tuple[int, int, int], ...] = ()
     if cells:
         positions = _positions(r, cells)
-        _skip_kv(r, cells, n_layer)
+        rows = _skip_kv(r, cells, n_layer)
     if r.at != len(r.data):
         raise MemoryFileError(f"{_BAD} ({len(r.data) - r.at} bytes follow its last layer)")
-    return positions
+    return positions, rows

@@ -25,8 +25,9 @@ def home(tmp_path, monkeypatch):
 
 @pytest.fixture
 def window(qtbot, home, monkeypatch):
-    use_fake_model(monkeypatch, token_seconds=0.02)
+    fake = use_fake_model(monkeypatch, token_seconds=0.02)
     window = MainWindow(SMALL)
+    window.fake = fake
     qtbot.addWidget(window)
     window.show()
     qtbot.waitExposed(window)
@@ -126,6 +127,7 @@ def test_keys_reach_the_question_find_help_and_stop(window, qtbot, tmp_path):
     read(qtbot, window, write_doc(tmp_path / "harbour.txt"))
     qtbot.waitUntil(lambda: window.doc is not None, timeout=WAIT)
     window.activateWindow()
+    qtbot.waitUntil(lambda: QApplication.activeWindow() is window, timeout=2000)
     QTest.keyClick(window, Qt.Key.Key_L, Qt.KeyboardModifier.ControlModifier)
     qtbot.waitUntil(lambda: window.conversation.question.hasFocus(), timeout=2000)
     QTest.keyClick(window, Qt.Key.Key_F, Qt.KeyboardModifier.ControlModifier)
@@ -137,8 +139,40 @@ def test_keys_reach_the_question_find_help_and_stop(window, qtbot, tmp_path):
                     timeout=2000)
     assert "Ctrl+L" in window.help_dialog.text() and "Esc" in window.help_dialog.text()
     window.help_dialog.hide()
+    window.fake.token_seconds = 0.3  # an answer of some seconds, so that Esc comes while it streams
     job = window.ask("Where do the boats moor?")
     qtbot.waitUntil(lambda: window.conversation.streaming, timeout=WAIT)
-    with qtbot.waitSignal(job.cancelled, timeout=WAIT):
-        QTest.keyClick(window, Qt.Key.Key_Escape)
+    window.activateWindow()  # shortcuts act in the active window; the help box was it a moment ago
+    qtbot.waitUntil(lambda: QApplication.activeWindow() is window, timeout=2000)
+    QTest.keyClick(window, Qt.Key.Key_Escape)
+    assert job.is_cancelled(), "Esc stops the answer"
     qtbot.waitUntil(lambda: not window.conversation.streaming, timeout=WAIT)
+    from tests.fakes import ANSWER
+
+    assert ANSWER not in window.conversation.transcript.toPlainText(), "the answer stopped before its end"
+
+
+def test_a_reading_shown_then_not_wanted_gives_the_pane_back_to_the_document_before(window, qtbot, tmp_path,
+                                                                                      monkeypatch):
+    import time
+
+    from tests.fakes import FakeCache
+
+    read(qtbot, window, write_doc(tmp_path / "first.txt"))
+    slow = FakeCache.append
+    monkeypatch.setattr(FakeCache, "append", lambda self, *a, **k: (time.sleep(0.05), slow(self, *a, **k))[1])
+    first = window.doc["id"]
+    window.conversation.begin_answer("Kept?")
+    window.conversation.end_answer({"answer": "Yes.", "pages": [1], "seconds": 0.1, "ttft_s": 0.1})
+    shown = []
+
+    def not_wanted(job):
+        job.described.connect(lambda _info: (shown.append(window.doc is None and window.conversation.messages == []),
+                                             job.cancel()))
+
+    [job] = window.read_files([str(write_doc(tmp_path / "second.txt", needle_at=2))], on_job=not_wanted)
+    with qtbot.waitSignal(job.cancelled, timeout=WAIT):
+        pass
+    assert shown == [True], "while shown, the previous document's conversation is not"
+    qtbot.waitUntil(lambda: window.doc is not None and window.doc["id"] == first, timeout=WAIT)
+    assert window.library_panel.current_doc() == first and window.previewing is None

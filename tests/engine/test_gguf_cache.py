@@ -141,3 +141,18 @@ def test_a_passage_that_does_not_match_its_tokens_is_refused(model, tokens):
         passage = read.export_slots(100, 200)
     with fill(model, tokens[:50]) as later, pytest.raises(MemoryFileError, match="is not 150 tokens"):
         later.import_slots(passage, np.arange(0, 150))
+
+
+def test_a_state_whose_rows_are_smaller_than_the_models_is_refused(model, tokens):
+    """Rows of 0 bytes would let a tiny file claim a million cells, and a context be sized for
+    them, before llama.cpp looks at the rows."""
+    import struct
+
+    cache = fill(model, tokens[:50])
+    n = cache.length
+    head = cache.snapshot()[:16 + 12 * n]  # magic, sequence, streams, cell count, the cell table
+    layers = model.n_layer
+    crafted = head + struct.pack("<II", 0, layers) + struct.pack("<iQ", 1, 0) * (2 * layers)
+    with pytest.raises(MemoryFileError, match="rows of another size"):
+        model.check_state(crafted, n)
+    cache.close()

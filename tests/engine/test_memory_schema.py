@@ -70,6 +70,8 @@ CASES = {
     "an unknown kind": (lambda h, s: h.update(kind="sermon"), "unknown kind"),
     "an unknown policy": (lambda h, s: h.update(policy={"name": "magic"}), "policy is not one"),
     "an impossible policy": (lambda h, s: h["policy"].update(window=10**6), "policy is not one"),
+    "a policy size of Infinity": (lambda h, s: h["policy"].update(capacity=float("inf")),
+                                  "'policy.capacity' is not a whole number"),
     "a policy that keeps fewer": (lambda h, s: h["policy"].update(capacity=100, window=50), "more than its policy keeps"),
     "no token_ids": (lambda h, s: s.pop("token_ids"), "no 'token_ids' section"),
     "no state": (lambda h, s: s.pop("state"), "no 'state' section"),
@@ -102,13 +104,15 @@ def test_a_crafted_memory_is_refused_with_what_is_wrong(real, tmp_path, case):
     ([70, 10**12], "add up to"),
     ([1] * 3, "add up to"),
     ("many", "more slots than a chunk"),
+    ("skewed", "lengths no parallel read makes"),
 ])
 def test_parallel_chunks_are_bounded_by_the_slot_count(real, tmp_path, chunks, words):
     _, _, header, sections = real
     n = header["kept_tokens"]
-    header = {**header, "backend": "torch", "parallel_chunk_tokens": 8, "prompt_tokens": 0,
-              "document_tokens": header["document_tokens"] + header["prompt_tokens"],
-              "chunks": [n] if chunks == "many" else chunks}
+    skew = [1] * (n // 2) + [n - n // 2]  # many one-slot rows beside a long one
+    header = {**header, "backend": "torch", "parallel_chunk_tokens": n if chunks == "skewed" else 8,
+              "prompt_tokens": 0, "document_tokens": header["document_tokens"] + header["prompt_tokens"],
+              "chunks": {"many": [n], "skewed": skew}.get(chunks, chunks) if isinstance(chunks, str) else chunks}
     path = tmp_path / "m.mem"
     write_memory(path, header, sections)
     with pytest.raises(MemoryFileError, match=words):

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.errors import MemoryFileError
-from engine.gguf.sequence_state import IO_MAGIC, cell_positions
+from engine.gguf.sequence_state import IO_MAGIC, read_state
 
 LAYERS, K_ROW, V_ROW = 3, 8, 6
 
@@ -27,6 +27,15 @@ def state(positions, layers=LAYERS, streams=1, per_cell=1, v_trans=0, tail=b"") 
         out += struct.pack("<iII", 1, 2, V_ROW // 2) + bytes(n * V_ROW) if v_trans else \
             struct.pack("<iQ", 1, V_ROW) + bytes(n * V_ROW)
     return out + tail
+
+
+def cell_positions(state, layers):
+    return read_state(state, layers)[0]
+
+
+def test_the_rows_layout_is_read():
+    assert read_state(state([0, 1]), LAYERS)[1] == ((0, 1, K_ROW),) * LAYERS + ((1, 1, V_ROW),) * LAYERS
+    assert read_state(state([0], v_trans=1), LAYERS)[1] == ((0, 1, K_ROW),) * LAYERS + ((2, 1, V_ROW),) * LAYERS
 
 
 def test_positions_are_read_in_cell_order():
