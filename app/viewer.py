@@ -404,6 +404,8 @@ class Viewer(QWidget):
         for control in self.controls:
             control.setEnabled(has_pages)
         self.pages_label.setVisible(has_pages)
+        # Shown instead of the value at the range's minimum: "Page –", not "Page 0", when empty.
+        self.page.setSpecialValueText("" if has_pages else "Page –")
 
     def show_document(self, doc: dict | None, texts: list[str],
                       ocr_lines: dict[int, list[OcrLine]] | None = None) -> None:

@@ -43,10 +43,12 @@ def read(qtbot, window, path):
 def test_with_no_document_page_zoom_and_find_are_off(window, qtbot, tmp_path):
     viewer = window.viewer
     assert not any(c.isEnabled() for c in viewer.controls) and not viewer.pages_label.isVisible()
+    assert viewer.page.text() == "Page –"
     assert not window.conversation.question.isEnabled()
     read(qtbot, window, write_doc(tmp_path / "harbour.txt"))
     qtbot.waitUntil(lambda: window.doc is not None, timeout=WAIT)
     assert all(c.isEnabled() for c in viewer.controls) and viewer.pages_label.text() == f"of {viewer.view.source.count}"
+    assert viewer.page.text().startswith("Page 1")
 
 
 def test_the_document_is_shown_while_it_is_read_with_how_far_it_has_got(window, qtbot, tmp_path):
