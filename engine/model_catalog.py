@@ -9,14 +9,14 @@ model assembled from its packages, a faster copy of a model, a download and wher
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from engine.answering_model import FILE_NAME as ANSWERING_FILE
 from engine.errors import ModelError
+from engine.gguf.fast_weights import copy_description
 from engine.gguf.model_info import ModelInfo, read_model_info, refusal
-from engine.models import bundled_model_path
+from engine.models import bundled_model_path, read_record
 
 
 @dataclass(frozen=True)
@@ -51,13 +51,12 @@ class ModelChoice:
 def _origin(path: Path) -> str:
     if path.name == ANSWERING_FILE:
         return "answering model"
-    if path.with_suffix(".json").is_file():  # engine.gguf.fast_weights describes its copies so
+    if copy_description(path) is not None:
         return "faster copy"
-    try:
-        record = json.loads(path.with_name(path.name + ".json").read_text())  # engine.model_download's
+    record = read_record(path)
+    if record is not None and isinstance(record.get("repo_id"), str):
         return f"downloaded from {record['repo_id']}"
-    except (OSError, ValueError, KeyError, TypeError):
-        return "added by hand"
+    return "added by hand"
 
 
 def describe(path: Path, origin: str) -> ModelChoice:

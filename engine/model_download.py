@@ -18,7 +18,6 @@ from __future__ import annotations
 import errno
 import glob
 import hashlib
-import json
 import os
 import re
 import shutil
@@ -40,9 +39,9 @@ from huggingface_hub.errors import (
 from huggingface_hub.file_download import HfFileMetadata, http_get
 from huggingface_hub.utils import build_hf_headers
 
-from engine.atomic import fsync_folder, write_bytes
+from engine.atomic import fsync_folder
 from engine.errors import Cancelled, ModelError
-from engine.models import GGUF_MAGIC
+from engine.models import GGUF_MAGIC, read_record, write_record
 
 Progress = Callable[[int, int], None]
 
@@ -79,20 +78,10 @@ def _check_names(repo_id: str, filename: str) -> None:
                          "(no leading /, no empty, '.' or '..' pieces, no \\ or :)")
 
 
-def _description_path(model: Path) -> Path:
-    return model.with_name(model.name + ".json")
-
-
 def _reusable(target: Path, revision: str | None) -> bool:
     """Whether ``target`` is a file this module verified, unchanged since, of the revision asked for."""
-    try:
-        facts = json.loads(_description_path(target).read_text())
-        stat = target.stat()
-    except (OSError, ValueError):
-        return False
-    return isinstance(facts, dict) and facts.get("bytes") == stat.st_size and \
-        facts.get("mtime_ns") == stat.st_mtime_ns and \
-        (revision is None or revision in (facts.get("revision"), facts.get("commit")))
+    facts = read_record(target)
+    return facts is not None and (revision is None or revision in (facts.get("revision"), facts.get("commit")))
 
 
 def _ask_hub(url: str, repo_id: str, filename: str, revision: str | None, hub: str,
@@ -317,12 +306,10 @@ def download_model(repo_id: str, filename: str, folder: Path, *, revision: str |
         sha256 = _verify(part, meta, repo_id, filename, cancelled)
         os.replace(part, target)
         fsync_folder(target.parent)
-        stat = target.stat()
-        # The description goes last: a model without one is downloaded again, never trusted.
-        write_bytes(_description_path(target), json.dumps(
-            {"repo_id": repo_id, "filename": filename, "revision": revision or constants.DEFAULT_REVISION,
-             "commit": meta.commit_hash, "sha256": sha256, "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns},
-            indent=2).encode())
+        # The record goes last: a model without one is downloaded again, never trusted.
+        write_record(target, {"repo_id": repo_id, "filename": filename,
+                              "revision": revision or constants.DEFAULT_REVISION, "commit": meta.commit_hash,
+                              "sha256": sha256})
     except OSError as exc:
         raise _write_failure(exc, part, filename, meta.size) from exc
     return target

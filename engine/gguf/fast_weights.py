@@ -75,7 +75,7 @@ def copy_paths(source: Path, folder: Path, source_fingerprint: str) -> tuple[Pat
     return folder / f"{stem}.gguf", folder / f"{stem}.json"
 
 
-def _description(copy: Path) -> dict | None:
+def copy_description(copy: Path) -> dict | None:
     """What the JSON beside a copy made here says of it; None when there is no such copy."""
     try:
         facts = json.loads(copy.with_suffix(".json").read_text())
@@ -90,7 +90,7 @@ def _description(copy: Path) -> dict | None:
 def existing_copy(source: Path, folder: Path, source_fingerprint: str) -> Path | None:
     """The copy made earlier from exactly this source, if it is whole."""
     path, _ = copy_paths(source, folder, source_fingerprint)
-    facts = _description(path)
+    facts = copy_description(path)
     if facts is None or facts["source_fingerprint"] != source_fingerprint or _size(path) != facts["bytes"]:
         return None
     return path
@@ -157,7 +157,7 @@ def _size(path: Path) -> int:
 
 def source_fingerprint_of(path: Path) -> str | None:
     """For a copy made here, the fingerprint of the model it was made from; else None."""
-    facts = _description(path)
+    facts = copy_description(path)
     return facts["source_fingerprint"] if facts is not None else None
 
 

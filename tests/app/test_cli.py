@@ -285,10 +285,8 @@ def test_fresh_process_answers_from_disk(lib):
     ("other_version", ["format version 99"]),
 ])
 def test_damaged_memory_is_refused_and_kept(lib, capsys, damage, words):
-    report = ingest_json(capsys, lib["doc"], "--cache", "320")
-    path = Path(report["memory_path"])
-    original = path.read_bytes()
-    try:
+    def spoil(path: Path) -> None:
+        original = path.read_bytes()
         if damage == "truncate":
             path.write_bytes(original[: len(original) // 2])
         elif damage == "flip":
@@ -302,13 +300,25 @@ def test_damaged_memory_is_refused_and_kept(lib, capsys, damage, words):
             data = bytearray(original)
             data[8:12] = (99).to_bytes(4, "little")
             path.write_bytes(bytes(data))
-        damaged = path.read_bytes()
+
+    assert_refused_and_kept(lib, capsys, spoil, words)
+    assert FORMAT_VERSION != 99
+
+
+def assert_refused_and_kept(lib, capsys, spoil, words) -> None:
+    """Spoil the document's memory; asking is one error line with ``words``, and the spoilt file
+    stays as it was (the original is put back after)."""
+    report = ingest_json(capsys, lib["doc"], "--cache", "320")
+    path = Path(report["memory_path"])
+    original = path.read_bytes()
+    try:
+        spoil(path)
+        spoilt = path.read_bytes()
         code, _, err = cli(capsys, "ask", report["doc_id"], "Anything?")
         assert_user_error(code, err, *words)
-        assert path.read_bytes() == damaged, "a refused memory is left as it was"
+        assert path.read_bytes() == spoilt, "a refused memory is left as it was"
     finally:
         path.write_bytes(original)
-    assert FORMAT_VERSION != 99
 
 
 def _craft(path: Path, how: str) -> None:
@@ -357,17 +367,7 @@ def _craft(path: Path, how: str) -> None:
     ("other_document", ["another document"]),
 ])
 def test_a_crafted_memory_with_a_valid_checksum_is_refused_and_kept(lib, capsys, how, words):
-    report = ingest_json(capsys, lib["doc"], "--cache", "320")
-    path = Path(report["memory_path"])
-    original = path.read_bytes()
-    try:
-        _craft(path, how)
-        crafted = path.read_bytes()
-        code, _, err = cli(capsys, "ask", report["doc_id"], "Anything?")
-        assert_user_error(code, err, *words)
-        assert path.read_bytes() == crafted, "a refused memory is left as it was"
-    finally:
-        path.write_bytes(original)
+    assert_refused_and_kept(lib, capsys, lambda path: _craft(path, how), words)
 
 
 @pytest.mark.model
