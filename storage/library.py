@@ -141,10 +141,11 @@ class Library:
             verdict = self.db.execute("PRAGMA quick_check(1)").fetchone()[0]
         if verdict != "ok":
             raise sqlite3.DatabaseError(verdict)
-        if self.schema_version != SCHEMA_VERSION or not self.db["documents"].exists():
+        version = self.schema_version
+        if version != SCHEMA_VERSION or not self.db["documents"].exists():
             self._close_connection()
             raise LibraryError(f"the library {database} is read-only and was made by another version of Comma "
-                               f"(schema {self.schema_version}, this one needs {SCHEMA_VERSION}), so it cannot be "
+                               f"(schema {version}, this one needs {SCHEMA_VERSION}), so it cannot be "
                                "brought up to date; open it where it can be written, or choose another (COMMA_HOME)")
         self.read_only = True
 

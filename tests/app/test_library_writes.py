@@ -126,3 +126,34 @@ def test_the_window_on_a_read_only_library_says_so_and_starts_no_reading(mount, 
     qtbot.addWidget(window)
     assert "read-only" in window.statusBar().currentMessage()
     assert window.deep_jobs == {} and window.library_panel.doc_ids()
+
+
+def test_a_read_only_library_of_an_older_schema_is_refused_and_left_as_it_was(mount):
+    home = mount / "home"
+    library = Library(home)
+    library.db.execute("PRAGMA user_version = 2")
+    library.db.conn.commit()
+    library.db.conn.close()
+    make_read_only(mount)
+    before = files(home)
+    with pytest.raises(LibraryError, match="is read-only and was made by another version of Comma"):
+        Library(home)
+    assert files(home) == before
+
+
+def test_the_window_says_why_a_read_only_library_cannot_forget_a_document(mount, tmp_path, monkeypatch, qtbot):
+    from PySide6.QtWidgets import QMessageBox
+
+    from app.settings import Settings
+    from app.window import MainWindow
+
+    use_fake_model(monkeypatch, token_seconds=0)
+    home = mount / "home"
+    doc_id = Comma(Library(home)).ingest(write_doc(tmp_path / "harbour.txt"), notes=False)["doc_id"]
+    make_read_only(mount)
+    window = MainWindow(Settings(cache=320, notes=False, data_folder=str(home)))
+    qtbot.addWidget(window)
+    window.show()
+    monkeypatch.setattr(QMessageBox, "question", lambda *args, **kwargs: QMessageBox.StandardButton.Yes)
+    window.remove_document(doc_id)
+    assert "is read-only" in window.banner.text() and window.library_panel.doc_ids() == [doc_id]

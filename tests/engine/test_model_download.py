@@ -153,6 +153,15 @@ def test_a_file_that_is_not_gguf_is_refused(hub, tmp_path):
     assert leftovers(tmp_path) == []
 
 
+def test_a_file_too_big_for_a_plain_download_says_what_to_do(hub, tmp_path, monkeypatch):
+    def refuses(*args, **kwargs):  # what http_get raises for a file over 50 GB without hf_xet
+        raise ValueError("File is too large to be downloaded using the regular download method.")
+
+    monkeypatch.setattr(model_download, "http_get", refuses)
+    with pytest.raises(ModelError, match="cannot be downloaded this way .* download it with a browser"):
+        download(hub, tmp_path)
+
+
 @pytest.mark.parametrize("repo, filename, revision, token, words", [
     (REPO, "other.gguf", None, None, "has no file other.gguf: check the name in the repository's Files tab"),
     ("comma-test/Missing", FILE, None, None, "does not show the repository comma-test/Missing: check its name; "
