@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine import read_checkpoint, spot_reading
+from engine import page_search, read_checkpoint, sentence_encoder, spot_reading
 from engine.backends import default_answering
 from engine.conversation import Conversation, fit_to_question
 from engine.documents import Document, Limits, read_document
@@ -78,6 +78,7 @@ class Comma:
     preparing: Progress | None = None
     _model: object = None
     _answerer: tuple | None = None  # (model or None, why not)
+    _encoder: tuple | None = None  # (sentence encoder or None, why not)
     _live: DocumentConversation | None = None
 
     @property
@@ -109,6 +110,57 @@ class Comma:
         assert self._answerer is not None
         return self._answerer[1]
 
+    @property
+    def encoder(self):
+        """The sentence encoder that finds pages by meaning, or None (``encoder_reason`` says why)."""
+        if self._encoder is None:
+            self._encoder = sentence_encoder.load_encoder()
+        return self._encoder[0]
+
+    @property
+    def encoder_reason(self) -> str | None:
+        self.encoder  # noqa: B018  # loading it is what tells why not
+        assert self._encoder is not None
+        return self._encoder[1]
+
+    def index_meaning(self, document: Document, progress: Progress | None = None,
+                      cancelled: Callable[[], bool] | None = None) -> dict:
+        """Keep the sentence vectors of a document's passages (once: a document that has them
+        keeps them), so that a question finds its pages by meaning too. The document must be in
+        the library already."""
+        doc_id = document_id(document)
+        if self.encoder is None:
+            return {"skipped": self.encoder_reason}
+        pages, _, _ = self.library.passage_vectors(doc_id, sentence_encoder.NAME)
+        if len(pages):
+            return {"passages": len(pages), "seconds": 0.0, "reused": True}
+        if self.library.read_only:
+            return {"skipped": "pages are found by their words alone: the library is read-only"}
+        started = time.perf_counter()
+        texts = ((page, document.page_text(page)) for page in range(1, document.pages + 1))
+        rows = page_search.index(self.encoder, texts, progress, cancelled)
+        self.library.set_passage_vectors(doc_id, sentence_encoder.NAME, rows)
+        return {"passages": len(rows), "seconds": round(time.perf_counter() - started, 1), "reused": False}
+
+    def candidate_pages(self, doc_id: str, question: str, limit: int = CANDIDATE_PAGES) -> list[tuple[int, float]]:
+        """The pages to answer ``question`` from, best first: the full-text index's and, where
+        the document has its meaning index, the nearest in meaning, in turn (engine.page_search)."""
+        return self.find_pages(doc_id, question, limit)[0]
+
+    def find_pages(self, doc_id: str, question: str,
+                   limit: int = CANDIDATE_PAGES) -> tuple[list[tuple[int, float]], dict[int, tuple[int, int]]]:
+        """``candidate_pages``, and for each page with a meaning index the ``(start, end)``
+        characters of its passage nearest the question."""
+        words = self.library.candidate_pages(doc_id, question, limit)
+        if self.encoder is None:
+            return words, {}
+        pages, spans, vectors = self.library.passage_vectors(doc_id, sentence_encoder.NAME)
+        if not len(pages):
+            return words, {}
+        meaning = page_search.meaning_ranking(self.encoder.encode([question])[0], pages, vectors, len(pages))
+        nearest = {page: (int(spans[row][0]), int(spans[row][1])) for page, _, row in meaning}
+        return page_search.merge(words, meaning[:limit], limit), nearest
+
     def read_file(self, path: str | Path, progress: Progress | None = None,
                   cancelled: Callable[[], bool] | None = None) -> Document:
         """The document in a file, within this Comma's limits (DocumentError says why not).
@@ -134,16 +186,20 @@ class Comma:
     def ingest(self, path: str | Path | Document, policy: str = "sepllm", cache: int | None = None, force: bool = False,
                notes: bool = True, progress: Progress | None = None,
                cancelled: Callable[[], bool] | None = None, parallel: int | None = None, recall: bool = True,
-               deep: bool = True, deep_progress: Progress | None = None) -> dict:
+               deep: bool = True, deep_progress: Progress | None = None,
+               meaning_progress: Progress | None = None) -> dict:
         """``parallel``: read as independent chunks of that many tokens side by side (torch only).
         ``recall``: keep the KV of every passage too, so answers can come from any page (where
         the backend can; a parallel reading cannot). ``deep``: then read it again with the
         answering model, when there is one (its report is under "deep"). ``path`` may be a
-        document read already (the window reads it first, to show it and to estimate the time)."""
+        document read already (the window reads it first, to show it and to estimate the time).
+        Between the two, the meaning index (``index_meaning``, reported under "meaning"; its
+        progress, in passages, to ``meaning_progress``)."""
         started = time.perf_counter()
         document = path if isinstance(path, Document) else self.read_file(path)
         report = self._read_into_library(self.model, document, policy, cache, force, notes, progress, cancelled,
                                          parallel, recall, started)
+        report["meaning"] = self.index_meaning(document, meaning_progress, cancelled)
         if deep and not parallel and self.answerer is not None:
             report["deep"] = self._read_into_library(self.answerer, document, policy, cache, force, False,
                                                      deep_progress, cancelled, None, recall, time.perf_counter(),
@@ -455,29 +511,21 @@ class DocumentConversation:
     def _read_on_the_spot(self, question: str, on_status: Callable[[str], None] | None,
                           should_stop: Callable[[], bool]) -> tuple[Conversation, list[int]]:
         library, doc, model = self.comma.library, self.doc, self.model
-        candidates = library.candidate_pages(doc["id"], question, CANDIDATE_PAGES)
-        # Only the pages that can be read are fetched and tokenized, not all the candidates.
-        texts: dict[int, str] = {}
-        for page, _ in candidates:
-            if len(texts) == spot_reading.SPOT_PAGES:
-                break
-            if text := library.page_text(doc["id"], page):
-                texts[page] = text
-        lengths = {page: len(model.tokenize(text)) for page, text in texts.items()}
-        chosen = spot_reading.choose_pages(candidates, lengths)
-        if not chosen:
+        candidates, nearest = self.comma.find_pages(doc["id"], question)
+        pages = spot_reading.spot_pages(candidates, lambda page: library.page_text(doc["id"], page),
+                                        lambda text: len(model.tokenize(text)), question, nearest)
+        if not pages:
             raise CommaError("no page of this document shares a word with the question, and the answering "
                              "model has not read the whole document yet; ask with the document's own words, "
                              "or wait for the background reading to finish")
         if on_status is not None:
-            pages = ", ".join(str(page) for page, _ in chosen)
-            on_status(f"reading {len(chosen)} page{'s' if len(chosen) > 1 else ''} for this answer (p. {pages})…")
-        pages = {page: spot_reading.window(texts[page], lengths[page], take, question) for page, take in chosen}
+            listed = ", ".join(str(page) for page in pages)
+            on_status(f"reading {len(pages)} page{'s' if len(pages) > 1 else ''} for this answer (p. {listed})…")
         document = spot_reading.pages_document(Path(doc["path"]), doc["title"], pages, doc["pages"])
         memory = read(model, document, Full(), notes=False, cancelled=should_stop).memory
         self.close()
         self._live = Conversation(model, memory)
-        return self._live, [page for page, _ in chosen]
+        return self._live, list(pages)
 
     def ask(self, question: str, session_id: str | None = None, on_text: Callable[[str], None] | None = None,
             should_stop: Callable[[], bool] = lambda: False, started: float | None = None,
@@ -500,7 +548,7 @@ class DocumentConversation:
             candidates: list[tuple[int, float]] = []
         else:
             conversation = self._conversation(question)
-            candidates = library.candidate_pages(doc["id"], question, CANDIDATE_PAGES) \
+            candidates = self.comma.candidate_pages(doc["id"], question) \
                 if conversation.recall is not None else []
         ttft = None
         parts = []

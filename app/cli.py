@@ -196,11 +196,14 @@ def _dispatch(args) -> int:
         with progress_bar(_show_bars(args), "page", "OCR") as ocr_bar:
             document = comma.read_file(args.path, progress=ocr_bar)
         with progress_bar(_show_bars(args), "tok", "fast read") as bar, \
+                progress_bar(_show_bars(args), "passage", "meaning index") as meaning_bar, \
                 progress_bar(_show_bars(args), "tok", "deep read") as deep_bar:
             report = comma.ingest(document, args.policy, args.cache, args.force, notes=not args.no_notes,
                                   progress=bar, parallel=args.parallel, recall=not args.no_recall,
-                                  deep=not args.fast_only, deep_progress=deep_bar)
+                                  deep=not args.fast_only, deep_progress=deep_bar, meaning_progress=meaning_bar)
         _print(args, report, _format_ingest)
+        if "skipped" in report.get("meaning", {}):
+            print(f"note: {report['meaning']['skipped']}", file=sys.stderr)
         if not args.fast_only and "deep" not in report and comma.answerer_reason:
             print(f"note: no deep read: {comma.answerer_reason}", file=sys.stderr)
     elif args.command == "ask":
@@ -283,6 +286,10 @@ def _format_ingest(report: dict) -> str:
                 + (f" + recall store {r['recall_bytes'] / 1e6:.0f} MB" if r["recall_bytes"] else "")
                 + f"{' (already read)' if r['reused'] else ''} in {r['seconds']:.1f} s"
                 + (f"  [{label}: {r['model']}]" if "deep" in report else ""))
+    meaning = report.get("meaning", {})
+    if "passages" in meaning:
+        lines.append(f"meaning index: {meaning['passages']} passages"
+                     + (" (already made)" if meaning["reused"] else f" in {meaning['seconds']:.1f} s"))
     return "\n".join(lines)
 
 

@@ -297,7 +297,9 @@ class Engine(QObject):
                     raise Cancelled("not started: a long reading, and you chose to wait; nothing was saved")
             # The answering model's read follows on its own lane (Engine.deep_read), in the background.
             return comma.ingest(document, s.policy, s.cache or None, force=force, notes=s.notes,
-                                progress=job.report_progress, cancelled=job.is_cancelled, deep=False)
+                                progress=job.report_progress, cancelled=job.is_cancelled, deep=False,
+                                meaning_progress=lambda done, total: job.report_notice(
+                                    f"finding what each page is about: {done} of {total} passages"))
 
         return Job("read", work, path=path, force=force)
 

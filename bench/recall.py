@@ -18,6 +18,13 @@ Method (bundled model, Comma's real ingest and ask paths, greedy answers):
   half the questions in the manual's words and half in a reader's), per method: evidence recall
   (the gold page in ``pages``), the gold page first, and answer accuracy (an accepted answer
   string in the answer).
+- pages: no answers, so a few minutes: for each question of qa, the place of the gold page in
+  the full-text index's ranking (``words``), the meaning index's (``meaning``, the nearest
+  passage's cosine; engine/page_search.py) and the two taken in turn (``merged``, what Comma
+  uses), top 1 / 2 / 5; and whether the text the answering model reads on the spot
+  (engine/spot_reading.py; its tokenizer sizes it) holds an accepted answer string, from the
+  words ranking, from the merged one, and from the merged one with each page's stretch around
+  its nearest passage (``merged_focus``, what Comma does).
 - speed: a 60K-token-plus manual (R-intro.pdf) read with and without the recall store; time to
   first token of ``comma ask --json`` in fresh processes (median of --runs), and of a follow-up
   on the live conversation; store size per 100 pages against the full f16 KV (23,040 B/token).
@@ -26,6 +33,7 @@ Prints one JSON object (and writes it to --out).
 
     python bench/recall.py niah [--lengths 8000,32000] [--depths 0,10,...,100]
     python bench/recall.py qa
+    python bench/recall.py pages                      # no model answers: page places, spot text
     python bench/recall.py speed [--runs 5]
     python bench/recall.py plot RESULTS.json [MORE.json] OUT.png   # needs matplotlib
 """
@@ -48,6 +56,7 @@ sys.path.insert(0, str(ROOT))
 
 from app.actions import Comma  # noqa: E402
 from bench.report import emit  # noqa: E402
+from engine import page_search, sentence_encoder, spot_reading  # noqa: E402
 from engine.conversation import Conversation  # noqa: E402
 from engine.generate import Sampling  # noqa: E402
 from engine.policy import make_policy, policy_key  # noqa: E402
@@ -174,6 +183,47 @@ def qa(comma: Comma, args) -> dict:
     return {"questions": rows, "summary": summary}
 
 
+def page_places(comma: Comma, args) -> dict:
+    """No model answers: where the gold page lands, and whether what is read on the spot holds
+    an accepted answer string."""
+    spec = json.loads((DATA / "questions.json").read_text())
+    reader = comma.answerer or comma.model  # its tokenizer sizes the spot reading
+    rows = []
+    for name in spec["documents"]:
+        document = comma.read_file(DATA / name)
+        doc_id = comma.library.add_document(document)
+        indexed = comma.index_meaning(document)
+        pages, _, vectors = comma.library.passage_vectors(doc_id, sentence_encoder.NAME)
+        for q in (q for q in spec["questions"] if q["document"] == name):
+            words = comma.library.candidate_pages(doc_id, q["question"], CANDIDATE_PAGES)
+            merged, nearest = comma.find_pages(doc_id, q["question"])
+            meaning = page_search.meaning_ranking(comma.encoder.encode([q["question"]])[0], pages, vectors,
+                                                  CANDIDATE_PAGES)
+            row = {"id": q["id"], "style": q["style"], "page": q["page"]}
+            for method, ranked in {"words": words, "meaning": meaning, "merged": merged}.items():
+                order = [r[0] for r in ranked]
+                row[method] = order.index(q["page"]) + 1 if q["page"] in order else None
+            for method, (ranked, focus) in {"words": (words, {}), "merged": (merged, {}),
+                                            "merged_focus": (merged, nearest)}.items():
+                spot = spot_reading.spot_pages(ranked, document.page_text,
+                                               lambda text: len(reader.tokenize(text)), q["question"], focus)
+                text = " ".join(spot.values()).lower()
+                row["spot_" + method] = any(a.lower() in text for a in q["answers"])
+            print(json.dumps(row), file=sys.stderr)
+            rows.append(row)
+    summary: dict = {"meaning_index": indexed}
+    for style in ("document", "reader", "all"):
+        chosen = [r for r in rows if style in ("all", r["style"])]
+        out = summary.setdefault(style, {"questions": len(chosen)})
+        for method in ("words", "meaning", "merged"):
+            places = [r[method] for r in chosen]
+            out[method] = {f"top{k}": round(sum(p is not None and p <= k for p in places) / len(chosen), 3)
+                           for k in (1, 2, 5)}
+        for method in ("words", "merged", "merged_focus"):
+            out["spot_holds_answer_" + method] = round(sum(r["spot_" + method] for r in chosen) / len(chosen), 3)
+    return {"questions": rows, "summary": summary}
+
+
 def speed(comma: Comma, args) -> dict:
     pdf = DATA / "R-intro.pdf"
     env = {**os.environ, "COMMA_HOME": str(comma.library.folder)}
@@ -250,6 +300,8 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "recall_niah_cpu.json")
     p = sub.add_parser("qa")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "recall_qa_cpu.json")
+    p = sub.add_parser("pages")
+    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "recall_pages_cpu.json")
     p = sub.add_parser("speed")
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "recall_speed_cpu.json")
@@ -261,7 +313,7 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory() as home:
         comma = Comma(Library(Path(home)))
-        figures = {"niah": niah, "qa": qa, "speed": speed}[args.what](comma, args)
+        figures = {"niah": niah, "qa": qa, "pages": page_places, "speed": speed}[args.what](comma, args)
     emit(f"recall_{args.what}", __doc__.split("Method", 1)[1], comma.model, figures, args.out)
 
 

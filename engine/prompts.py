@@ -19,6 +19,8 @@ SUMMARY_REQUEST = (
     "Write a summary of the whole document in one paragraph.\n\n{notes}"
 )
 _MARK = "⟦comma:document⟧"  # no NUL: the template renderer takes C strings
+PASSAGES = "⟦comma:passages⟧"  # where a follow-up's passages go in its turn (engine.conversation)
+FOLLOW_UP_INTRO = "From the document:\n\n"
 
 
 def _around_document(model, after_document: str, later_turns: list[dict[str, str]]) -> tuple[str, str]:
@@ -43,6 +45,12 @@ def question_suffix(model, history: list[dict[str, str]], question: str) -> str:
     first, *rest = history
     later = [*rest, {"role": "user", "content": question}]
     return _around_document(model, "\n\nQuestion: " + first["content"], later)[1]
+
+
+def with_passages(question: str) -> str:
+    """A follow-up's turn when passages of the document were chosen for it: they go at the
+    ``PASSAGES`` mark, before the question, as the first question's follow the document."""
+    return FOLLOW_UP_INTRO + PASSAGES + "\n\nQuestion: " + question
 
 
 def note_suffix(model) -> str:

@@ -86,7 +86,9 @@ class RecallCache(Cache, Protocol):
 
     def export_slots(self, start: int, end: int) -> bytes: ...
 
-    def import_slots(self, state: bytes, offsets: np.ndarray) -> None: ...
+    def import_slots(self, state: bytes, offsets: np.ndarray) -> None:
+        """Append a stored passage at the end of the cache, at the positions that follow: right
+        after the document slots it is one of them, after conversation tokens part of it."""
 
     def log_probs_after(self, branches: list[list[tuple[bytes, int]]], tokens: np.ndarray, scored: int,
                         prefix: int) -> np.ndarray: ...

@@ -8,7 +8,9 @@ The schema carries a version (SQLite's ``user_version``); opening an older datab
 in place, keeping every row. Version 1 added page text with full-text
 search (what the window's viewer and search read), session ``updated`` times (the sessions list
 is newest first) and the time each answer took. Version 2 added each memory's recall store
-(path and size) and each answer's sources.
+(path and size) and each answer's sources. Version 3 added sections; version 4 the sentence
+vectors of each page's passages (``engine.page_search``), which documents read before get when
+they are next ingested.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from urllib.request import pathname2url
 
+import numpy as np
 import platformdirs
 import sqlite_utils
 
@@ -31,7 +34,7 @@ from engine.errors import LibraryError
 from engine.question_words import content_words
 
 DOC_ID_LENGTH = 12
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 BUSY_TIMEOUT_S = 30.0
 # Words too common to say where an answer is; the question's other words are searched for.
 def data_folder() -> Path:
@@ -184,7 +187,7 @@ class Library:
         """Bring the schema up to SCHEMA_VERSION one step at a time. Each step only adds (tables,
         columns, an index) and checks what is already there, and the version is recorded after it
         completes, so a step that was interrupted simply runs again on the next open."""
-        steps = {1: self._migrate_to_1, 2: self._migrate_to_2, 3: self._migrate_to_3}
+        steps = {1: self._migrate_to_1, 2: self._migrate_to_2, 3: self._migrate_to_3, 4: self._migrate_to_4}
         for version in range(self.schema_version + 1, SCHEMA_VERSION + 1):
             with self.db.conn:
                 steps[version]()
@@ -218,6 +221,13 @@ class Library:
         # simply show no section.
         self.db["sections"].create({
             "doc_id": str, "idx": int, "title": str, "level": int, "page": int, "within": int,
+        }, pk=("doc_id", "idx"), foreign_keys=[("doc_id", "documents")], if_not_exists=True)
+
+    def _migrate_to_4(self) -> None:
+        # The vectors are float16 bytes, ``dim`` of them; ``encoder`` names the model that made
+        # them, so vectors of another encoder are never compared with a question's.
+        self.db["passage_vectors"].create({
+            "doc_id": str, "idx": int, "encoder": str, "page": int, "start": int, "end": int, "vector": bytes,
         }, pk=("doc_id", "idx"), foreign_keys=[("doc_id", "documents")], if_not_exists=True)
 
     def _create_tables(self) -> None:
@@ -346,6 +356,31 @@ class Library:
         row = self.db.execute("select text from pages where doc_id = ? and page = ?", [doc_id, page]).fetchone()
         return row[0] if row else ""
 
+    def set_passage_vectors(self, doc_id: str, encoder: str, rows: list[tuple[int, int, int, np.ndarray]]) -> None:
+        """Keep the sentence vectors of a document's passages, ``(page, start, end, vector)``
+        each, in place of any it had."""
+        with self.transaction():
+            self.db["passage_vectors"].delete_where("doc_id = ?", [doc_id])
+            self.db["passage_vectors"].insert_all(
+                ({"doc_id": doc_id, "idx": i, "encoder": encoder, "page": page, "start": start, "end": end,
+                  "vector": np.asarray(vector, np.float16).tobytes()}
+                 for i, (page, start, end, vector) in enumerate(rows)), batch_size=500)
+
+    def passage_vectors(self, doc_id: str, encoder: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(pages, spans, vectors)`` of a document's passages made by ``encoder``, in order: each
+        passage's page, its ``(start, end)`` characters within the page, and its vector; empty
+        when it has none. A row whose vector is not the length of the first is left out."""
+        rows = self.db.execute("select page, start, end, vector from passage_vectors where doc_id = ? and encoder = ? "
+                               "order by idx", [doc_id, encoder]).fetchall()
+        size = len(rows[0][3]) if rows else 0
+        kept = [row for row in rows if size and len(row[3]) == size]
+        if not kept:
+            return np.zeros(0, np.int64), np.zeros((0, 2), np.int64), np.zeros((0, 0), np.float32)
+        pages = np.array([row[0] for row in kept], np.int64)
+        spans = np.array([(row[1], row[2]) for row in kept], np.int64)
+        vectors = np.frombuffer(b"".join(row[3] for row in kept), np.float16).reshape(len(kept), -1)
+        return pages, spans, vectors.astype(np.float32)
+
     def search(self, query: str, doc_id: str | None = None, limit: int = 50) -> list[dict]:
         """Pages whose text holds every word of ``query`` (stemmed), best first, with a snippet
         where the matches are wrapped in [ and ]."""
@@ -392,7 +427,7 @@ class Library:
                 self.db["summaries"].delete_where("memory_id = ?", [m["id"]])
             self.db.execute("delete from messages where session_id in (select id from sessions where doc_id = ?)",
                             [doc["id"]])
-            for table in ("sessions", "memories", "pages", "sections"):
+            for table in ("sessions", "memories", "pages", "sections", "passage_vectors"):
                 self.db[table].delete_where("doc_id = ?", [doc["id"]])
             self.db["documents"].delete_where("id = ?", [doc["id"]])
         for m in memories:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -100,9 +101,11 @@ class FakeCache:
         tokens = json.loads(state)
         if len(tokens) != len(offsets):
             raise MemoryFileError("a fake passage does not match its offsets")
+        in_conversation = self.length > len(self.offsets)
         self._add(tokens)
-        self.offsets = np.concatenate([self.offsets, np.asarray(offsets, dtype=np.int64)])
-        self.separators = np.concatenate([self.separators, np.zeros(len(tokens), dtype=bool)])
+        if not in_conversation:
+            self.offsets = np.concatenate([self.offsets, np.asarray(offsets, dtype=np.int64)])
+            self.separators = np.concatenate([self.separators, np.zeros(len(tokens), dtype=bool)])
 
     def log_probs_after(self, branches, tokens, scored: int, prefix: int) -> np.ndarray:
         """A question byte is likely after a passage that holds it with the two bytes before it:
@@ -189,13 +192,30 @@ class FakeAnswerer(FakeModel):
     fingerprint = "a" * 64
 
 
+class FakeEncoder:
+    """A sentence encoder by shared words (hashed into 64 dimensions): pages are found by meaning
+    only as far as they share words, in a millisecond instead of the real encoder's seconds."""
+
+    dim = 64
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        out = np.zeros((len(texts), self.dim), np.float32)
+        for i, text in enumerate(texts):
+            for word in text.lower().split():
+                out[i, zlib.crc32(word.strip(".,?!").encode()) % self.dim] += 1.0
+        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+
+
 def use_fake_model(monkeypatch, token_seconds: float = 0.02, answerer: FakeModel | None = None,
-                   answerer_reason: str | None = None) -> FakeModel:
-    """Make every model load (CLI actions and the window's workers) return one fake model, and
-    the answering model's load return ``answerer`` (None: the reading model answers)."""
+                   answerer_reason: str | None = None, encoder=None) -> FakeModel:
+    """Make every model load (CLI actions and the window's workers) return one fake model, the
+    answering model's load return ``answerer`` (None: the reading model answers), and the
+    sentence encoder's ``encoder`` (default: a FakeEncoder)."""
     fake = FakeModel(token_seconds)
     monkeypatch.setattr("engine.backends.load_model", lambda *args, **kwargs: fake)
     monkeypatch.setattr("engine.backends.load_answering_model", lambda *args, **kwargs: (answerer, answerer_reason))
+    chosen = encoder if encoder is not None else FakeEncoder()
+    monkeypatch.setattr("engine.sentence_encoder.load_encoder", lambda: (chosen, None))
     return fake
 
 

@@ -220,12 +220,15 @@ class GGUFCache:
         return high + 1
 
     def import_slots(self, state: bytes, offsets: np.ndarray) -> None:
-        """Append a stored passage after the document slots; ``offsets`` are its document offsets."""
-        if self._tail:
-            raise CommaError("passages go before the conversation; truncate the cache to its document slots first")
+        """Append a stored passage at the end: right after the document slots it is one of them
+        (``offsets`` are its document offsets); after conversation tokens (a follow-up's own
+        passages) it is part of the conversation, which carries no offsets."""
         if self.length + len(offsets) > self.n_ctx:
             raise CommaError(f"the cache would hold {self.length + len(offsets)} tokens but has room for {self.n_ctx}")
         self._load_at(state, len(offsets), MAIN, self.length)
+        if self._tail:
+            self._tail += len(offsets)
+            return
         self.offsets = np.concatenate([self.offsets, np.asarray(offsets, dtype=np.int64)])
         self.separators = np.concatenate([self.separators, np.zeros(len(offsets), dtype=bool)])
 

@@ -365,3 +365,16 @@ def test_a_long_page_is_cut_to_the_stretch_that_holds_the_question_s_words():
     assert len(cut) <= len(text) // 10 + 1 and not cut.startswith(" ")
     assert window(text, 1000, 100, "zebra?").startswith("word0 word1 ")  # no word of it: the page's start
     assert window("short page", 2, 5, "anything") == "short page"
+
+
+def test_the_stretch_holds_the_passage_nearest_in_meaning_when_the_words_are_elsewhere():
+    from engine.spot_reading import window
+
+    filler = " ".join(f"word{i}" for i in range(400))
+    clause = "Either party may end this deal with forty-five days of warning."
+    text = "Its notice is described below. " + filler + " " + clause + " " + filler  # one word of it
+    at = text.index(clause)
+    question = "What notice does the agreement need?"
+    assert "forty-five" not in window(text, 1000, 100, question)  # its words are at the start
+    cut = window(text, 1000, 100, question, focus=(at, at + len(clause)))
+    assert clause in cut and len(cut) <= len(text) // 10 + 1

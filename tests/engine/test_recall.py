@@ -65,6 +65,7 @@ def test_the_question_gets_the_page_that_holds_its_answer(comma, read_doc):
 
 
 def test_a_question_with_no_candidate_pages_is_answered_from_the_memory(comma, read_doc):
+    comma._encoder = (None, "no meaning index here")  # else the nearest pages in meaning are candidates
     result = comma.ask(read_doc["doc_id"], "Zzyzx?")
     assert result.answer and result.recall is True and result.sources == []
     doc, record = comma._memory_record(read_doc["doc_id"])
@@ -80,6 +81,63 @@ def test_a_follow_up_runs_on_the_same_live_cache(comma, read_doc):
         assert len(comma.model.created) == made  # no new cache, no memory loaded again
     assert second.session_id == first.session_id and second.pages[0] == needle_page(comma, read_doc["doc_id"])
     assert len(comma.library.messages(first.session_id)) == 4
+
+
+def _decoded(conversation) -> list[int]:
+    """Counts the tokens each decode of the live cache computes."""
+    counts: list[int] = []
+    cache = conversation._live.cache
+    decode = cache.decode_main_tail
+
+    def counted(tokens):
+        counts.append(len(tokens))
+        return decode(tokens)
+
+    cache.decode_main_tail = counted
+    return counts
+
+
+def test_a_follow_up_s_passages_go_in_its_turn_and_nothing_before_is_computed_again(comma, tmp_path):
+    path = tmp_path / "two.txt"
+    write_doc(path, needle_at=1, parts=8)
+    path.write_text(path.read_text() + " The lighthouse keeper is called Amelia Stone, and she rows.")
+    doc_id = comma.ingest(path, notes=False)["doc_id"]
+    with comma.conversation(doc_id) as conversation:
+        first = conversation.ask(QUESTION)
+        live = conversation._live
+        held = list(live.cache.tokens)
+        counts = _decoded(conversation)
+        second = conversation.ask("Who is the lighthouse keeper?", first.session_id)
+        assert live.cache.tokens[:len(held)] == held  # the first turn, its passages and answer, stay
+        loaded = [p.index for p in live._turns[1][1]]
+        assert loaded and all((i, 0) in live._cached for i in loaded)
+    assert first.pages[0] == needle_page(comma, doc_id) and second.pages[0] != first.pages[0]
+    assert second.sources[0]["page"] == second.pages[0]
+    question = len(comma.model.tokenize(" Who is the lighthouse keeper?"))
+    # Computed for the follow-up: its turn's text around its passages (loaded, not computed), then the answer.
+    assert sum(counts[:2]) < question + 64 and all(n == 1 for n in counts[2:])  # bytes: the template is ~50
+
+
+def test_when_the_cache_is_full_earlier_follow_ups_passages_leave_and_answers_go_on(comma, tmp_path, monkeypatch):
+    from engine import conversation as conversation_module
+
+    monkeypatch.setattr(conversation_module, "FOLLOW_UP_TURNS", 1)
+    path = tmp_path / "many.txt"
+    write_doc(path, needle_at=2, parts=10)
+    doc_id = comma.ingest(path, notes=False)["doc_id"]
+    questions = [QUESTION, "What of the river?", "What of the orchard?", "What of the candle?", "What of the valley?"]
+    with comma.conversation(doc_id) as conversation:
+        session = None
+        for question in questions:
+            result = conversation.ask(question, session)
+            session = result.session_id
+            assert result.answer and result.recall and result.sources
+        live = conversation._live
+        loaded = [t for t in live._cached if isinstance(t, tuple)]
+    # The first question's passages and the last follow-up's are in the cache; others left.
+    assert {i for i, _ in loaded} >= {p.index for p in live._turns[0][1]} | {p.index for p in live._turns[-1][1]}
+    assert len(loaded) <= live.cache.n_ctx - live.memory.kept_tokens
+    assert len(comma.library.messages(session)) == 2 * len(questions)
 
 
 def test_no_recall_keeps_only_the_memory_and_says_so_when_asked(comma, tmp_path):

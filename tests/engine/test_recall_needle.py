@@ -34,3 +34,29 @@ def test_the_needle_is_found_on_its_page_and_answered(comma, tmp_path, depth):
     result = comma.ask(report["doc_id"], QUESTION)
     assert result.recall and result.pages[0] == gold and result.sources[0]["page"] == gold
     assert "sandwich" in result.answer.lower() and "dolores park" in result.answer.lower()
+
+
+def test_a_follow_up_finds_the_needle_from_passages_in_its_own_turn(comma, tmp_path):
+    """On llama.cpp: the follow-up's passages are loaded after the first turn, not before it."""
+    if not GPL3.exists():
+        pytest.skip("needs /usr/share/common-licenses/GPL-3")
+    text = GPL3.read_text()[:12000]
+    at = text.rfind(".", 0, len(text) // 3) + 1
+    path = tmp_path / "haystack.txt"
+    path.write_text(text[:at] + f" {NEEDLE} " + text[at:])
+    report = comma.ingest(path, notes=False)
+    gold = next(p for p in range(1, report["pages"] + 1) if "Dolores" in comma.library.page_text(report["doc_id"], p))
+    with comma.conversation(report["doc_id"]) as conversation:
+        first = conversation.ask("What must I give recipients when I convey object code?")
+        live = conversation._live
+        before = len(live._cached)
+        computed: list[int] = []
+        decode = live.cache.decode_main_tail
+        live.cache.decode_main_tail = lambda tokens: (computed.append(len(tokens)), decode(tokens))[1]
+        follow = conversation.ask(QUESTION, first.session_id)
+        assert live._turns[0][1] and live._turns[1][1]  # both turns have passages in the cache
+    # Only the follow-up's own text is computed (the answer before it at most re-read where its
+    # tokens differ from the text's): not the first turn's passages and question again.
+    assert sum(n for n in computed if n > 1) < 150 < before
+    assert follow.pages[0] == gold
+    assert "sandwich" in follow.answer.lower() and "dolores park" in follow.answer.lower()

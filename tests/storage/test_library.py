@@ -171,7 +171,7 @@ def test_a_schema_0_library_opens_migrated_with_its_data(tmp_path):
     with sqlite3.connect(tmp_path / "library.db") as conn:
         conn.executescript(SCHEMA_0.format(sha=sha, path=source))
     lib = Library(tmp_path)
-    assert lib.schema_version == 3
+    assert lib.schema_version == 4
     assert [d["title"] for d in lib.documents()] == ["Old doc"]
     assert lib.documents()[0]["memories"][0]["kept_tokens"] == 50
     # a memory read before recall stores has none; an old answer has no sources
@@ -188,7 +188,8 @@ def test_a_schema_0_library_opens_migrated_with_its_data(tmp_path):
     lib.add_message("s1", "user", "new")
     assert [s["id"] for s in Library(tmp_path).sessions("abababababab")] == ["s1", "s2"]
     assert lib.section_at("abababababab", 1) is None and lib.sections("abababababab") == []
-    assert Library(tmp_path).schema_version == 3  # opening again changes nothing
+    assert lib.passage_vectors("abababababab", "any")[0].size == 0  # read before: no meaning index yet
+    assert Library(tmp_path).schema_version == 4  # opening again changes nothing
 
 
 def test_pages_of_a_changed_file_are_not_taken(tmp_path):
@@ -369,3 +370,22 @@ def test_a_library_database_that_cannot_be_opened_says_what_to_check(tmp_path):
     (tmp_path / "library.db").mkdir()  # what SQLite cannot open, as on a folder it may not write
     with pytest.raises(LibraryError, match="cannot open the library .* can be written"):
         Library(tmp_path)
+
+
+def test_passage_vectors_are_kept_per_encoder_replaced_whole_and_removed_with_the_document(tmp_path):
+    import numpy as np
+
+    lib = Library(tmp_path)
+    source = tmp_path / "a.txt"
+    source.write_text("Some text.")
+    doc_id = lib.add_document(Doc(source, "ab" * 32))
+    rows = [(1, 0, 4, np.array([0.6, 0.8], np.float32)), (2, 5, 9, np.array([1.0, 0.0], np.float32))]
+    lib.set_passage_vectors(doc_id, "enc", rows)
+    pages, spans, vectors = lib.passage_vectors(doc_id, "enc")
+    assert pages.tolist() == [1, 2] and spans.tolist() == [[0, 4], [5, 9]]
+    assert np.allclose(vectors, [[0.6, 0.8], [1.0, 0.0]], atol=1e-3) and vectors.dtype == np.float32
+    assert lib.passage_vectors(doc_id, "another encoder")[0].size == 0
+    lib.set_passage_vectors(doc_id, "enc", rows[1:])
+    assert lib.passage_vectors(doc_id, "enc")[0].tolist() == [2]
+    lib.remove_document(doc_id)
+    assert lib.db.execute("select count(*) from passage_vectors").fetchone()[0] == 0
