@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from engine.errors import CommaError, MemoryFileError
+from engine.gguf.compact_state import compact, expand, is_compact
 from engine.gguf.native import llama
 from engine.gguf.sequence_state import read_state
 from engine.protocols import Logits
@@ -178,7 +179,8 @@ class GGUFCache:
         return self._state_of(MAIN)
 
     def export_slots(self, start: int, end: int) -> bytes:
-        """The KV of main slots ``[start, end)`` alone, as the read computed it (a recall passage).
+        """The KV of main slots ``[start, end)`` alone, as the read computed it, compacted
+        (engine/gguf/compact_state.py): a recall passage.
 
         A side sequence shares those cells for the moment it takes to serialise them, so no KV
         is copied inside llama.cpp."""
@@ -186,14 +188,18 @@ class GGUFCache:
         llama.llama_memory_seq_rm(self.memory, SIDE, -1, -1)
         llama.llama_memory_seq_cp(self.memory, MAIN, SIDE, start, end)
         try:
-            return self._state_of(SIDE)
+            state = self._state_of(SIDE)
         finally:
             llama.llama_memory_seq_rm(self.memory, SIDE, -1, -1)
+        return compact(state, self.model.n_layer)
 
     def _load_at(self, state: bytes, n_tokens: int, seq: int, position: int | None) -> int:
         """Load a passage saved by ``export_slots`` into ``seq``: at ``position..``, re-rotating its
         keys for the new positions, or where it was read when ``position`` is None (no shift).
-        Returns the position after its last token."""
+        Returns the position after its last token. A store written before compaction holds
+        llama.cpp's own states, which load as they are."""
+        if is_compact(state):
+            state = expand(state, self.model.n_layer, self.model.state_rows)
         positions, rows = read_state(state, self.model.n_layer)
         positions = np.sort(positions)
         if len(positions) != n_tokens or np.any(np.diff(positions) != 1):

@@ -82,12 +82,12 @@ class GGUFModel(PieceVocabulary):
     def check_rows(self, rows: tuple) -> None:
         """Rows of another size than this model's own caches make would let a small file claim
         cells it does not hold, and a context be sized for them."""
-        if rows and rows != self._rows:
+        if rows and rows != self.state_rows:
             raise MemoryFileError("the memory's KV state has rows of another size than this model's "
                                   "(altered, or made with other cache settings); read the document again with --force")
 
     @cached_property
-    def _rows(self) -> tuple:
+    def state_rows(self) -> tuple:
         """The row layout of this model's own saved state, from a one-token cache."""
         with self.new_cache(64, 64) as cache:
             cache.append(np.array([max(self.bos, 0)], dtype=np.int32), np.zeros(1, dtype=np.int64), np.zeros(1, dtype=bool))

@@ -65,36 +65,36 @@ def _positions(r: _Reader, cells: int) -> np.ndarray:
     return table[:, 0].astype(np.int64)
 
 
-def _skip_kv(r: _Reader, cells: int, n_layer: int) -> tuple[tuple[int, int, int], ...]:
+def _skip_kv(r: _Reader, cells: int, n_layer: int) -> tuple[tuple[tuple[int, int, int], ...], list[tuple[int, int]]]:
     """Step over the layers' rows; returns each one's (part, type, bytes a cell): part 0 for K,
-    1 for V, 2 for a transposed V."""
+    1 for V, 2 for a transposed V; and where each one's rows lie in the state (start, end)."""
     (v_trans,) = r.unpack(_U32)
     (layers,) = r.unpack(_U32)
     if v_trans not in (0, 1) or layers != n_layer:
         raise MemoryFileError(f"{_BAD} (it has {layers} layers; this model has {n_layer})")
-    rows = []
+    rows, spans = [], []
     for _ in range(layers):
         kind, row = r.unpack(_ROW)
+        spans.append((r.at, r.at + cells * row))
         r.take(cells * row)
         rows.append((0, kind, row))
     for _ in range(layers):
         if v_trans:
             kind, element, width = r.unpack(_V_TRANSPOSED)
+            spans.append((r.at, r.at + cells * element * width))
             r.take(cells * element * width)
             rows.append((2, kind, element * width))
         else:
             kind, row = r.unpack(_ROW)
+            spans.append((r.at, r.at + cells * row))
             r.take(cells * row)
             rows.append((1, kind, row))
-    return tuple(rows)
+    return tuple(rows), spans
 
 
-def read_state(state: bytes, n_layer: int) -> tuple[np.ndarray, tuple[tuple[int, int, int], ...]]:
-    """The position of every cell in ``state`` (in the order llama.cpp saved them) and its
-    layers' row layout (part, type, bytes a cell), once the whole state is known to be one
-    sequence's cells and ``n_layer`` layers of their KV, to the last byte. Raises
-    ``MemoryFileError`` otherwise. Rows of another size than the model's own mean the state
-    claims cells it does not hold: the caller compares the layout with one of its own."""
+def state_layout(state: bytes, n_layer: int) -> tuple[np.ndarray, tuple[tuple[int, int, int], ...], list[tuple[int, int]]]:
+    """``read_state``, and where each layer's K and V rows lie in ``state`` (start, end): the
+    recall store's compaction (engine/gguf/compact_state.py) rewrites only those."""
     r = _Reader(state)
     magic, _ = r.unpack(_PREFIX)
     if magic != IO_MAGIC:
@@ -105,9 +105,20 @@ def read_state(state: bytes, n_layer: int) -> tuple[np.ndarray, tuple[tuple[int,
     (cells,) = r.unpack(_U32)
     positions = np.zeros(0, dtype=np.int64)
     rows: tuple[tuple[int, int, int], ...] = ()
+    spans: list[tuple[int, int]] = []
     if cells:
         positions = _positions(r, cells)
-        rows = _skip_kv(r, cells, n_layer)
+        rows, spans = _skip_kv(r, cells, n_layer)
     if r.at != len(r.data):
         raise MemoryFileError(f"{_BAD} ({len(r.data) - r.at} bytes follow its last layer)")
+    return positions, rows, spans
+
+
+def read_state(state: bytes, n_layer: int) -> tuple[np.ndarray, tuple[tuple[int, int, int], ...]]:
+    """The position of every cell in ``state`` (in the order llama.cpp saved them) and its
+    layers' row layout (part, type, bytes a cell), once the whole state is known to be one
+    sequence's cells and ``n_layer`` layers of their KV, to the last byte. Raises
+    ``MemoryFileError`` otherwise. Rows of another size than the model's own mean the state
+    claims cells it does not hold: the caller compares the layout with one of its own."""
+    positions, rows, _ = state_layout(state, n_layer)
     return positions, rows
