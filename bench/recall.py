@@ -25,6 +25,11 @@ Method (bundled model, Comma's real ingest and ask paths, greedy answers):
   (engine/spot_reading.py; its tokenizer sizes it) holds an accepted answer string, from the
   words ranking, from the merged one, and from the merged one with each page's stretch around
   its nearest passage (``merged_focus``, what Comma does).
+- store: what compacting the store's passages costs (engine/gguf/compact_state.py): passages
+  of 500 tokens of GPL-3, the Apache licence (Debian common-licenses) and R-intro.pdf, each
+  read after the text before it and stored as the read stores them, then loaded after a
+  64-token start; the mean negative log-likelihood of the 48 tokens that follow each, with the
+  passage's f16 state and with its compacted one, and both sizes.
 - speed: a 60K-token-plus manual (R-intro.pdf) read with and without the recall store; time to
   first token of ``comma ask --json`` in fresh processes (median of --runs), and of a follow-up
   on the live conversation; store size per 100 pages against the full f16 KV (23,040 B/token).
@@ -34,6 +39,7 @@ Prints one JSON object (and writes it to --out).
     python bench/recall.py niah [--lengths 8000,32000] [--depths 0,10,...,100]
     python bench/recall.py qa
     python bench/recall.py pages                      # no model answers: page places, spot text
+    python bench/recall.py store [--passages 4]        # compacted passages: size and quality
     python bench/recall.py speed [--runs 5]
     python bench/recall.py plot RESULTS.json [MORE.json] OUT.png   # needs matplotlib
 """
@@ -67,6 +73,8 @@ NEEDLE = "\nThe best thing to do in San Francisco is eat a sandwich and sit in D
 QUESTION = "What is the best thing to do in San Francisco?"
 FULL_KV_BYTES_PER_TOKEN = 23_040
 DATA = ROOT / "bench" / "data"
+PASSAGE = 500  # tokens of a stored passage (store)
+FOLLOWING = 48  # tokens after it whose log-likelihood is compared (store)
 ANSWER = Sampling(max_tokens=64)
 
 
@@ -224,6 +232,49 @@ def page_places(comma: Comma, args) -> dict:
     return {"questions": rows, "summary": summary}
 
 
+def store(comma: Comma, args) -> dict:
+    """What compacting a stored passage costs: size and the log-likelihood of what follows it."""
+    from unittest import mock
+
+    import numpy as np
+
+    from engine.gguf import context
+    from engine.gguf.compact_state import compact, expand
+
+    model = comma.model
+    texts = {"GPL-3": Path("/usr/share/common-licenses/GPL-3").read_text(),
+             "Apache-2.0": Path("/usr/share/common-licenses/Apache-2.0").read_text(),
+             "R-intro.pdf": comma.read_file(DATA / "R-intro.pdf").text}
+    rows = []
+    for name, text in texts.items():
+        tokens = model.tokenize(text).astype(np.int32)
+        starts = list(range(600, min(len(tokens) - 600, 600 + 1000 * args.passages), 1000))
+        end = starts[-1] + PASSAGE
+        # The f16 state as llama.cpp writes it, which the read would otherwise compact.
+        with model.new_cache(end + 8) as cache, mock.patch.object(context, "compact", lambda state, n_layer: state):
+            cache.append(tokens[:end], np.arange(end), np.zeros(end, bool))
+            stored = {at: cache.export_slots(at, at + PASSAGE) for at in starts}
+        for at, raw in stored.items():
+            packed = compact(raw, model.n_layer)
+            assert len(expand(packed, model.n_layer, model.state_rows)) == len(raw)
+            after = tokens[at + PASSAGE:at + PASSAGE + FOLLOWING + 1]
+            with model.new_cache(1024) as cache:
+                cache.append(tokens[:64], np.arange(64), np.zeros(64, bool))
+                f16, small = (float(cache.log_probs_after([[(state, PASSAGE)]], after, FOLLOWING, 64).mean())
+                              for state in (raw, packed))
+            row = {"text": name, "at": at, "f16_bytes": len(raw), "compact_bytes": len(packed),
+                   "nll_f16": round(-f16, 4), "nll_compact": round(-small, 4)}
+            print(json.dumps(row), file=sys.stderr)
+            rows.append(row)
+    return {"passages": rows, "summary": {
+        "size_ratio": round(sum(r["compact_bytes"] for r in rows) / sum(r["f16_bytes"] for r in rows), 4),
+        "compact_bytes_per_token": round(statistics.mean(r["compact_bytes"] for r in rows) / PASSAGE),
+        "f16_bytes_per_token": round(statistics.mean(r["f16_bytes"] for r in rows) / PASSAGE),
+        "nll_f16": round(statistics.mean(r["nll_f16"] for r in rows), 4),
+        "nll_compact": round(statistics.mean(r["nll_compact"] for r in rows), 4),
+        "nll_change_max": round(max(abs(r["nll_compact"] - r["nll_f16"]) for r in rows), 4)}}
+
+
 def speed(comma: Comma, args) -> dict:
     pdf = DATA / "R-intro.pdf"
     env = {**os.environ, "COMMA_HOME": str(comma.library.folder)}
@@ -302,6 +353,9 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "recall_qa_cpu.json")
     p = sub.add_parser("pages")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "recall_pages_cpu.json")
+    p = sub.add_parser("store")
+    p.add_argument("--passages", type=int, default=4, help="passages per text")
+    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "recall_store_cpu.json")
     p = sub.add_parser("speed")
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "recall_speed_cpu.json")
@@ -313,7 +367,7 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory() as home:
         comma = Comma(Library(Path(home)))
-        figures = {"niah": niah, "qa": qa, "pages": page_places, "speed": speed}[args.what](comma, args)
+        figures = {"niah": niah, "qa": qa, "pages": page_places, "store": store, "speed": speed}[args.what](comma, args)
     emit(f"recall_{args.what}", __doc__.split("Method", 1)[1], comma.model, figures, args.out)
 
 
