@@ -33,7 +33,7 @@ import struct
 import numpy as np
 
 from engine.errors import MemoryFileError
-from engine.gguf.sequence_state import state_layout
+from engine.gguf.sequence_state import Reader, state_layout
 
 MAGIC = 0x4B563834
 F16 = 1  # ggml_type of an f16 row
@@ -89,30 +89,18 @@ def _values(matrix: np.ndarray) -> bytes:
     return scale.tobytes() + (q[:, 0::2] | (q[:, 1::2] << 4)).tobytes()
 
 
-class _Reader:
-    def __init__(self, data: bytes):
-        self.data, self.at = data, 0
-
-    def take(self, n: int) -> bytes:
-        if n < 0 or self.at + n > len(self.data):
-            raise MemoryFileError(f"{_BAD} (it ends early)")
-        out = self.data[self.at:self.at + n]
-        self.at += n
-        return out
-
-
 def expand(blob: bytes, n_layer: int, rows: tuple[tuple[int, int, int], ...]) -> bytes:
     """The llama.cpp state ``compact`` made ``blob`` from, for a model whose own state rows are
     ``rows`` (part, type, bytes a cell) over ``n_layer`` layers; the caller checks the result
     as it checks any state."""
-    r = _Reader(blob)
+    r = Reader(blob, _BAD)
     magic, cells, head = _HEAD.unpack(r.take(_HEAD.size))
     if magic != MAGIC or not 0 < cells <= 1 << 24 or len(rows) != 2 * n_layer:
         raise MemoryFileError(f"{_BAD} (its header)")
-    out = [r.take(head)]
+    out = [bytes(r.take(head))]
     for part, _, width in rows:
         (between,) = _U32.unpack(r.take(_U32.size))
-        out.append(r.take(between))
+        out.append(bytes(r.take(between)))
         channels = width // 2
         if part == 0:
             scale = np.frombuffer(r.take(2 * channels), np.float16).astype(np.float32)
@@ -128,5 +116,5 @@ def expand(blob: bytes, n_layer: int, rows: tuple[tuple[int, int, int], ...]) ->
             matrix = (q.reshape(cells, groups, GROUP).astype(np.float32) * scale).reshape(cells, channels)
         halves = matrix.astype(np.float16)
         out.append((halves.T if part == 2 else halves).tobytes())
-    out.append(blob[r.at:])
+    out.append(bytes(blob[r.at:]))
     return b"".join(out)

@@ -35,13 +35,15 @@ MAX_SEQUENCES_PER_CELL = 64
 _BAD = "the memory's KV state is not one this model's llama.cpp wrote"
 
 
-class _Reader:
-    def __init__(self, data: bytes):
-        self.data, self.at = memoryview(data), 0
+class Reader:
+    """Bytes taken in order; running out is a MemoryFileError that begins with ``bad``."""
+
+    def __init__(self, data: bytes, bad: str = _BAD):
+        self.data, self.at, self.bad = memoryview(data), 0, bad
 
     def take(self, n: int) -> memoryview:
         if n < 0 or self.at + n > len(self.data):
-            raise MemoryFileError(f"{_BAD} (it ends early)")
+            raise MemoryFileError(f"{self.bad} (it ends early)")
         out = self.data[self.at:self.at + n]
         self.at += n
         return out
@@ -50,7 +52,7 @@ class _Reader:
         return fmt.unpack(self.take(fmt.size))
 
 
-def _positions(r: _Reader, cells: int) -> np.ndarray:
+def _positions(r: Reader, cells: int) -> np.ndarray:
     # Every cell of one sequence's state lists the same number of sequences (the one saved), so
     # the table is read at once from the first cell's count.
     head = r.data[r.at:r.at + 8]
@@ -65,7 +67,7 @@ def _positions(r: _Reader, cells: int) -> np.ndarray:
     return table[:, 0].astype(np.int64)
 
 
-def _skip_kv(r: _Reader, cells: int, n_layer: int) -> tuple[tuple[tuple[int, int, int], ...], list[tuple[int, int]]]:
+def _skip_kv(r: Reader, cells: int, n_layer: int) -> tuple[tuple[tuple[int, int, int], ...], list[tuple[int, int]]]:
     """Step over the layers' rows; returns each one's (part, type, bytes a cell): part 0 for K,
     1 for V, 2 for a transposed V; and where each one's rows lie in the state (start, end)."""
     (v_trans,) = r.unpack(_U32)
@@ -95,7 +97,7 @@ def _skip_kv(r: _Reader, cells: int, n_layer: int) -> tuple[tuple[tuple[int, int
 def state_layout(state: bytes, n_layer: int) -> tuple[np.ndarray, tuple[tuple[int, int, int], ...], list[tuple[int, int]]]:
     """``read_state``, and where each layer's K and V rows lie in ``state`` (start, end): the
     recall store's compaction (engine/gguf/compact_state.py) rewrites only those."""
-    r = _Reader(state)
+    r = Reader(state)
     magic, _ = r.unpack(_PREFIX)
     if magic != IO_MAGIC:
         raise MemoryFileError(f"{_BAD} (it does not begin as a llama.cpp sequence state)")
