@@ -117,12 +117,8 @@ class Conversation:
         tokens, and its passages where they go (the first turn's right after the memory, a
         follow-up's inside its turn). Within the room: earlier follow-ups' passages leave first,
         then the first turn's, then the oldest turns."""
-        pairs = []
-        for i in range(0, len(history) - 1, 2):
-            asked = history[i]["content"]
-            n = i // 2
-            known = self._turns[n][1] if n < len(self._turns) and self._turns[n][0] == asked else ()
-            pairs.append([asked, history[i + 1]["content"], known])
+        pairs = [[asked, history[2 * n + 1]["content"], passages]
+                 for n, (asked, passages) in enumerate(self._known(history))]
         cells = self.cache.n_ctx - self.memory.kept_tokens
         while True:
             slots, text = self._render(pairs, question, passages)
@@ -138,6 +134,16 @@ class Conversation:
                 # The latest follow-up's passages leave first: only what came after them is
                 # computed again. The first question's, right after the memory, go last.
                 (follow_ups[-1] if follow_ups else pairs[0])[2] = ()
+
+    def _known(self, history: list[dict[str, str]]) -> list[tuple[str, tuple[Passage, ...]]]:
+        """Each earlier turn's question, with the passages this cache gave it (none for a turn
+        it did not answer)."""
+        out = []
+        for n in range(len(history) // 2):
+            asked = history[2 * n]["content"]
+            ours = n < len(self._turns) and self._turns[n][0] == asked
+            out.append((asked, self._turns[n][1] if ours else ()))
+        return out
 
     def _render(self, pairs: list, question: str, passages: tuple[Passage, ...]) -> tuple[list[Slot], int]:
         """The layout of these turns, and how many of its slots are text."""
@@ -258,7 +264,7 @@ class Conversation:
             self._without_recall(str(exc))
             passages = ()
             logits = self._fill(self._layout(history, question, (), sampling.max_tokens))
-        self._turns = self._turns[:len(history) // 2] + [(question, passages)]
+        self._turns = [*self._known(history), (question, passages)]
 
         def step(token: int) -> np.ndarray:
             self._cached.append(token)

@@ -118,6 +118,22 @@ def test_a_follow_up_s_passages_go_in_its_turn_and_nothing_before_is_computed_ag
     assert sum(counts[:2]) < question + 64 and all(n == 1 for n in counts[2:])  # bytes: the template is ~50
 
 
+def test_a_resumed_session_s_new_turns_keep_their_passages(comma, read_doc):
+    """Earlier turns from the library are text; the turns this cache answers keep their passages."""
+    doc_id = read_doc["doc_id"]
+    session = comma.library.new_session(doc_id, "old")
+    for role, text in [("user", "What of the river?"), ("assistant", "It flows."),
+                       ("user", "And the market?"), ("assistant", "It is busy.")]:
+        comma.library.add_message(session, role, text)
+    with comma.conversation(doc_id) as conversation:
+        conversation.ask(QUESTION, session)
+        counts = _decoded(conversation)
+        conversation.ask("Which gate does it open?", session)
+        live = conversation._live
+        assert [bool(p) for _, p in live._turns] == [False, False, True, True]
+    assert sum(counts[:2]) < len("Which gate does it open?") + 64
+
+
 def test_when_the_cache_is_full_earlier_follow_ups_passages_leave_and_answers_go_on(comma, tmp_path, monkeypatch):
     from engine import conversation as conversation_module
 
