@@ -86,9 +86,11 @@ class Conversation:
         free = max(0, model.n_ctx_train - memory.kept_tokens - room)
         self.passage_budget = min(free, MAX_PASSAGES * PASSAGE_TOKENS) if recall else 0
         follow_ups = min(FOLLOW_UP_TURNS * self.passage_budget, free - self.passage_budget)
-        extra = ((max(self.passage_budget, ranking_room()) if ranking == "likelihood" else self.passage_budget)
-                 + follow_ups) if recall else 0
-        self.cache = model.new_cache(memory.kept_tokens + room + extra)
+        # What follows the memory stays within the trained positions; ranking's side sequences
+        # (at their passages' own positions) get the cells beyond.
+        self.layout_cells = room + self.passage_budget + follow_ups
+        ranking_extra = max(0, ranking_room() - self.passage_budget) if recall and ranking == "likelihood" else 0
+        self.cache = model.new_cache(memory.kept_tokens + self.layout_cells + ranking_extra)
         try:
             self.cache.restore(memory.state, memory.offsets, memory.separators)
         except Exception:
@@ -119,7 +121,7 @@ class Conversation:
         then the first turn's, then the oldest turns."""
         pairs = [[asked, history[2 * n + 1]["content"], passages]
                  for n, (asked, passages) in enumerate(self._known(history))]
-        cells = self.cache.n_ctx - self.memory.kept_tokens
+        cells = self.layout_cells
         while True:
             slots, text = self._render(pairs, question, passages)
             if text + answer_room <= self.room and len(slots) + answer_room <= cells:

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from app.actions import Comma
+from engine.conversation import CONVERSATION_ROOM
 from engine.errors import MemoryFileError
 from engine.memory_file import StoreWriter, open_store
 from engine.recall import PASSAGE_TOKENS, RecallStore, sink_slots
@@ -141,6 +142,10 @@ def test_when_the_cache_is_full_earlier_follow_ups_passages_leave_and_answers_go
     path = tmp_path / "many.txt"
     write_doc(path, needle_at=2, parts=10)
     doc_id = comma.ingest(path, notes=False)["doc_id"]
+    kept = comma.library.find_memory(doc_id, comma.model.fingerprint, comma.model.backend,
+                                     comma.library.memories(doc_id)[0]["policy_key"])["kept_tokens"]
+    # The trained context leaves the follow-ups 1,500 cells beside the first question's passages.
+    comma.model.n_ctx_train = kept + CONVERSATION_ROOM + 2 * PASSAGE_TOKENS + 1500
     questions = [QUESTION, "What of the river?", "What of the orchard?", "What of the candle?", "What of the valley?"]
     with comma.conversation(doc_id) as conversation:
         session = None
@@ -152,7 +157,7 @@ def test_when_the_cache_is_full_earlier_follow_ups_passages_leave_and_answers_go
         loaded = [t for t in live._cached if isinstance(t, tuple)]
     # The first question's passages and the last follow-up's are in the cache; others left.
     assert {i for i, _ in loaded} >= {p.index for p in live._turns[0][1]} | {p.index for p in live._turns[-1][1]}
-    assert len(loaded) <= live.cache.n_ctx - live.memory.kept_tokens
+    assert len(live._cached) <= live.layout_cells and kept + live.layout_cells <= comma.model.n_ctx_train
     assert len(comma.library.messages(session)) == 2 * len(questions)
 
 
