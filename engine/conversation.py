@@ -119,8 +119,8 @@ class Conversation:
         tokens, and its passages where they go (the first turn's right after the memory, a
         follow-up's inside its turn). Within the room: earlier follow-ups' passages leave first,
         then the first turn's, then the oldest turns."""
-        pairs = [[asked, history[2 * n + 1]["content"], passages]
-                 for n, (asked, passages) in enumerate(self._known(history))]
+        pairs = [[asked, history[2 * n + 1]["content"], given]
+                 for n, (asked, given) in enumerate(self._known(history))]
         cells = self.layout_cells
         while True:
             slots, text = self._render(pairs, question, passages)
