@@ -328,6 +328,10 @@ class PageView(QScrollArea):
         if marks:
             first = min(r.top() for r in marks)
             y = max(self._tops[index] + int(first * self.zoom) - self.viewport().height() // 3, y)
+            if index + 1 < len(self._tops):
+                # A passage low on its page: the view's middle stays on that page, so the page
+                # box names the page cited, and the passage is still in view below the middle.
+                y = min(y, self._tops[index + 1] - self.viewport().height() // 2 - 1)
         self.verticalScrollBar().setValue(y)
         self.canvas.update()
         self.pageChanged.emit(self.current_page())
