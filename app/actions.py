@@ -97,31 +97,29 @@ class Comma:
         return load_answering_model(self.answering, self.backend, self.model_path, self.library.models_folder,
                                     self.preparing, self.notice)
 
+    def _once(self, name: str, load: Callable[[], tuple]) -> tuple:
+        """``(thing or None, why not)`` kept in the field ``name``, loaded the first time asked."""
+        if getattr(self, name) is None:
+            setattr(self, name, load())
+        return getattr(self, name)
+
     @property
     def answerer(self):
         """The answering model, or None when the reading model answers (``answerer_reason`` says why)."""
-        if self._answerer is None:
-            self._answerer = self._load_answerer()
-        return self._answerer[0]
+        return self._once("_answerer", self._load_answerer)[0]
 
     @property
     def answerer_reason(self) -> str | None:
-        self.answerer  # noqa: B018  # loading it is what tells why not
-        assert self._answerer is not None
-        return self._answerer[1]
+        return self._once("_answerer", self._load_answerer)[1]
 
     @property
     def encoder(self):
         """The sentence encoder that finds pages by meaning, or None (``encoder_reason`` says why)."""
-        if self._encoder is None:
-            self._encoder = sentence_encoder.load_encoder()
-        return self._encoder[0]
+        return self._once("_encoder", sentence_encoder.load_encoder)[0]
 
     @property
     def encoder_reason(self) -> str | None:
-        self.encoder  # noqa: B018  # loading it is what tells why not
-        assert self._encoder is not None
-        return self._encoder[1]
+        return self._once("_encoder", sentence_encoder.load_encoder)[1]
 
     def index_meaning(self, document: Document, progress: Progress | None = None,
                       cancelled: Callable[[], bool] | None = None) -> dict:
