@@ -20,6 +20,7 @@ SUMMARY_REQUEST = (
 )
 _MARK = "⟦comma:document⟧"  # no NUL: the template renderer takes C strings
 PASSAGES = "⟦comma:passages⟧"  # where a follow-up's passages go in its turn (engine.conversation)
+ANSWER = "⟦comma:answer⟧"  # where an earlier answer's own generated tokens go (engine.conversation)
 FOLLOW_UP_INTRO = "From the document:\n\n"
 
 

@@ -93,6 +93,11 @@ class RecallCache(Cache, Protocol):
     def log_probs_after(self, branches: list[list[tuple[bytes, int]]], tokens: np.ndarray, scored: int,
                         prefix: int) -> np.ndarray: ...
 
+    def remove(self, start: int, end: int) -> None:
+        """Drop slots ``[start, end)`` and slide every later slot left into their place, its KV
+        kept (re-rotated for its new position): an earlier turn's passages leave the
+        conversation, and its text stays without being computed again."""
+
 
 @runtime_checkable
 class Model(Protocol):

@@ -107,6 +107,11 @@ class FakeCache:
             self.offsets = np.concatenate([self.offsets, np.asarray(offsets, dtype=np.int64)])
             self.separators = np.concatenate([self.separators, np.zeros(len(tokens), dtype=bool)])
 
+    def remove(self, start: int, end: int) -> None:
+        del self.tokens[start:end]
+        gone = np.arange(start, min(end, len(self.offsets)))
+        self.offsets, self.separators = np.delete(self.offsets, gone), np.delete(self.separators, gone)
+
     def log_probs_after(self, branches, tokens, scored: int, prefix: int) -> np.ndarray:
         """A question byte is likely after a passage that holds it with the two bytes before it:
         enough to rank passages by the words they share with the question."""

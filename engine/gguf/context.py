@@ -159,6 +159,25 @@ class GGUFCache:
         self.separators = self.separators[:length]
         self._tail = max(0, length - len(self.offsets))
 
+    def remove(self, start: int, end: int) -> None:
+        """Drop main slots ``[start, end)``; the slots after them slide left, keys re-rotated
+        (as eviction does), so what follows is not computed again."""
+        n = self.length
+        if not 0 <= start <= end <= n:
+            raise ValueError(f"cannot remove slots {start}..{end} of {n}")
+        if start == end:
+            return
+        if not llama.llama_memory_seq_rm(self.memory, MAIN, start, end):
+            raise CommaError("this model's KV cache refused a partial removal")
+        if end < n:
+            llama.llama_memory_seq_add(self.memory, MAIN, end, -1, start - end)
+            self._shift_pending = True
+        documents = len(self.offsets)
+        gone = np.arange(start, min(end, documents))
+        self.offsets = np.delete(self.offsets, gone)
+        self.separators = np.delete(self.separators, gone)
+        self._tail -= (end - start) - len(gone)
+
     def _apply_shift(self) -> None:
         if self._shift_pending:
             # llama.cpp re-rotates shifted keys only at the next decode, and a saved state would

@@ -46,6 +46,27 @@ def test_evict_compacts_positions_and_tracks_offsets(model, tokens):
     assert llama.llama_memory_seq_pos_max(cache.memory, 0) == len(keep) + 9
 
 
+def test_removing_slots_slides_what_follows_into_their_place(model, tokens):
+    """An earlier turn's passage leaves: positions stay 0..n-1, offsets lose only its document
+    slots, and the text after it, kept with its keys re-rotated, predicts as before."""
+    cache = fill(model, tokens[:200], n_ctx=1024)
+    cache.import_slots(cache.export_slots(150, 200), np.arange(150, 200))  # a passage after the memory
+    cache.decode_main_tail(tokens[300:340])
+    before = cache.decode_main_tail(tokens[340:341])
+    cache.truncate(cache.length - 1)
+    cache.remove(200, 250)
+    assert cache.length == 240 and cache.offsets.tolist() == list(range(200))
+    assert llama.llama_memory_seq_pos_max(cache.memory, 0) == 239
+    after = cache.decode_main_tail(tokens[340:341])
+    assert int(np.argmax(after)) == int(np.argmax(before))
+    cache.remove(100, 210)  # document slots and conversation together
+    assert cache.length == 131 and cache.offsets.tolist() == list(range(100))
+    restored = model.new_cache(512, 256)
+    restored.restore(cache.snapshot(), np.arange(131), np.zeros(131, dtype=bool))
+    with pytest.raises(ValueError):
+        cache.remove(120, 500)
+
+
 def mean_nll(cache, tokens):
     logits = cache.append(tokens, np.arange(len(tokens)), np.zeros(len(tokens), dtype=bool), logits=Logits.ALL)
     logits = logits - logits.max(axis=1, keepdims=True)

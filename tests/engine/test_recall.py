@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 
 from app.actions import Comma
-from engine.conversation import CONVERSATION_ROOM
 from engine.errors import MemoryFileError
 from engine.memory_file import StoreWriter, open_store
 from engine.recall import PASSAGE_TOKENS, RecallStore, sink_slots
@@ -99,6 +98,7 @@ def _decoded(conversation) -> list[int]:
 
 
 def test_a_follow_up_s_passages_go_in_its_turn_and_nothing_before_is_computed_again(comma, tmp_path):
+    """The first turn's passages leave the cache; its text and answer stay, not computed again."""
     path = tmp_path / "two.txt"
     write_doc(path, needle_at=1, parts=8)
     path.write_text(path.read_text() + " The lighthouse keeper is called Amelia Stone, and she rows.")
@@ -106,12 +106,17 @@ def test_a_follow_up_s_passages_go_in_its_turn_and_nothing_before_is_computed_ag
     with comma.conversation(doc_id) as conversation:
         first = conversation.ask(QUESTION)
         live = conversation._live
-        held = list(live.cache.tokens)
+        kept = live.memory.kept_tokens
+        held, slots = list(live.cache.tokens), list(live._cached)
+        assert any(isinstance(slot, tuple) for slot in slots)
         counts = _decoded(conversation)
         second = conversation.ask("Who is the lighthouse keeper?", first.session_id)
-        assert live.cache.tokens[:len(held)] == held  # the first turn, its passages and answer, stay
-        loaded = [p.index for p in live._turns[1][1]]
+        text = held[:kept] + [token for token, slot in zip(held[kept:], slots, strict=True)
+                              if not isinstance(slot, tuple)]
+        assert live.cache.tokens[:len(text)] == text
+        loaded = [p.index for p in live._turns[1].passages]
         assert loaded and all((i, 0) in live._cached for i in loaded)
+        assert {slot[0] for slot in live._cached if isinstance(slot, tuple)} == set(loaded)
     assert first.pages[0] == needle_page(comma, doc_id) and second.pages[0] != first.pages[0]
     assert second.sources[0]["page"] == second.pages[0]
     question = len(comma.model.tokenize(" Who is the lighthouse keeper?"))
@@ -131,33 +136,29 @@ def test_a_resumed_session_s_new_turns_keep_their_passages(comma, read_doc):
         counts = _decoded(conversation)
         conversation.ask("Which gate does it open?", session)
         live = conversation._live
-        assert [bool(p) for _, p in live._turns] == [False, False, True, True]
+        assert [bool(t.passages) for t in live._turns] == [False, False, True, True]
     assert sum(counts[:2]) < len("Which gate does it open?") + 64
 
 
-def test_when_the_cache_is_full_earlier_follow_ups_passages_leave_and_answers_go_on(comma, tmp_path, monkeypatch):
-    from engine import conversation as conversation_module
-
-    monkeypatch.setattr(conversation_module, "FOLLOW_UP_TURNS", 1)
+def test_the_cache_holds_only_the_latest_question_s_passages_and_answers_go_on(comma, tmp_path):
     path = tmp_path / "many.txt"
     write_doc(path, needle_at=2, parts=10)
     doc_id = comma.ingest(path, notes=False)["doc_id"]
-    kept = comma.library.find_memory(doc_id, comma.model.fingerprint, comma.model.backend,
-                                     comma.library.memories(doc_id)[0]["policy_key"])["kept_tokens"]
-    # The trained context leaves the follow-ups 1,500 cells beside the first question's passages.
-    comma.model.n_ctx_train = kept + CONVERSATION_ROOM + 2 * PASSAGE_TOKENS + 1500
     questions = [QUESTION, "What of the river?", "What of the orchard?", "What of the candle?", "What of the valley?"]
     with comma.conversation(doc_id) as conversation:
         session = None
-        for question in questions:
+        for n, question in enumerate(questions):
+            counts = _decoded(conversation) if n else []
             result = conversation.ask(question, session)
             session = result.session_id
             assert result.answer and result.recall and result.sources
-        live = conversation._live
-        loaded = [t for t in live._cached if isinstance(t, tuple)]
-    # The first question's passages and the last follow-up's are in the cache; others left.
-    assert {i for i, _ in loaded} >= {p.index for p in live._turns[0][1]} | {p.index for p in live._turns[-1][1]}
-    assert len(live._cached) <= live.layout_cells and kept + live.layout_cells <= comma.model.n_ctx_train
+            live = conversation._live
+            loaded = {slot[0] for slot in live._cached if isinstance(slot, tuple)}
+            assert loaded == {p.index for p in live._turns[-1].passages}
+            # Only the follow-up's own turn is computed, however many turns came before.
+            assert sum(counts[:2]) < len(question) + 64 and all(k == 1 for k in counts[2:])
+            assert len(live._cached) <= live.layout_cells
+    assert live.memory.kept_tokens + live.layout_cells <= comma.model.n_ctx_train
     assert len(comma.library.messages(session)) == 2 * len(questions)
 
 
