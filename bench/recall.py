@@ -10,9 +10,10 @@ Method (bundled model, Comma's real ingest and ask paths, greedy answers):
   document (its pages are 3,000-character cuts). The package's question is asked. An answer
   counts when it holds both "sandwich" and "Dolores Park"; the page counts when the needle's
   page is first in ``pages``. Methods, on the same reading: ``memory`` (the separator memory
-  alone), ``words`` (the full-text index's best pages, in its order), ``likelihood`` (those
+  alone), ``words`` (the full-text index's best pages, in its order), ``merged`` (those and the
+  pages nearest in meaning, in turn: what the app asks with), ``likelihood`` (the words
   pages' passages ranked by the question's log-likelihood after each, ParallelComp's choice:
-  Comma's default), and ``full`` where the haystack fits the model's 8K context (a full-attention
+  ``--ranking likelihood``), and ``full`` where the haystack fits the model's 8K context (a full-attention
   reading: the model's own ceiling).
 - qa: bench/data/questions.json (see bench/data/SOURCES.md: two manuals from Debian packages,
   half the questions in the manual's words and half in a reader's), per method: evidence recall
@@ -104,10 +105,15 @@ def haystack(model, length: int, depth: int) -> str:
 
 
 def ask(comma: Comma, memory, store, doc_id: str, question: str, ranking: str | None) -> dict:
+    """``ranking`` None: the memory alone; "merged": the app's candidates (words and meaning in
+    turn) in their order; "words" / "likelihood": the full-text index's candidates, in its order
+    or by the question's likelihood."""
     recall = store if ranking else None
-    candidates = comma.library.candidate_pages(doc_id, question, CANDIDATE_PAGES) if recall else []
+    candidates = [] if not recall else comma.candidate_pages(doc_id, question) if ranking == "merged" \
+        else comma.library.candidate_pages(doc_id, question, CANDIDATE_PAGES)
     started = time.perf_counter()
-    with Conversation(comma.model, memory, recall=recall, ranking=ranking or "likelihood") as conversation:
+    with Conversation(comma.model, memory, recall=recall,
+                      ranking="words" if ranking == "merged" else ranking or "likelihood") as conversation:
         answer = "".join(conversation.ask(question, [], ANSWER, candidate_pages=candidates))
         return {"answer": answer.strip(), "pages": conversation.answer_pages(),
                 "seconds": round(time.perf_counter() - started, 2)}
@@ -136,7 +142,7 @@ def niah(comma: Comma, args) -> dict:
                 doc_id, memory, store = read(comma, path)
                 needle_page = next(p for p in range(1, 10_000)
                                    if "Dolores Park" in comma.library.page_text(doc_id, p))
-                methods = {"memory": None, "words": "words", "likelihood": "likelihood"}
+                methods = {"memory": None, "words": "words", "merged": "merged", "likelihood": "likelihood"}
                 row = {"length": length, "depth": depth, "needle_page": needle_page,
                        "pages": len(memory.header["page_token_starts"])}
                 for name, ranking in methods.items():
@@ -157,7 +163,7 @@ def judge(result: dict, gold_page: int) -> dict:
 
 def summarize(cells: list[dict]) -> dict:
     out = {}
-    for method in ("memory", "words", "likelihood", "full"):
+    for method in ("memory", "words", "merged", "likelihood", "full"):
         rows = [c[method] for c in cells if method in c]
         if rows:
             out[method] = {"cells": len(rows), "answered": sum(r["answered"] for r in rows) / len(rows),
@@ -323,7 +329,7 @@ def plot(results: list[Path], out: Path) -> None:
     import numpy as np
 
     cells = [c for path in results for c in json.loads(path.read_text())["cells"]]
-    methods = [m for m in ("memory", "words", "likelihood", "full") if any(m in c for c in cells)]
+    methods = [m for m in ("memory", "words", "merged", "likelihood", "full") if any(m in c for c in cells)]
     lengths = sorted({c["length"] for c in cells})
     depths = sorted({c["depth"] for c in cells})
     fig, axes = plt.subplots(1, len(methods), figsize=(3.2 * len(methods), 3.2), squeeze=False)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -66,6 +66,9 @@ class _Turn:
     passages: tuple[Passage, ...]
     answer: list[int] = field(default_factory=list)
 
+    def spoken(self, model: Model) -> str:
+        return b"".join(model.pieces[t] for t in self.answer).decode("utf-8", "replace").strip()
+
 
 @dataclass(frozen=True)
 class _Earlier:
@@ -75,6 +78,11 @@ class _Earlier:
     answer: str
     given: bool  # it was given passages (they have left; the words that introduced them stay)
     tokens: list[int] | None  # the answer's tokens as this cache generated them, or None: its text
+
+
+def _plain(text: str) -> str:
+    """A person's text without the marks the layout splits at."""
+    return text.replace(PASSAGES, "").replace(ANSWER, "")
 
 
 def _within_passage(slot: Slot) -> bool:
@@ -91,7 +99,7 @@ class Conversation:
     comes, and their turns stay as text whose KV is kept, slid into their place (as eviction
     slides the memory's): a follow-up costs its passages' loading and its own tokens, and the
     cache, over which every answer token attends, stays one turn's passages long (measured here
-    with the bundled model, a decode step took 32 ms after 2,900 slots and 58 ms after 7,000).
+    with the bundled model, a decode step took 25 ms after 2,000 slots and 58 ms after 7,000).
     A conversation given as ``history`` that this cache did not answer is text. When a store
     cannot be used (a damaged passage, say), the answer comes from the memory alone and
     ``recall_error`` says why."""
@@ -157,8 +165,10 @@ class Conversation:
         """For each earlier turn, the one this cache answered (None for a turn it did not)."""
         out: list[_Turn | None] = []
         for n in range(len(history) // 2):
-            ours = n < len(self._turns) and self._turns[n].question == history[2 * n]["content"]
-            out.append(self._turns[n] if ours else None)
+            turn = self._turns[n] if n < len(self._turns) else None
+            ours = turn is not None and turn.question == history[2 * n]["content"] \
+                and turn.spoken(self.model) == history[2 * n + 1]["content"]
+            out.append(turn if ours else None)
         return out
 
     def _earlier(self, history: list[dict[str, str]]) -> list[_Earlier]:
@@ -167,12 +177,9 @@ class Conversation:
         the first difference on would be computed again."""
         out = []
         for n, turn in enumerate(self._known(history)):
-            asked, answer = history[2 * n]["content"], history[2 * n + 1]["content"]
-            tokens = None
-            if turn is not None and turn.answer:
-                spoken = b"".join(self.model.pieces[t] for t in turn.answer).decode("utf-8", "replace")
-                tokens = turn.answer if spoken.strip() == answer else None
-            out.append(_Earlier(asked, answer, turn is not None and bool(turn.passages), tokens))
+            asked, answer = _plain(history[2 * n]["content"]), _plain(history[2 * n + 1]["content"])
+            out.append(_Earlier(asked, answer, turn is not None and bool(turn.passages),
+                                turn.answer if turn is not None and turn.answer else None))
         return out
 
     def _render(self, pairs: list[_Earlier], question: str,
@@ -188,8 +195,11 @@ class Conversation:
             if pair.tokens is not None:
                 answers.append(pair.tokens)
             messages.append({"role": "assistant", "content": ANSWER if pair.tokens is not None else pair.answer})
+        question = _plain(question)
         asked = with_passages(question) if pairs and passages else question
         pieces = _MARKS.split(question_suffix(self.model, messages, asked))
+        if pieces.count(ANSWER) != len(answers):  # a template that drops or repeats turns: all text
+            return self._render([replace(pair, tokens=None) for pair in pairs], question, passages)
         slots: list[Slot] = self._slots(passages) if not pairs else []
         marks = pieces.count(PASSAGES)
         text = 0
@@ -260,29 +270,26 @@ class Conversation:
             same -= 1  # a passage is loaded whole
         return same
 
-    def _remove_earlier_passages(self, same: int) -> None:
-        """Take the passages held beyond the first ``same`` slots out of the cache, keeping the
-        text after them where it slides to."""
-        assert isinstance(self.cache, RecallCache)
+    def _remove_earlier_passages(self) -> None:
+        """Take the earlier turns' passages out of the cache, keeping the text after them where
+        it slides to (before this question's passages are ranked, so that ranking has the cells)."""
+        if not isinstance(self.cache, RecallCache):
+            return
         at = len(self._cached)
-        while at > same:
+        while at > 0:
             if not isinstance(self._cached[at - 1], tuple):
                 at -= 1
                 continue
             end = at
-            while at > same and isinstance(self._cached[at - 1], tuple):
+            while at > 0 and isinstance(self._cached[at - 1], tuple):
                 at -= 1
             self.cache.remove(self.memory.kept_tokens + at, self.memory.kept_tokens + end)
             del self._cached[at:end]
 
     def _fill(self, wanted: list[Slot]) -> np.ndarray:
         """Make the cache hold ``wanted`` after the memory, computing only from the first slot
-        that differs from what it holds (once earlier turns' passages are out); the last
-        token's logits."""
+        that differs from what it holds; the last token's logits."""
         same = self._common(wanted)
-        if any(isinstance(slot, tuple) for slot in self._cached[same:]):
-            self._remove_earlier_passages(same)
-            same = self._common(wanted)
         self.cache.truncate(self.memory.kept_tokens + same)
         self._cached = wanted[:same]
         logits = None
@@ -316,6 +323,7 @@ class Conversation:
         """Yield the answer's text as it is generated."""
         history = history or []
         self._layout(history, question, (), sampling.max_tokens)  # a question too long is refused first
+        self._remove_earlier_passages()
         passages = self._choose_passages(question, candidate_pages or []) if self.recall is not None else ()
         wanted = self._layout(history, question, passages, sampling.max_tokens)
         try:
@@ -329,9 +337,10 @@ class Conversation:
                        for n, known in enumerate(self._known(history))] + [turn]
 
         def step(token: int) -> np.ndarray:
-            self._cached.append(token)
+            logits = self.cache.decode_main_tail(np.array([token], dtype=np.int32))
+            self._cached.append(token)  # once the cache holds it
             turn.answer.append(token)
-            return self.cache.decode_main_tail(np.array([token], dtype=np.int32))
+            return logits
 
         for piece in generate_text(self.model, logits, step, sampling, should_stop):
             if piece:

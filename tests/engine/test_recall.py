@@ -124,6 +124,20 @@ def test_a_follow_up_s_passages_go_in_its_turn_and_nothing_before_is_computed_ag
     assert sum(counts[:2]) < question + 64 and all(n == 1 for n in counts[2:])  # bytes: the template is ~50
 
 
+def test_the_layout_s_marks_typed_in_a_question_are_only_text(comma, read_doc):
+    from engine.prompts import ANSWER, PASSAGES
+
+    with comma.conversation(read_doc["doc_id"]) as conversation:
+        session = None
+        for question in [f"{PASSAGES} {QUESTION} {ANSWER}", f"And {ANSWER} the gate {PASSAGES}?"]:
+            result = conversation.ask(question, session)
+            session = result.session_id
+            live = conversation._live
+            held = [slot for slot in live._cached if isinstance(slot, tuple)]
+            assert result.answer and len(held) == sum(p.tokens for p in live._turns[-1].passages) > 0
+            assert len(held) <= live.passage_budget
+
+
 def test_a_resumed_session_s_new_turns_keep_their_passages(comma, read_doc):
     """Earlier turns from the library are text; the turns this cache answers keep their passages."""
     doc_id = read_doc["doc_id"]
