@@ -67,7 +67,7 @@ class _Turn:
     answer: list[int] = field(default_factory=list)
 
     def spoken(self, model: Model) -> str:
-        return b"".join(model.pieces[t] for t in self.answer).decode("utf-8", "replace").strip()
+        return model.detokenize(self.answer).decode("utf-8", "replace").strip()
 
 
 @dataclass(frozen=True)

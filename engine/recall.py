@@ -183,7 +183,7 @@ class RecallStore:
             self._tokens = np.frombuffer(self.file.read(["tokens"])["tokens"], dtype="<i4")
         start = passage.first - self.prompt_tokens
         ids = self._tokens[start:start + min(passage.tokens, 8 * words)]
-        return snippet(b"".join(model.pieces[int(t)] for t in ids).decode("utf-8", errors="replace"), words)
+        return snippet(model.detokenize(ids).decode("utf-8", errors="replace"), words)
 
 
 def snippet(text: str, words: int = SNIPPET_WORDS) -> str:
