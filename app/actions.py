@@ -25,7 +25,7 @@ from engine.memory_file import open_store, read_header
 from engine.policy import Full, make_policy, policy_key
 from engine.protocols import Progress
 from engine.reader import DEFAULT_CHUNK, read
-from engine.recall import CANDIDATE_PAGES, DEFAULT_RANKING, RecallStore, Source, snippet
+from engine.recall import ANSWERING_RANKING, CANDIDATE_PAGES, DEFAULT_RANKING, RecallStore, Source, snippet
 from engine.summary import summarize_notes
 from storage.library import Library, document_id
 
@@ -380,9 +380,12 @@ class Comma:
         doc = self.library.document(doc_id)
         return answerer, doc, self.library.find_memory(doc["id"], answerer.fingerprint, answerer.backend)
 
-    def conversation(self, doc_id: str, ranking: str = DEFAULT_RANKING) -> DocumentConversation:
-        """A live conversation over a document, for several questions in a row."""
+    def conversation(self, doc_id: str, ranking: str | None = None) -> DocumentConversation:
+        """A live conversation over a document, for several questions in a row. ``ranking``: how
+        its passages are chosen (engine.conversation.RANKINGS); by default the reading model
+        reranks and the answering model keeps the candidates' order (engine.recall says why)."""
         model, doc, record = self._answering_plan(doc_id)
+        ranking = ranking or (ANSWERING_RANKING if model is self.answerer else DEFAULT_RANKING)
         if record is None:
             return DocumentConversation(self, model, doc, None, None, None, None, ranking)
         memory = self.load_memory(doc, record, model)
@@ -392,7 +395,7 @@ class Comma:
     def ask(self, doc_id: str, question: str, session_id: str | None = None,
             on_text: Callable[[str], None] | None = None,
             should_stop: Callable[[], bool] = lambda: False, live: bool = False,
-            ranking: str = DEFAULT_RANKING, on_status: Callable[[str], None] | None = None,
+            ranking: str | None = None, on_status: Callable[[str], None] | None = None,
             sampling: Sampling = Sampling()) -> AskResult:
         """``live``: keep the conversation's cache for the next question about the same
         document (the window does; a one-shot command does not). ``on_status`` hears what is
@@ -406,7 +409,7 @@ class Comma:
             if not live:
                 conversation.close()
 
-    def _live_conversation(self, doc_id: str, ranking: str = DEFAULT_RANKING) -> DocumentConversation:
+    def _live_conversation(self, doc_id: str, ranking: str | None = None) -> DocumentConversation:
         model, doc, record = self._answering_plan(doc_id)
         live = self._live
         # A document read again since (or read by the answering model meanwhile) has a new
@@ -492,7 +495,7 @@ class DocumentConversation:
     from them alone."""
 
     def __init__(self, comma: Comma, model, doc: dict, record: dict | None, memory: Memory | None,
-                 store: RecallStore | None, reason: str | None, ranking: str = DEFAULT_RANKING):
+                 store: RecallStore | None, reason: str | None, ranking: str):
         self.comma, self.model, self.doc, self.record, self.memory = comma, model, doc, record, memory
         self.store, self.reason, self.ranking = store, reason, ranking
         self.role = "answering" if model is comma.answerer else "reading"

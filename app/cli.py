@@ -19,7 +19,7 @@ from engine.documents import Limits
 from engine.errors import CommaError
 from engine.generate import MAX_TEMPERATURE, Sampling
 from engine.policy import DEFAULT_CAPACITY, POLICIES
-from engine.recall import DEFAULT_RANKING
+from engine.recall import ANSWERING_RANKING, DEFAULT_RANKING, RERANK_POOL
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,9 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("doc_id")
     p.add_argument("question")
     p.add_argument("--session", metavar="ID", help="continue this conversation")
-    p.add_argument("--ranking", choices=list(RANKINGS), default=DEFAULT_RANKING,
-                   help="how the passages for the question are chosen among the pages that share its words: "
-                        "words (the full-text index's order) or likelihood (the model ranks them; slower)")
+    p.add_argument("--ranking", choices=list(RANKINGS),
+                   help="how the passages for the question are chosen among the candidate pages (by words and "
+                        "meaning): words (their order), likelihood (the model ranks them all; slower) or rerank (the "
+                        f"model ranks the first {RERANK_POOL}); default: {DEFAULT_RANKING} when the reading model "
+                        f"answers, {ANSWERING_RANKING} when the answering model does")
     default = Sampling()
     p.add_argument("--temperature", type=float, default=default.temperature, metavar="T",
                    help=f"0 (the default) answers greedily, the same answer every time; up to {MAX_TEMPERATURE:g} "

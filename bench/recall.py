@@ -11,14 +11,17 @@ Method (bundled model, Comma's real ingest and ask paths, greedy answers):
   counts when it holds both "sandwich" and "Dolores Park"; the page counts when the needle's
   page is first in ``pages``. Methods, on the same reading: ``memory`` (the separator memory
   alone), ``words`` (the full-text index's best pages, in its order), ``merged`` (those and the
-  pages nearest in meaning, in turn: what the app asks with), ``likelihood`` (the words
-  pages' passages ranked by the question's log-likelihood after each, ParallelComp's choice:
-  ``--ranking likelihood``), and ``full`` where the haystack fits the model's 8K context (a full-attention
-  reading: the model's own ceiling).
+  pages nearest in meaning, in turn), ``rerank`` (the merged pages choose the passages and the
+  question's log-likelihood after each chosen one orders them: what the app asks with),
+  ``likelihood`` (the words pages' passages ranked by the question's log-likelihood after each,
+  ParallelComp's choice: ``--ranking likelihood``), and ``full`` where the haystack fits the
+  model's 8K context (a full-attention reading: the model's own ceiling). ``--methods`` runs
+  some of them; every cell is a reading of its own (about 6 minutes at 128K tokens here).
 - qa: bench/data/questions.json (see bench/data/SOURCES.md: two manuals from Debian packages,
   half the questions in the manual's words and half in a reader's), per method: evidence recall
   (the gold page in ``pages``), the gold page first, and answer accuracy (an accepted answer
-  string in the answer).
+  string in the answer). Beside them, for rerank pools of 2 to 8 passages, the gold page among
+  the chosen passages and first (the likelihood of every merged candidate is computed once).
 - pages: no answers, so a few minutes: for each question of qa, the place of the gold page in
   the full-text index's ranking (``words``), the meaning index's (``meaning``, the nearest
   passage's cosine; engine/page_search.py) and the two taken in turn (``merged``, what Comma
@@ -31,17 +34,22 @@ Method (bundled model, Comma's real ingest and ask paths, greedy answers):
   read after the text before it and stored as the read stores them, then loaded after a
   64-token start; the mean negative log-likelihood of the 48 tokens that follow each, with the
   passage's f16 state and with its compacted one, and both sizes.
+- ranking: what ``rerank`` adds to an answer, per model: two 500-token passages of R-intro.pdf,
+  stored as a read stores them after a 64-token start, ranked by the likelihood of each of
+  ``--runs`` questions of qa (seconds, median), the reading and the answering model side by side.
 - speed: a 60K-token-plus manual (R-intro.pdf) read with and without the recall store,
   alternated ``--readings`` times each (median tokens/s of the reading itself, not of the
   meaning index made once after it); time to first token of ``comma ask --json`` in fresh
   processes (median of --runs), and of each follow-up on one live conversation; store size per
-  100 pages against the full f16 KV (23,040 B/token). Run it with the CPU to yourself.
+  100 pages against the full f16 KV (23,040 B/token). The bundled model answers
+  (``COMMA_ANSWERING=off``). Run it with the CPU to yourself.
 Prints one JSON object (and writes it to --out).
 
-    python bench/recall.py niah [--lengths 8000,32000] [--depths 0,10,...,100]
-    python bench/recall.py qa
+    python bench/recall.py niah [--lengths 8000,32000] [--depths 0,10,...,100] [--methods merged,rerank]
+    python bench/recall.py qa [--methods merged,rerank]
     python bench/recall.py pages                      # no model answers: page places, spot text
     python bench/recall.py store [--passages 4]        # compacted passages: size and quality
+    python bench/recall.py ranking [--runs 5]          # what ranking two passages costs, per model
     python bench/recall.py speed [--runs 5] [--readings 2]
     python bench/recall.py plot RESULTS.json [MORE.json] OUT.png   # needs matplotlib
 """
@@ -68,7 +76,7 @@ from engine import page_search, sentence_encoder, spot_reading  # noqa: E402
 from engine.conversation import Conversation  # noqa: E402
 from engine.generate import Sampling  # noqa: E402
 from engine.policy import make_policy, policy_key  # noqa: E402
-from engine.recall import CANDIDATE_PAGES  # noqa: E402
+from engine.recall import CANDIDATE_PAGES, choose, question_tokens, rank, ranking_room, sink_slots  # noqa: E402
 from storage.library import Library  # noqa: E402
 
 NEEDLE = "\nThe best thing to do in San Francisco is eat a sandwich and sit in Dolores Park on a sunny day.\n"
@@ -77,7 +85,11 @@ FULL_KV_BYTES_PER_TOKEN = 23_040
 DATA = ROOT / "bench" / "data"
 PASSAGE = 500  # tokens of a stored passage (store)
 FOLLOWING = 48  # tokens after it whose log-likelihood is compared (store)
+SINKS, SINKS_AT = 64, 5000  # ranking: the prefix the passages follow, and where in R-intro they are cut
 ANSWER = Sampling(max_tokens=64)
+NIAH_METHODS = ("memory", "words", "merged", "rerank", "likelihood", "full")
+POOLS = (2, 3, 4, 5, 6, 8)  # rerank pool sizes compared by qa
+QA_METHODS = {"memory": None, "words": "words", "merged": "merged", "rerank": "rerank", "likelihood": "likelihood"}
 
 
 def haystack_files() -> list[Path]:
@@ -105,11 +117,12 @@ def haystack(model, length: int, depth: int) -> str:
 
 
 def ask(comma: Comma, memory, store, doc_id: str, question: str, ranking: str | None) -> dict:
-    """``ranking`` None: the memory alone; "merged": the app's candidates (words and meaning in
-    turn) in their order; "words" / "likelihood": the full-text index's candidates, in its order
-    or by the question's likelihood."""
+    """``ranking`` None: the memory alone; "merged" / "rerank": the app's candidates (words and
+    meaning in turn), in their order or with the chosen passages ordered by the question's
+    likelihood; "words" / "likelihood": the full-text index's candidates, in its order or by the
+    question's likelihood."""
     recall = store if ranking else None
-    candidates = [] if not recall else comma.candidate_pages(doc_id, question) if ranking == "merged" \
+    candidates = [] if not recall else comma.candidate_pages(doc_id, question) if ranking in ("merged", "rerank") \
         else comma.library.candidate_pages(doc_id, question, CANDIDATE_PAGES)
     started = time.perf_counter()
     with Conversation(comma.model, memory, recall=recall,
@@ -121,7 +134,7 @@ def ask(comma: Comma, memory, store, doc_id: str, question: str, ranking: str | 
 
 def read(comma: Comma, path: Path, policy: str = "sepllm") -> tuple[str, object, object]:
     """Read PATH afresh (with a recall store, except for a full-attention reading)."""
-    report = comma.ingest(path, policy, notes=False, force=True, recall=policy != "full")
+    report = comma.ingest(path, policy, notes=False, force=True, recall=policy != "full", deep=False)
     doc = comma.library.document(report["doc_id"])
     key = policy_key(make_policy(policy))
     record = comma.library.find_memory(doc["id"], comma.model.fingerprint, comma.model.backend, key)
@@ -142,12 +155,13 @@ def niah(comma: Comma, args) -> dict:
                 doc_id, memory, store = read(comma, path)
                 needle_page = next(p for p in range(1, 10_000)
                                    if "Dolores Park" in comma.library.page_text(doc_id, p))
-                methods = {"memory": None, "words": "words", "merged": "merged", "likelihood": "likelihood"}
                 row = {"length": length, "depth": depth, "needle_page": needle_page,
                        "pages": len(memory.header["page_token_starts"])}
-                for name, ranking in methods.items():
-                    row[name] = judge(ask(comma, memory, store, doc_id, QUESTION, ranking), needle_page)
-                if length + 64 <= model.n_ctx_train:
+                for name in args.methods:
+                    if name != "full":
+                        ranking = None if name == "memory" else name
+                        row[name] = judge(ask(comma, memory, store, doc_id, QUESTION, ranking), needle_page)
+                if "full" in args.methods and length + 64 <= model.n_ctx_train:
                     _, full_memory, _ = read(comma, path, "full")
                     row["full"] = judge(ask(comma, full_memory, None, doc_id, QUESTION, None), needle_page)
                 print(json.dumps(row), file=sys.stderr)
@@ -163,11 +177,30 @@ def judge(result: dict, gold_page: int) -> dict:
 
 def summarize(cells: list[dict]) -> dict:
     out = {}
-    for method in ("memory", "words", "merged", "likelihood", "full"):
+    for method in NIAH_METHODS:
         rows = [c[method] for c in cells if method in c]
         if rows:
             out[method] = {"cells": len(rows), "answered": sum(r["answered"] for r in rows) / len(rows),
                            "page_first": sum(r["page_first"] for r in rows) / len(rows)}
+    return out
+
+
+def rerank_pools(comma: Comma, memory, store, doc_id: str, question: str, gold: int) -> dict:
+    """For each pool size K: whether ranking the first K passages of the merged candidates by the
+    question's likelihood (what ``rerank`` does with RERANK_POOL = K) gives the gold page among
+    the chosen passages and first; and how long ranking all candidates took."""
+    candidates = comma.candidate_pages(doc_id, question)
+    order = {page: i for i, (page, _) in enumerate(candidates)}
+    passages = sorted(store.on_pages(list(order)), key=lambda p: (order[p.page], p.index))
+    with Conversation(comma.model, memory, recall=store, ranking="likelihood") as conversation:
+        started = time.perf_counter()
+        sinks = sink_slots(memory.offsets, memory.header["prompt_tokens"])
+        scores = {p.index: s for p, s in rank(conversation.cache, comma.model, store, passages, question, sinks)}
+        out: dict = {"passages": len(passages), "rank_seconds": round(time.perf_counter() - started, 3)}
+        for k in POOLS:
+            pool = sorted(passages[:k], key=lambda p: (-scores[p.index], p.index))
+            pages = [p.page for p, _ in choose([(p, scores[p.index]) for p in pool], conversation.passage_budget)]
+            out[k] = {"evidence": gold in pages, "page_first": bool(pages) and pages[0] == gold}
     return out
 
 
@@ -178,16 +211,23 @@ def qa(comma: Comma, args) -> dict:
         doc_id, memory, store = read(comma, DATA / name)
         for q in (q for q in spec["questions"] if q["document"] == name):
             row = {"id": q["id"], "style": q["style"], "page": q["page"]}
-            for method, ranking in {"memory": None, "words": "words", "likelihood": "likelihood"}.items():
-                result = ask(comma, memory, store, doc_id, q["question"], ranking)
+            for method in args.methods:
+                result = ask(comma, memory, store, doc_id, q["question"], QA_METHODS[method])
                 text = result["answer"].lower()
                 row[method] = {**result, "evidence": q["page"] in result["pages"],
                                "page_first": bool(result["pages"]) and result["pages"][0] == q["page"],
                                "right": any(a.lower() in text for a in q["answers"])}
+            row["pools"] = rerank_pools(comma, memory, store, doc_id, q["question"], q["page"])
             print(json.dumps(row), file=sys.stderr)
             rows.append(row)
     summary: dict = {}
-    for method in ("memory", "words", "likelihood"):
+    for style in ("document", "reader", "all"):
+        chosen = [r["pools"] for r in rows if style in ("all", r["style"])]
+        summary.setdefault("rerank_pool", {})[style] = {
+            k: {"evidence_recall": round(sum(c[k]["evidence"] for c in chosen) / len(chosen), 3),
+                "page_first": round(sum(c[k]["page_first"] for c in chosen) / len(chosen), 3)} for k in POOLS}
+    summary["rank_seconds_median"] = statistics.median(r["pools"]["rank_seconds"] for r in rows)
+    for method in args.methods:
         for style in ("document", "reader", "all"):
             chosen = [r[method] for r in rows if style in ("all", r["style"])]
             summary.setdefault(method, {})[style] = {
@@ -282,9 +322,41 @@ def store(comma: Comma, args) -> dict:
         "nll_change_max": round(max(abs(r["nll_compact"] - r["nll_f16"]) for r in rows), 4)}}
 
 
+def ranking_cost(comma: Comma, args) -> dict:
+    """Seconds to rank two stored passages by a question's likelihood (what ``rerank`` adds to
+    an answer), for the reading model and the answering model side by side."""
+    import numpy as np
+
+    spec = json.loads((DATA / "questions.json").read_text())
+    questions = [q["question"] for q in spec["questions"] if q["document"] == "R-intro.pdf"][:args.runs]
+    text = comma.read_file(DATA / "R-intro.pdf").text
+    models = {"reading": comma.model, **({"answering": comma.answerer} if comma.answerer is not None else {})}
+    out: dict = {}
+    for role, model in models.items():
+        tokens = model.tokenize(text)[SINKS_AT:SINKS_AT + SINKS + 2 * PASSAGE].astype(np.int32)
+        with model.new_cache(len(tokens) + ranking_room(2)) as cache:
+            cache.append(tokens, np.arange(len(tokens)), np.zeros(len(tokens), bool))
+            branches = [[(cache.export_slots(at, at + PASSAGE), PASSAGE)] for at in (SINKS, SINKS + PASSAGE)]
+            cache.truncate(SINKS)
+            seconds = []
+            for question in questions:
+                started = time.perf_counter()
+                cache.log_probs_after(branches, *question_tokens(model, question), SINKS)
+                seconds.append(time.perf_counter() - started)
+        out[role] = {"model": model.name, "runs": [round(t, 3) for t in seconds],
+                     "median_s": round(statistics.median(seconds), 3)}
+        print(json.dumps({role: out[role]}), file=sys.stderr)
+    if "answering" in out:
+        out["answering_vs_reading"] = round(out["answering"]["median_s"] / out["reading"]["median_s"], 1)
+    return out
+
+
 def speed(comma: Comma, args) -> dict:
     pdf = DATA / "R-intro.pdf"
-    env = {**os.environ, "COMMA_HOME": str(comma.library.folder)}
+    # The bundled model answers, as everywhere in this script (bench/answers.py speed times the
+    # answering model).
+    comma.answering = "off"
+    env = {**os.environ, "COMMA_HOME": str(comma.library.folder), "COMMA_ANSWERING": "off"}
     runs: dict[str, list[float]] = {"without_store": [], "with_store": []}
     for _ in range(args.readings):  # alternated, so that both see the same minutes of the machine
         for recall in (False, True):
@@ -329,7 +401,7 @@ def plot(results: list[Path], out: Path) -> None:
     import numpy as np
 
     cells = [c for path in results for c in json.loads(path.read_text())["cells"]]
-    methods = [m for m in ("memory", "words", "merged", "likelihood", "full") if any(m in c for c in cells)]
+    methods = [m for m in NIAH_METHODS if any(m in c for c in cells)]
     lengths = sorted({c["length"] for c in cells})
     depths = sorted({c["depth"] for c in cells})
     fig, axes = plt.subplots(1, len(methods), figsize=(3.2 * len(methods), 3.2), squeeze=False)
@@ -356,14 +428,19 @@ def main() -> None:
     p.add_argument("--lengths", default="8000,32000", type=lambda s: [int(x) for x in s.split(",")])
     p.add_argument("--depths", default=",".join(str(d) for d in range(0, 101, 10)),
                    type=lambda s: [int(x) for x in s.split(",")])
+    p.add_argument("--methods", default=",".join(NIAH_METHODS), type=lambda s: s.split(","))
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "recall_niah_cpu.json")
     p = sub.add_parser("qa")
+    p.add_argument("--methods", default=",".join(QA_METHODS), type=lambda s: s.split(","))
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "recall_qa_cpu.json")
     p = sub.add_parser("pages")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "recall_pages_cpu.json")
     p = sub.add_parser("store")
     p.add_argument("--passages", type=int, default=4, help="passages per text")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "recall_store_cpu.json")
+    p = sub.add_parser("ranking")
+    p.add_argument("--runs", type=int, default=5, help="questions timed per model")
+    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "recall_ranking_cpu.json")
     p = sub.add_parser("speed")
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--readings", type=int, default=2, help="readings with and without the store, alternated")
@@ -376,7 +453,8 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory() as home:
         comma = Comma(Library(Path(home)))
-        figures = {"niah": niah, "qa": qa, "pages": page_places, "store": store, "speed": speed}[args.what](comma, args)
+        figures = {"niah": niah, "qa": qa, "pages": page_places, "store": store, "ranking": ranking_cost,
+                   "speed": speed}[args.what](comma, args)
     emit(f"recall_{args.what}", __doc__.split("Method", 1)[1], comma.model, figures, args.out)
 
 

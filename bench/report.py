@@ -26,6 +26,21 @@ def _versions(packages: tuple[str, ...]) -> dict:
     return found
 
 
+def _cpu_name() -> str | None:
+    """The processor's model name (Linux): machines of one kind differ, and so do their speeds."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return None
+    fields = {}
+    for line in lines:
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    if "model name" not in fields:
+        return None
+    return f"{fields['model name']} (family {fields.get('cpu family')}, model {fields.get('model')})"
+
+
 def emit(benchmark: str, method: str, model, figures: dict, out: Path | None,
          packages: tuple[str, ...] = ()) -> None:
     """Print the report as JSON on stdout and, with ``out``, save it there too. ``model`` is a
@@ -36,7 +51,7 @@ def emit(benchmark: str, method: str, model, figures: dict, out: Path | None,
         "method": " ".join(method.split()),
         "command": " ".join(["python", *sys.argv]),
         "model": model if isinstance(model, str) else model.name,
-        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
+        "machine": {"cpu_count": os.cpu_count(), "cpu": _cpu_name(), "platform": platform.platform(),
                     "processor": platform.processor() or platform.machine()},
         "versions": _versions(packages),
         **figures,

@@ -26,6 +26,8 @@ from engine.recall import (
     DEFAULT_RANKING,
     MAX_PASSAGES,
     PASSAGE_TOKENS,
+    RANK_GROUP,
+    RERANK_POOL,
     Passage,
     RecallStore,
     Source,
@@ -39,7 +41,7 @@ CONVERSATION_ROOM = 2048
 # After the memory: a token id, or (passage index, slot within it) for a loaded passage's slot.
 Slot = int | tuple[int, int]
 MAX_CITED = 5
-RANKINGS = ("words", "likelihood")
+RANKINGS = ("words", "likelihood", "rerank")  # engine.recall says what each does
 
 
 def fit_to_question(model: Model, memory: Memory, question: str) -> Memory:
@@ -107,7 +109,8 @@ class Conversation:
     def __init__(self, model: Model, memory: Memory, room: int = CONVERSATION_ROOM, recall: RecallStore | None = None,
                  ranking: str = DEFAULT_RANKING):
         """``ranking``: "words" keeps the order of the candidate pages; "likelihood" orders their
-        passages by the question's likelihood after each."""
+        passages by the question's likelihood after each; "rerank" ranks the first RERANK_POOL
+        passages in the pages' order by that likelihood."""
         if ranking not in RANKINGS:
             raise CommaError(f"unknown ranking {ranking!r}; choose one of {', '.join(RANKINGS)}")
         self.model, self.memory, self.room, self.recall, self.ranking = model, memory, room, recall, ranking
@@ -120,7 +123,8 @@ class Conversation:
         # What follows the memory stays within the trained positions; ranking's side sequences
         # (at their passages' own positions) get the cells beyond.
         self.layout_cells = room + self.passage_budget
-        ranking_extra = max(0, ranking_room() - self.passage_budget) if recall and ranking == "likelihood" else 0
+        ranked = {"likelihood": RANK_GROUP, "rerank": min(RANK_GROUP, RERANK_POOL)}.get(ranking, 0) if recall else 0
+        ranking_extra = max(0, ranking_room(ranked) - self.passage_budget) if ranked else 0
         self.cache = model.new_cache(memory.kept_tokens + self.layout_cells + ranking_extra)
         try:
             self.cache.restore(memory.state, memory.offsets, memory.separators)
@@ -240,12 +244,14 @@ class Conversation:
             return ()
         try:
             candidates = store.on_pages([page for page, _ in candidate_pages])
+            sinks = sink_slots(self.memory.offsets, self.memory.header["prompt_tokens"])
             if self.ranking == "likelihood":
-                sinks = sink_slots(self.memory.offsets, self.memory.header["prompt_tokens"])
                 ranked = rank(cache, self.model, store, candidates, question, sinks)
             else:  # the candidate pages' order and score
                 order = {page: (i, relevance) for i, (page, relevance) in enumerate(candidate_pages)}
                 ranked = [(p, order[p.page][1]) for p in sorted(candidates, key=lambda p: (order[p.page][0], p.index))]
+            if self.ranking == "rerank":
+                ranked = rank(cache, self.model, store, [p for p, _ in ranked[:RERANK_POOL]], question, sinks)
             chosen = choose(ranked, self.passage_budget)
             self.sources = [Source(p.page, score, store.text(p, self.model)) for p, score in chosen]
             return tuple(sorted((p for p, _ in chosen), key=lambda p: p.index))

@@ -32,11 +32,22 @@ PASSAGE_TOKENS = 1024
 MAX_PASSAGES = 2
 CANDIDATE_PAGES = 8  # pages the full-text index proposes for ranking
 SCORED_TOKENS = 48  # the question's tokens whose likelihood ranks a passage (its start if longer)
-# How candidates are ordered by default. Over the 52 questions of bench/data (bench/recall.py qa)
-# the full-text index's order put the gold page among the bundled model's passages for 88.5% of
-# questions and the model's likelihood ranking for 86.5%, at about a second more per question:
-# with this model the ranking does not pay for itself. It stays a choice (Conversation(ranking=)).
-DEFAULT_RANKING = "words"
+# How candidates become an answer's passages (engine.conversation.RANKINGS):
+# - "words": the candidate pages' order (the full-text index's and the meaning index's, in turn)
+#   chooses the passages and orders their citations;
+# - "likelihood": every candidate's passages ranked by the question's likelihood after each
+#   (ParallelComp's choice);
+# - "rerank": the first RERANK_POOL passages in the candidates' order, ranked by that likelihood.
+# Over the 52 questions of bench/data (bench/recall.py qa, the bundled model), ranking pools of
+# 2, 3, 4, 5, 6 and 8 passages kept the gold page among the chosen for 98.1, 96.2, 94.2, 96.2,
+# 96.2 and 94.2% of questions, and put it first for 86.5, 84.6, 84.6, 82.7, 80.8 and 78.8%
+# (the candidates' order: 98.1 and 80.8%). So the likelihood orders the passages the candidates
+# chose and does not choose them.
+DEFAULT_RANKING = "rerank"
+# The answering model (1.5B parameters) pays about ten times as much a ranked passage, which a
+# first token within seconds cannot afford: it keeps the candidates' order.
+ANSWERING_RANKING = "words"
+RERANK_POOL = MAX_PASSAGES
 RANK_GROUP = 4  # candidates whose KV is read from the store and held at once while ranking
 QUESTION_LEAD = "\nQuestion:"
 SNIPPET_WORDS = 14
@@ -239,8 +250,8 @@ def sink_slots(offsets: np.ndarray, prompt_tokens: int) -> int:
     return int(len(head) if same.all() else np.argmin(same))
 
 
-def ranking_room() -> int:
-    """Cache slots kept free for ranking beyond the memory: four candidates side by side while the
-    conversation is short (the cache ranks as many at a time as its free cells hold; on this CPU
-    one at a time costs about the same as eight in a batch)."""
-    return 4 * (PASSAGE_TOKENS + SCORED_TOKENS + 8)
+def ranking_room(passages: int = RANK_GROUP) -> int:
+    """Cache slots kept free for ranking ``passages`` side by side beyond the memory: four
+    candidates while the conversation is short (the cache ranks as many at a time as its free
+    cells hold; on this CPU one at a time costs about the same as eight in a batch)."""
+    return passages * (PASSAGE_TOKENS + SCORED_TOKENS + 8)

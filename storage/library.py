@@ -36,6 +36,7 @@ from engine.question_words import content_words
 DOC_ID_LENGTH = 12
 SCHEMA_VERSION = 4
 BUSY_TIMEOUT_S = 30.0
+NEAR_TOKENS = 8  # other tokens allowed between a question's content words for them to count as close together
 # Words too common to say where an answer is; the question's other words are searched for.
 def data_folder() -> Path:
     home = os.environ.get("COMMA_HOME")
@@ -407,10 +408,15 @@ class Library:
         """Pages of one document that share the question's content words, best first, each with
         its BM25 relevance (over the stemmed page text; any of the words may match; higher is
         more relevant)."""
-        words = content_words(question)
+        words = ['"' + w + '"' for w in dict.fromkeys(content_words(question))]
         if not words:
             return []
-        match = " OR ".join('"' + w + '"' for w in dict.fromkeys(words))
+        # A page where all of them stand close together, as they do in the question, is what a
+        # question in the document's own words points at; BM25 alone prefers the pages that
+        # repeat its commonest word (bench/recall.py niah: an essay about San Francisco over the
+        # one sentence that answers "the best thing to do in San Francisco").
+        near = [f"NEAR({' '.join(words)}, {NEAR_TOKENS + len(words)})"] if len(words) > 1 else []
+        match = " OR ".join(words + near)
         rows = self.db.execute(
             """select pages.page, -rank from pages_fts join pages on pages.rowid = pages_fts.rowid
                where pages_fts match ? and pages.doc_id = ? order by rank, pages.page limit ?""",

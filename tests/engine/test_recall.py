@@ -336,12 +336,38 @@ def test_both_rankings_find_the_page_and_the_cli_takes_either(comma, read_doc, c
     from app.cli import run
 
     gold = needle_page(comma, read_doc["doc_id"])
-    for ranking in ("words", "likelihood"):
+    for ranking in ("words", "likelihood", "rerank"):
         result = comma.ask(read_doc["doc_id"], QUESTION, ranking=ranking)
         assert result.pages[0] == gold and result.sources[0]["score"] > (0 if ranking == "words" else -5)
     monkeypatch.setenv("COMMA_HOME", str(comma.library.folder))
     assert run(["ask", read_doc["doc_id"], QUESTION, "--ranking", "likelihood", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["pages"][0] == gold
+
+
+def test_rerank_ranks_the_first_candidates_by_likelihood_and_no_others(comma, tmp_path, monkeypatch):
+    from engine.conversation import Conversation
+
+    for module in ("engine.recall", "engine.conversation"):
+        monkeypatch.setattr(f"{module}.PASSAGE_TOKENS", 4096)  # a page is one passage
+    report = comma.ingest(write_doc(tmp_path / "harbour.txt"), notes=False)
+    doc, record = comma._memory_record(report["doc_id"])
+    memory = comma.load_memory(doc, record)
+    store, _ = comma.open_recall(doc, record, memory)
+    gold = needle_page(comma, report["doc_id"])
+    first, second = [page for page in (1, 2, 3) if page != gold][:2]
+    candidates = [(first, 3.0), (second, 2.0), (gold, 1.0)]  # the candidates' order puts the needle third
+
+    def cited(ranking: str) -> tuple[list[int], list[float]]:
+        with Conversation(comma.model, memory, recall=store, ranking=ranking) as conversation:
+            "".join(conversation.ask(QUESTION, [], candidate_pages=candidates))
+            return conversation.answer_pages(), [s.score for s in conversation.sources]
+
+    assert cited("words")[0] == [first, second]
+    monkeypatch.setattr("engine.conversation.RERANK_POOL", 3)
+    pages, scores = cited("rerank")
+    assert pages[0] == gold and len(pages) == 2 and scores[0] > scores[1]
+    monkeypatch.setattr("engine.conversation.RERANK_POOL", 2)
+    assert gold not in cited("rerank")[0]  # beyond the pool, a candidate is not ranked
 
 
 def test_a_store_that_cannot_be_created_is_a_message(tmp_path):

@@ -389,3 +389,18 @@ def test_passage_vectors_are_kept_per_encoder_replaced_whole_and_removed_with_th
     assert lib.passage_vectors(doc_id, "enc")[0].tolist() == [2]
     lib.remove_document(doc_id)
     assert lib.db.execute("select count(*) from passage_vectors").fetchone()[0] == 0
+
+
+def test_a_page_with_the_question_s_words_together_comes_before_pages_that_repeat_one_of_them(tmp_path):
+    from engine.documents import Document
+
+    pages = [
+        "San Francisco had startups. In San Francisco the best founders met investors; San Francisco grew. " * 3,
+        "Essays on painting and cities. The best thing to do in San Francisco is to sit in the park. Then more.",
+        "San Francisco, San Francisco, and a thing or two about the weather in San Francisco. " * 3,
+    ]
+    starts = [sum(len(p) for p in pages[:i]) for i in range(len(pages))]
+    lib = Library(tmp_path)
+    doc_id = lib.add_document(Document(Path("/e.txt"), "E", "dd" * 32, "".join(pages), tuple(starts), "txt"))
+    found = [page for page, _ in lib.candidate_pages(doc_id, "What is the best thing to do in San Francisco?", 8)]
+    assert found[0] == 2 and set(found) == {1, 2, 3}  # every page that shares a word stays a candidate
