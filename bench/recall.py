@@ -46,11 +46,12 @@ Method (bundled model, Comma's real ingest and ask paths, greedy answers):
 Prints one JSON object (and writes it to --out).
 
     python bench/recall.py niah [--lengths 8000,32000] [--depths 0,10,...,100] [--methods merged,rerank]
+    python bench/recall.py niah --from-log STDERR.txt [MORE.txt]  # the report of cells printed by runs
     python bench/recall.py qa [--methods merged,rerank]
     python bench/recall.py pages                      # no model answers: page places, spot text
     python bench/recall.py store [--passages 4]        # compacted passages: size and quality
     python bench/recall.py ranking [--runs 5]          # what ranking two passages costs, per model
-    python bench/recall.py speed [--runs 5] [--readings 2]
+    python bench/recall.py speed [--runs 5] [--readings 2] [--home LIBRARY]
     python bench/recall.py plot RESULTS.json [MORE.json] OUT.png   # needs matplotlib
 """
 
@@ -144,6 +145,10 @@ def read(comma: Comma, path: Path, policy: str = "sepllm") -> tuple[str, object,
 
 
 def niah(comma: Comma, args) -> dict:
+    if args.from_log:  # a run's printed cells (one stopped early, or several runs): no reading
+        cells = [json.loads(line) for path in args.from_log for line in path.read_text().splitlines()
+                 if line.startswith('{"length"')]
+        return {"from_logs": [str(p) for p in args.from_log], "cells": cells, "summary": summarize(cells)}
     cells = []
     model = comma.model
     with tempfile.TemporaryDirectory() as home:
@@ -363,8 +368,10 @@ def speed(comma: Comma, args) -> dict:
             # The reading's own seconds: the meaning index, made once after the first, is not in them.
             report = comma.ingest(pdf, notes=False, force=True, recall=recall, deep=False)
             runs["with_store" if recall else "without_store"].append(report["tokens"] / report["seconds"])
+    if not args.readings:  # times the library's reading of it (--home), or makes one
+        report = comma.ingest(pdf, notes=False, deep=False)
     readings = {name: {"tokens": report["tokens"], "tokens_per_s_runs": [round(r, 1) for r in rates],
-                       "tokens_per_s": round(statistics.median(rates), 1)} for name, rates in runs.items()}
+                       "tokens_per_s": round(statistics.median(rates), 1)} for name, rates in runs.items() if rates}
     first = []
     for _ in range(args.runs):
         out = subprocess.run([sys.executable, str(ROOT / "main.py"), "ask", report["doc_id"],
@@ -384,7 +391,7 @@ def speed(comma: Comma, args) -> dict:
         "document": {"file": pdf.name, "pages": pages, "tokens": tokens},
         "readings": readings,
         "ingest_ratio_with_store": round(readings["with_store"]["tokens_per_s"]
-                                         / readings["without_store"]["tokens_per_s"], 3),
+                                         / readings["without_store"]["tokens_per_s"], 3) if readings else None,
         "ttft_fresh_process_s": {"runs": first, "median": statistics.median(first)},
         "ttft_follow_up_s": {"runs": follow, "median": statistics.median(follow)},
         "store_bytes": store, "store_mb_per_100_pages": round(store / pages * 100 / 1e6, 1),
@@ -429,6 +436,7 @@ def main() -> None:
     p.add_argument("--depths", default=",".join(str(d) for d in range(0, 101, 10)),
                    type=lambda s: [int(x) for x in s.split(",")])
     p.add_argument("--methods", default=",".join(NIAH_METHODS), type=lambda s: s.split(","))
+    p.add_argument("--from-log", type=Path, nargs="+", help="the cells a run printed on stderr, instead of running")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "recall_niah_cpu.json")
     p = sub.add_parser("qa")
     p.add_argument("--methods", default=",".join(QA_METHODS), type=lambda s: s.split(","))
@@ -443,7 +451,9 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "recall_ranking_cpu.json")
     p = sub.add_parser("speed")
     p.add_argument("--runs", type=int, default=5)
-    p.add_argument("--readings", type=int, default=2, help="readings with and without the store, alternated")
+    p.add_argument("--readings", type=int, default=2, help="readings with and without the store, alternated "
+                   "(0: only the first-token times, on the library's reading when --home has one)")
+    p.add_argument("--home", type=Path, help="a library to use instead of a new one")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "recall_speed_cpu.json")
     p = sub.add_parser("plot")
     p.add_argument("results", type=Path, nargs="+", help="niah results to draw side by side, then the PNG")
@@ -452,7 +462,7 @@ def main() -> None:
         plot(args.results[:-1], args.results[-1])
         return
     with tempfile.TemporaryDirectory() as home:
-        comma = Comma(Library(Path(home)))
+        comma = Comma(Library(getattr(args, "home", None) or Path(home)))
         figures = {"niah": niah, "qa": qa, "pages": page_places, "store": store, "ranking": ranking_cost,
                    "speed": speed}[args.what](comma, args)
     emit(f"recall_{args.what}", __doc__.split("Method", 1)[1], comma.model, figures, args.out)
