@@ -12,7 +12,8 @@ side by side (parallel chunks). A scratch branch for section notes is simply the
 row 0's slots: notes are written there and forgotten by resetting the length, with no copy.
 
 It offers the same methods as the gguf backend's cache, so ``engine.reader`` and
-``engine.conversation`` drive either one.
+``engine.conversation`` drive either one, recall included: a stored passage is its slots' keys
+(unrotated) and values, so loading it anywhere places it exactly, with nothing to re-rotate.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from transformers.cache_utils import Cache, CacheLayerMixin
 from engine.errors import CommaError, MemoryFileError
 from engine.protocols import Logits
 from engine.torch.attention import Slots
+
+RANK_ROWS = 4  # candidate passages ranked side by side, each a row of one side cache
 
 
 class SlotLayer(CacheLayerMixin):
@@ -228,6 +231,13 @@ class SlotCache(Cache):
         """Keep only the slots ``keeps[b]`` (ascending) of each row; None keeps a row whole."""
         kept = [np.arange(self.lengths[b]) if k is None else np.asarray(k, dtype=np.int64)
                 for b, k in enumerate(keeps)]
+        self._compact(kept)
+        for b, k in enumerate(kept):
+            self._row_offsets[b] = self._row_offsets[b][k]
+            self._row_separators[b] = self._row_separators[b][k]
+
+    def _compact(self, kept: list[np.ndarray]) -> None:
+        """Move each row's slots ``kept[b]`` to its front, all layers in one kernel launch."""
         counts = np.array([len(k) for k in kept], dtype=np.int64)
         table = np.zeros((self.rows, max(1, int(counts.max()))), dtype=np.int64)
         for b, k in enumerate(kept):
@@ -235,10 +245,70 @@ class SlotCache(Cache):
         compact = self.model.compaction()
         compact(self.kv, torch.as_tensor(table, device=self.model.device),
                 torch.as_tensor(counts, dtype=torch.int32, device=self.model.device))
-        for b, k in enumerate(kept):
-            self._row_offsets[b] = self._row_offsets[b][k]
-            self._row_separators[b] = self._row_separators[b][k]
         self.lengths = counts
+
+    # -- recall passages (row 0) ---------------------------------------------------------------
+
+    def export_slots(self, start: int, end: int) -> bytes:
+        """The KV of slots ``[start, end)`` alone, as the read computed it: a recall passage."""
+        return save_tensors({"kv": self.kv[:, :, 0, :, start:end].contiguous().cpu()})
+
+    def import_slots(self, state: bytes, offsets: np.ndarray) -> None:
+        """Append a stored passage at the end: right after the document slots it is one of them
+        (``offsets`` are its document offsets); after conversation tokens it is part of them."""
+        n = len(offsets)
+        if self.length + n > self.capacity:
+            raise CommaError(f"the cache would hold {self.length + n} tokens but has room for {self.capacity}")
+        kv = read_kv(state, self.model.shape, n)
+        at = self.length
+        self.kv[:, :, 0, :, at:at + n] = kv.to(self.kv.device, self.kv.dtype)
+        self.lengths[0] = at + n
+        if at == len(self.offsets):
+            self._row_offsets[0] = np.concatenate([self.offsets, np.asarray(offsets, dtype=np.int64)])
+            self._row_separators[0] = np.concatenate([self.separators, np.zeros(n, dtype=bool)])
+
+    def remove(self, start: int, end: int) -> None:
+        """Drop slots ``[start, end)``; the later slots move into their place, their KV as it
+        was (keys are rotated by slot when attended, so nothing is re-rotated)."""
+        n = self.length
+        if not 0 <= start <= end <= n:
+            raise ValueError(f"cannot remove slots {start}..{end} of {n}")
+        if start == end:
+            return
+        self._compact([np.concatenate([np.arange(start), np.arange(end, n)])])
+        gone = np.arange(start, min(end, len(self.offsets)))
+        self._row_offsets[0] = np.delete(self.offsets, gone)
+        self._row_separators[0] = np.delete(self.separators, gone)
+
+    @torch.inference_mode()
+    def log_probs_after(self, branches: list[list[tuple[bytes, int]]], tokens: np.ndarray, scored: int,
+                        prefix: int) -> np.ndarray:
+        """For each branch (stored passages as ``(state, n_tokens)``), the log-probabilities of the
+        last ``scored`` of ``tokens`` when they follow this cache's first ``prefix`` slots and the
+        passages: ``[len(branches), scored]``. Branches are rows of a side cache, RANK_ROWS at a
+        time in one forward pass; this cache is left as it was."""
+        tokens = np.asarray(tokens, dtype=np.int64)
+        if not 0 < scored < len(tokens):
+            raise ValueError(f"cannot score {scored} of {len(tokens)} tokens")
+        shape = self.model.shape
+        loaded = [[read_kv(state, shape, n) for state, n in pieces] for pieces in branches]
+        sizes = [prefix + sum(kv.shape[3] for kv in pieces) for pieces in loaded]
+        out = np.zeros((len(branches), scored), dtype=np.float64)
+        for lo in range(0, len(branches), RANK_ROWS):
+            group = list(range(lo, min(lo + RANK_ROWS, len(branches))))
+            with SlotCache(self.model, max(sizes[g] for g in group) + len(tokens), len(group)) as side:
+                for row, g in enumerate(group):
+                    side.kv[:, :, row, :, :prefix] = self.kv[:, :, 0, :, :prefix]
+                    at = prefix
+                    for kv in loaded[g]:
+                        side.kv[:, :, row, :, at:at + kv.shape[3]] = kv.to(side.kv.device, side.kv.dtype)
+                        at += kv.shape[3]
+                side.lengths = np.array([sizes[g] for g in group], dtype=np.int64)
+                logits = side.forward(np.tile(tokens, (len(group), 1)), Logits.ALL)
+                logits = logits.reshape(len(group), len(tokens), -1)
+                for row, g in enumerate(group):
+                    out[g] = self.model.log_probs_at(logits[row, len(tokens) - scored - 1:-1], tokens[-scored:])
+        return out
 
     # -- memories ----------------------------------------------------------------------------
 

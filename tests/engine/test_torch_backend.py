@@ -11,6 +11,7 @@ import torch
 from engine.errors import MemoryFileError, ModelError
 from engine.models import resolve_model_source
 from engine.policy import Full, SepLLM
+from engine.protocols import Logits
 from engine.scoring import score
 
 GPL3 = "/usr/share/common-licenses/GPL-3"
@@ -262,3 +263,54 @@ def test_answering_keeps_the_chunks_that_predict_the_question(model, tmp_path):
     assert picked.kept_tokens == budget <= memory.kept_tokens
     assert np.array_equal(picked.offsets, np.concatenate([memory.offsets[:bounds[1]], memory.offsets[bounds[3]:bounds[4]]]))
     assert select_chunks(model, memory, quote, memory.kept_tokens) is memory
+
+
+@pytest.mark.model
+def test_a_stored_passage_ranks_and_loads_exactly_as_it_was_read(model, tokens):
+    """Keys are kept unrotated, so a passage's stored KV placed after the same start gives the
+    same predictions as reading it there, ranked on a side row or loaded into the cache."""
+    start, question = tokens[:40], tokens[240:260]  # the passage is tokens 40..239
+    read = model.new_cache(300)
+    read.append(tokens[:240], np.arange(240), np.zeros(240, dtype=bool))
+    expected = model.log_probs_at(read.forward(question[None], Logits.ALL), np.append(question[1:], 0))[:-1]
+    read.truncate(240)
+    stored = read.export_slots(40, 240)
+    other = read.export_slots(0, 40)  # another passage, ranked beside it
+    ranked = read.log_probs_after([[(stored, 200)], [(other, 40)]], question, len(question) - 1, 40)
+    assert np.abs(ranked[0] - expected).max() < 1e-4 and ranked[1].mean() < ranked[0].mean()
+    assert read.length == 240  # ranking leaves the cache as it was
+    loaded = model.new_cache(300)
+    loaded.append(start, np.arange(40), np.zeros(40, dtype=bool))
+    loaded.import_slots(stored, np.arange(40, 240))
+    assert loaded.length == 240 and np.array_equal(loaded.offsets, np.arange(240))
+    again = model.log_probs_at(loaded.forward(question[None], Logits.ALL), np.append(question[1:], 0))[:-1]
+    assert np.abs(again - expected).max() < 1e-4
+    with pytest.raises(MemoryFileError, match="shape"):
+        loaded.import_slots(stored, np.arange(10))  # a passage of another length
+
+
+@pytest.mark.model
+def test_removing_slots_moves_the_later_ones_into_place_with_their_kv(model, tokens):
+    cache = model.new_cache(200)
+    cache.append(tokens[:60], np.arange(60), np.zeros(60, dtype=bool))
+    cache.decode_main_tail(tokens[60:100])  # conversation text after the document slots
+    before = cache.kv[:, :, 0, :, :100].clone()
+    cache.remove(50, 70)
+    assert cache.length == 80 and np.array_equal(cache.offsets, np.arange(50))
+    assert torch.equal(cache.kv[:, :, 0, :, :80], torch.cat([before[..., :50, :], before[..., 70:, :]], dim=3))
+    with pytest.raises(ValueError):
+        cache.remove(70, 90)
+
+
+@pytest.mark.model
+def test_the_torch_engine_reads_a_recall_store_and_answers_from_the_needle_s_page(model, tmp_path):
+    from app.actions import Comma
+    from storage.library import Library
+    from tests.fakes import QUESTION, needle_page, write_doc
+
+    comma = Comma(library=Library(tmp_path / "home"), backend="torch", answering="off")
+    comma._model = model
+    report = comma.ingest(write_doc(tmp_path / "harbour.txt", parts=8), notes=False)
+    assert report["recall_bytes"] > 0
+    result = comma.ask(report["doc_id"], QUESTION)
+    assert result.recall and result.pages[0] == needle_page(comma, report["doc_id"])
