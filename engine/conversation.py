@@ -21,7 +21,7 @@ from engine.errors import CommaError, MemoryFileError
 from engine.generate import Sampling, generate_text
 from engine.memory import Memory
 from engine.prompts import ANSWER, PASSAGES, question_suffix, with_passages
-from engine.protocols import Model, ParallelModel, RecallCache
+from engine.protocols import AttentionCache, Model, ParallelModel, RecallCache
 from engine.recall import (
     DEFAULT_RANKING,
     MAX_PASSAGES,
@@ -136,6 +136,7 @@ class Conversation:
         self._cached: list[Slot] = []
         self._turns: list[_Turn] = []
         self.sources: list[Source] = []
+        self._source_passages: list[int] = []  # the passage index of each of ``sources``
         self.recall_error: str | None = None
 
     def close(self) -> None:
@@ -239,7 +240,7 @@ class Conversation:
         store, cache = self.recall, self.cache
         assert store is not None and isinstance(cache, RecallCache)
         if self.passage_budget == 0:
-            self.recall, self.sources = None, []
+            self.recall, self.sources, self._source_passages = None, [], []
             self.recall_error = "the memory leaves no room for passages within the model's trained context"
             return ()
         try:
@@ -254,6 +255,7 @@ class Conversation:
                 ranked = rank(cache, self.model, store, [p for p, _ in ranked[:RERANK_POOL]], question, sinks)
             chosen = choose(ranked, self.passage_budget)
             self.sources = [Source(p.page, score, store.text(p, self.model)) for p, score in chosen]
+            self._source_passages = [p.index for p, _ in chosen]
             return tuple(sorted((p for p, _ in chosen), key=lambda p: p.index))
         except MemoryFileError as exc:
             self._without_recall(str(exc))
@@ -261,7 +263,7 @@ class Conversation:
 
     def _without_recall(self, reason: str) -> None:
         """From now on the memory alone: no passage is loaded, none is cited."""
-        self.recall, self.recall_error, self.sources = None, reason, []
+        self.recall, self.recall_error, self.sources, self._source_passages = None, reason, [], []
         self._turns = [_Turn(turn.question, (), turn.answer) for turn in self._turns]
         self.cache.truncate(self.memory.kept_tokens)
         self._cached = []
@@ -348,7 +350,24 @@ class Conversation:
             turn.answer.append(token)
             return logits
 
+        attending = self.cache if passages and self.model.capabilities.answer_attention \
+            and isinstance(self.cache, AttentionCache) else None
+        if attending is not None:
+            attending.record_attention()
         for piece in generate_text(self.model, logits, step, sampling, should_stop):
             if piece:
                 yield piece
+        if attending is not None:
+            self._order_sources_by_attention(attending.attention_paid())
+
+    def _order_sources_by_attention(self, paid: np.ndarray) -> None:
+        """Sources most attended by the answer first, each scored by its share of the attention
+        the answer paid to all of them (the torch engine's citations)."""
+        at = self.memory.kept_tokens + np.arange(len(self._cached))
+        held = [slot[0] if isinstance(slot, tuple) else -1 for slot in self._cached]
+        mass = {index: float(paid[at[[h == index for h in held]]].sum()) for index in self._source_passages}
+        total = sum(mass.values()) or 1.0
+        ranked = sorted(zip(self.sources, self._source_passages, strict=True), key=lambda pair: -mass[pair[1]])
+        self.sources = [replace(source, score=mass[index] / total) for source, index in ranked]
+        self._source_passages = [index for _, index in ranked]
 

@@ -37,6 +37,9 @@ class Capabilities:
     parallel_reading: bool = False  # read independent chunks side by side (ParallelComp)
     chunk_choice: bool = False  # keep the chunks of a parallel memory that best predict a question
     recall: bool = False  # its caches are RecallCaches: passages' KV can be stored, ranked and loaded
+    # Its caches are AttentionCaches: they tell how much attention an answer paid to each slot,
+    # and an answer's sources are ordered by it.
+    answer_attention: bool = False
 
 
 @runtime_checkable
@@ -97,6 +100,17 @@ class RecallCache(Cache, Protocol):
         """Drop slots ``[start, end)`` and slide every later slot left into their place, its KV
         kept (re-rotated for its new position): an earlier turn's passages leave the
         conversation, and its text stays without being computed again."""
+
+
+@runtime_checkable
+class AttentionCache(Cache, Protocol):
+    """A cache of a backend whose ``capabilities`` say ``answer_attention``."""
+
+    def record_attention(self) -> None:
+        """From now on, add up the attention every decoded token pays to each slot."""
+
+    def attention_paid(self) -> np.ndarray:
+        """The main sequence's attention per slot since ``record_attention``; recording stops."""
 
 
 @runtime_checkable

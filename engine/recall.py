@@ -74,7 +74,8 @@ class Source:
 
     page: int
     # How relevant the passage is, higher is more: the full-text index's BM25 relevance of its page
-    # (ranking "words") or the mean log-probability of the question's tokens after it ("likelihood").
+    # (ranking "words"), the mean log-probability of the question's tokens after it ("likelihood",
+    # "rerank"), or on a backend that reports attention, its share of the answer's attention.
     score: float
     text: str  # its opening words
 

@@ -25,6 +25,7 @@ from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface
 
 from engine.torch.device import ops_for
+from kernels.rope import rotate
 
 NAME = "comma"
 
@@ -36,6 +37,25 @@ class Slots:
     lengths: torch.Tensor  # int32 [B], including the tokens of this forward pass
     cos: torch.Tensor
     sin: torch.Tensor
+    # When given, ``[B, capacity]`` float32: every decoded token's attention weight on each slot
+    # is added to it, summed over layers and heads (which passages an answer drew on).
+    paid: torch.Tensor | None = None
+
+
+def attention_paid(q, k, slots: Slots, scale: float) -> torch.Tensor:
+    """One query per row (a decode step): its softmax weights over each row's slots, summed over
+    heads, ``[B, capacity]`` (zero past a row's length). The kernels never form these weights,
+    so they are computed again here, in float32."""
+    B, H = q.shape[:2]
+    groups = H // k.shape[1]
+    out = torch.zeros(B, k.shape[2], dtype=torch.float32, device=q.device)
+    for b in range(B):
+        n = int(slots.lengths[b])
+        positions = torch.arange(n, device=q.device)
+        qr = rotate(q[b, :, -1:], positions[-1:], slots.cos, slots.sin)
+        kr = rotate(k[b, :, :n], positions, slots.cos, slots.sin).repeat_interleave(groups, dim=0)
+        out[b, :n] = torch.softmax((qr @ kr.transpose(-1, -2))[:, 0] * scale, dim=-1).sum(dim=0)
+    return out
 
 
 def _attend(q, k, v, slots: Slots, scale: float) -> torch.Tensor:
@@ -50,6 +70,8 @@ def comma_attention(module, query, key, value, attention_mask, scaling=None, dro
         raise RuntimeError("the 'comma' attention runs only inside a Comma cache's forward pass")
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     out = _attend(query, key, value, comma_slots, scale)
+    if comma_slots.paid is not None and query.shape[2] == 1:
+        comma_slots.paid += attention_paid(query, key, comma_slots, scale)
     # transformers wants [B, L, H, D]; the kernels already write that layout.
     return out.transpose(1, 2), None
 

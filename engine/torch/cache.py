@@ -87,6 +87,7 @@ class SlotCache(Cache):
         self._row_offsets = [np.zeros(0, dtype=np.int64) for _ in range(rows)]
         self._row_separators = [np.zeros(0, dtype=bool) for _ in range(rows)]
         self._scratch_base: int | None = None
+        self._paid: torch.Tensor | None = None  # see record_attention
 
     @property
     def n_ctx(self) -> int:
@@ -132,8 +133,8 @@ class SlotCache(Cache):
             raise CommaError(f"the cache would hold {int(self.lengths.max()) + n} tokens but has room "
                              f"for {self.capacity}")
         after = self.lengths + n
-        slots = Slots(torch.as_tensor(after, dtype=torch.int32, device=self.model.device),
-                      *self.model.rope(self.capacity))
+        cos, sin = self.model.rope(self.capacity)
+        slots = Slots(torch.as_tensor(after, dtype=torch.int32, device=self.model.device), cos, sin, self._paid)
         ids = torch.as_tensor(tokens, dtype=torch.long, device=self.model.device)
         positions = torch.as_tensor(self.lengths[:, None] + np.arange(n), device=self.model.device)
         with self.model.out_of_memory_message():
@@ -246,6 +247,18 @@ class SlotCache(Cache):
         compact(self.kv, torch.as_tensor(table, device=self.model.device),
                 torch.as_tensor(counts, dtype=torch.int32, device=self.model.device))
         self.lengths = counts
+
+    # -- which slots an answer drew on (row 0) ------------------------------------------------
+
+    def record_attention(self) -> None:
+        """From now on, add up the attention every decoded token pays to each slot."""
+        self._paid = torch.zeros(self.rows, self.capacity, dtype=torch.float32, device=self.model.device)
+
+    def attention_paid(self) -> np.ndarray:
+        """Row 0's attention per slot since ``record_attention`` (summed over decoded tokens,
+        layers and heads); recording stops."""
+        paid, self._paid = self._paid, None
+        return np.zeros(self.capacity) if paid is None else paid[0].double().cpu().numpy()
 
     # -- recall passages (row 0) ---------------------------------------------------------------
 

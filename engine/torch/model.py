@@ -49,7 +49,7 @@ class CacheShape:
 class TorchModel(PieceVocabulary):
     backend = "torch"
     derived_from = None  # transformers reads any GGUF weight type as it is: no faster copy
-    capabilities = Capabilities(parallel_reading=True, chunk_choice=True, recall=True)
+    capabilities = Capabilities(parallel_reading=True, chunk_choice=True, recall=True, answer_attention=True)
 
     def __init__(self, path: str | os.PathLike | None = None, device: str | None = None):
         self.path, gguf_file = resolve_model_source(path)

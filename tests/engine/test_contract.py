@@ -7,7 +7,7 @@ import importlib.util
 import numpy as np
 import pytest
 
-from engine.protocols import Cache, Capabilities, Logits, Model, RecallCache
+from engine.protocols import AttentionCache, Cache, Capabilities, Logits, Model, RecallCache
 from tests.fakes import FakeModel
 
 BACKENDS = ["gguf", "fake"] + (["torch"] if importlib.util.find_spec("transformers") else [])
@@ -40,7 +40,9 @@ def test_model_and_cache_follow_the_protocols(model, tokens):
     with model.new_cache(64) as cache:
         assert isinstance(cache, Cache)
         assert cache.length == 0 and len(cache.offsets) == 0
-        assert isinstance(cache, RecallCache) == model.capabilities.recall  # what it says it can do, it can
+        # What a model says its caches can do, they can.
+        assert isinstance(cache, RecallCache) == model.capabilities.recall
+        assert isinstance(cache, AttentionCache) == model.capabilities.answer_attention
 
 
 def test_append_evict_truncate_track_slots(model, tokens):

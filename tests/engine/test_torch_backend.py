@@ -314,3 +314,27 @@ def test_the_torch_engine_reads_a_recall_store_and_answers_from_the_needle_s_pag
     assert report["recall_bytes"] > 0
     result = comma.ask(report["doc_id"], QUESTION)
     assert result.recall and result.pages[0] == needle_page(comma, report["doc_id"])
+    # Sources ordered by the attention the answer paid to each, scored by its share of it.
+    shares = [source["score"] for source in result.sources]
+    assert len(shares) == 2 and shares == sorted(shares, reverse=True) and abs(sum(shares) - 1) < 1e-6
+
+
+@pytest.mark.model
+def test_the_attention_an_answer_pays_is_what_the_model_s_own_attention_weights_say(model, tokens):
+    cache = model.new_cache(64)
+    cache.append(tokens[:50], np.arange(50), np.zeros(50, dtype=bool))
+    cache.record_attention()
+    cache.decode_main_tail(tokens[50:51])
+    paid = cache.attention_paid()
+    assert cache.attention_paid().sum() == 0  # reading it stops the recording
+    comma_rotary = model.hf.model.rotary_emb
+    model.hf.model.rotary_emb = model._rotary
+    model.hf.config._attn_implementation = "eager"
+    try:
+        with torch.inference_mode():
+            weights = model.hf(torch.as_tensor(tokens[None, :51].astype(np.int64)), output_attentions=True).attentions
+    finally:
+        model.hf.model.rotary_emb = comma_rotary
+        model.hf.config._attn_implementation = "comma"
+    expected = sum(layer[0, :, -1].float().sum(dim=0) for layer in weights).numpy()
+    assert np.abs(paid[:51] - expected).max() < 1e-3 and not paid[51:].any()
