@@ -245,14 +245,15 @@ class Conversation:
             return ()
         try:
             candidates = store.on_pages([page for page, _ in candidate_pages])
-            sinks = sink_slots(self.memory.offsets, self.memory.header["prompt_tokens"])
-            if self.ranking == "likelihood":
-                ranked = rank(cache, self.model, store, candidates, question, sinks)
-            else:  # the candidate pages' order and score
+            if self.ranking != "likelihood":  # the candidate pages' order and score
                 order = {page: (i, relevance) for i, (page, relevance) in enumerate(candidate_pages)}
-                ranked = [(p, order[p.page][1]) for p in sorted(candidates, key=lambda p: (order[p.page][0], p.index))]
-            if self.ranking == "rerank":
-                ranked = rank(cache, self.model, store, [p for p, _ in ranked[:RERANK_POOL]], question, sinks)
+                candidates = sorted(candidates, key=lambda p: (order[p.page][0], p.index))
+            if self.ranking == "words":
+                ranked = [(p, order[p.page][1]) for p in candidates]
+            else:
+                pool = candidates if self.ranking == "likelihood" else candidates[:RERANK_POOL]
+                sinks = sink_slots(self.memory.offsets, self.memory.header["prompt_tokens"])
+                ranked = rank(cache, self.model, store, pool, question, sinks)
             chosen = choose(ranked, self.passage_budget)
             self.sources = [Source(p.page, score, store.text(p, self.model)) for p, score in chosen]
             self._source_passages = [p.index for p, _ in chosen]
@@ -363,9 +364,10 @@ class Conversation:
     def _order_sources_by_attention(self, paid: np.ndarray) -> None:
         """Sources most attended by the answer first, each scored by its share of the attention
         the answer paid to all of them (the torch engine's citations)."""
-        at = self.memory.kept_tokens + np.arange(len(self._cached))
-        held = [slot[0] if isinstance(slot, tuple) else -1 for slot in self._cached]
-        mass = {index: float(paid[at[[h == index for h in held]]].sum()) for index in self._source_passages}
+        mass = dict.fromkeys(self._source_passages, 0.0)
+        for at, slot in enumerate(self._cached, start=self.memory.kept_tokens):
+            if isinstance(slot, tuple) and slot[0] in mass:
+                mass[slot[0]] += float(paid[at])
         total = sum(mass.values()) or 1.0
         ranked = sorted(zip(self.sources, self._source_passages, strict=True), key=lambda pair: -mass[pair[1]])
         self.sources = [replace(source, score=mass[index] / total) for source, index in ranked]
