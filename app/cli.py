@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
                         f"(default {defaults.expanded_bytes // 1_000_000})")
     p.add_argument("--parallel", type=int, metavar="TOKENS",
                    help="read independent chunks of TOKENS tokens side by side, one memory each "
-                        "(torch backend; no section notes)")
+                        "(torch backend)")
     common(p)
 
     p = sub.add_parser("ask", help="ask a question about a document that was read")

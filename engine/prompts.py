@@ -13,9 +13,8 @@ SYSTEM = (
     "Answer briefly and only from the document."
 )
 DOCUMENT_INTRO = "Here is the document.\n\n"
-NOTE_REQUEST = "\n\nIn one sentence, what is the passage just above about?"
 SUMMARY_REQUEST = (
-    "Below are notes taken while reading a long document, part by part, in order. "
+    "Below are notes on a long document, one for each part, in order. "
     "Write a summary of the whole document in one paragraph.\n\n{notes}"
 )
 _MARK = "⟦comma:document⟧"  # no NUL: the template renderer takes C strings
@@ -52,11 +51,6 @@ def with_passages(question: str) -> str:
     """A follow-up's turn when passages of the document were chosen for it: they go at the
     ``PASSAGES`` mark, before the question, as the first question's follow the document."""
     return FOLLOW_UP_INTRO + PASSAGES + "\n\nQuestion: " + question
-
-
-def note_suffix(model) -> str:
-    """Appended after the text read so far to ask for a one-sentence note on it."""
-    return _around_document(model, NOTE_REQUEST, [])[1]
 
 
 def summary_prompt(model, notes: list[str]) -> str:

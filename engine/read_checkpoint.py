@@ -5,11 +5,10 @@ The answering model reads a 100-page manual in about half an hour on 2 cores; lo
 a closed laptop lid is not acceptable. A checkpoint is a memory file (engine.memory_file's
 layout, checked the same way) of the cache as it stood after a chunk. Its header adds how far
 the read had got, which read it was (model, backend, document, policy, chunk: a checkpoint of
-any other read is ignored and replaced), the section notes so far, and how far the recall
-store had got; the partial store itself stays beside it under a fixed name (not a ``.tmp``
-name, which the library's clean-up of crashed saves would remove). The reading loop, fed the
-same chunks from the same cache, then produces the memory and store an uninterrupted read
-would have produced. Both files go once the read's memory is saved.
+any other read is ignored and replaced), and how far the recall store had got; the partial
+store itself stays beside it under a fixed name (not a ``.tmp`` name, which the library's
+clean-up of crashed saves would remove). The reading loop, fed the same chunks from the same
+cache, then produces the memory and store an uninterrupted read would have produced. Both files go once the read's memory is saved.
 """
 
 from __future__ import annotations
@@ -45,20 +44,15 @@ class Checkpoint:
     store: dict | None  # StoreWriter.checkpoint()
     pieces: list[list[int]]  # RecallWriter's piece table so far
     passage_tokens: int
-    notes: list[dict]  # {"first_page", "last_page", "text"}
-    note_last: int
 
 
-def save(path: Path, read_identity: dict, done: int, cache, writer, taker) -> None:
+def save(path: Path, read_identity: dict, done: int, cache, writer) -> None:
     """Write the checkpoint of a read whose chunks up to ``done`` are in ``cache`` (atomically)."""
     state = {
         "done": done,
         "store": writer.store.checkpoint() if writer is not None else None,
         "pieces": [list(p) for p in writer.pieces] if writer is not None else [],
         "passage_tokens": writer.passage_tokens if writer is not None else 0,
-        "notes": [{"first_page": n.first_page, "last_page": n.last_page, "text": n.text}
-                  for n in (taker.notes if taker is not None else [])],
-        "note_last": taker.last if taker is not None else 0,
     }
     header = {**read_identity, "kind": "checkpoint", "checkpoint": state, "kept_tokens": cache.length}
     offsets = cache.offsets.copy()
@@ -83,7 +77,7 @@ def load(path: Path, read_identity: dict, with_store: bool) -> Checkpoint | None
         if with_store and partial_store(path).stat().st_size < PREAMBLE_BYTES + int(state["store"]["offset"]):
             return None
         return Checkpoint(int(state["done"]), memory, state["store"], [list(map(int, p)) for p in state["pieces"]],
-                          int(state["passage_tokens"]), list(state["notes"]), int(state["note_last"]))
+                          int(state["passage_tokens"]))
     except (MemoryFileError, OSError, KeyError, TypeError, ValueError, OverflowError):  # int(Infinity)
         return None
 

@@ -2,10 +2,9 @@
 policy chunk by chunk, and what is left at the end becomes a Memory.
 
 The loop is backend-neutral: it needs a cache with ``length``, ``separators``, ``append`` and
-``evict`` (and, for section notes, a scratch branch). While reading, it can stop every few
-thousand tokens to write a one-sentence note on the passage just read, on a scratch branch of
-the cache that is dropped afterwards; the notes, in order, are what a whole-document summary
-is made from, since the final memory alone only remembers the end in detail.
+``evict``. A read also hands back the document's section notes (engine/section_notes.py), what
+a whole-document summary is made from, since the final memory alone only remembers the end in
+detail.
 """
 
 from __future__ import annotations
@@ -19,20 +18,15 @@ import numpy as np
 
 from engine import read_checkpoint
 from engine.errors import CommaError, MemoryFileError, stop_reading_if
-from engine.generate import Sampling, generate_text
 from engine.memory import Memory, page_of
 from engine.memory_file import StoreWriter
 from engine.policy import Full, Policy
-from engine.prompts import document_prefix, note_suffix
+from engine.prompts import document_prefix
 from engine.protocols import Cache, Logits, Model, ParallelModel, Progress, RecallCache
 from engine.recall import RecallWriter, new_read_id
+from engine.section_notes import Note, section_notes
 
 DEFAULT_CHUNK = 512
-NOTE_TOKENS = 48
-NOTE_ROOM = 128  # cache cells reserved beyond the policy's capacity for a note's prompt and text
-NOTE_MIN_INTERVAL = 1536
-NOTE_MAX_COUNT = 64
-
 
 
 @dataclass
@@ -49,13 +43,6 @@ class TokenStream:
 
     def page_of(self, offset: int) -> int | None:
         return page_of(self.page_token_starts, self.prompt_tokens, offset)
-
-
-@dataclass
-class Note:
-    first_page: int
-    last_page: int
-    text: str
 
 
 @dataclass
@@ -82,17 +69,16 @@ def token_stream(model: Model, document, with_prompt: bool = True) -> TokenStrea
     return TokenStream(tokens, model.separator_ids[tokens], len(prefix), page_token_starts)
 
 
-def cache_size(model: Model, policy: Policy, stream_len: int, notes: bool) -> int:
+def cache_size(model: Model, policy: Policy, stream_len: int) -> int:
     """Cells a reading context needs; refuses a full-attention read longer than the model allows."""
-    extra = NOTE_ROOM if notes else 0
     if isinstance(policy, Full):
-        if stream_len + extra > model.n_ctx_train:
+        if stream_len > model.n_ctx_train:
             raise CommaError(
                 f"the document is {stream_len} tokens long; with the 'full' policy it must fit the "
                 f"model's {model.n_ctx_train}-token context. Use --policy sepllm or streaming"
             )
-        return stream_len + extra
-    return policy.capacity + extra
+        return stream_len
+    return policy.capacity
 
 
 def prefill(cache: Cache, stream: TokenStream, policy: Policy, chunk: int, *,
@@ -123,43 +109,6 @@ def prefill(cache: Cache, stream: TokenStream, policy: Policy, chunk: int, *,
             progress(end, total)
 
 
-class NoteTaker:
-    """Writes a one-sentence note on the passage read since the last note, on the scratch branch."""
-
-    def __init__(self, model: Model, cache: Cache, stream: TokenStream):
-        self.model, self.cache, self.stream = model, cache, stream
-        doc_tokens = len(stream) - stream.prompt_tokens
-        self.interval = max(NOTE_MIN_INTERVAL, -(-doc_tokens // NOTE_MAX_COUNT))
-        self.request = model.tokenize(note_suffix(model), special=True)
-        self.last = stream.prompt_tokens
-        self.notes: list[Note] = []
-
-    def __call__(self, done: int) -> None:
-        if done - self.last >= self.interval or (done == len(self.stream) and done > self.last):
-            self.take(done)
-
-    def take(self, done: int) -> None:
-        cache = self.cache
-        cache.fork_scratch()
-        pos = cache.length
-        logits = cache.decode_scratch(self.request, pos)
-        pos += len(self.request)
-
-        def step(token: int) -> np.ndarray:
-            nonlocal pos
-            out = cache.decode_scratch(np.array([token], dtype=np.int32), pos)
-            pos += 1
-            return out
-
-        note = "".join(generate_text(self.model, logits, step, Sampling(max_tokens=NOTE_TOKENS))).strip()
-        cache.drop_scratch()
-        first = self.stream.page_of(self.last) or 1
-        last = self.stream.page_of(done - 1) or first
-        if note:
-            self.notes.append(Note(first, last, note))
-        self.last = done
-
-
 def memory_header(model: Model, document, stream: TokenStream, policy: Policy, kept_tokens: int) -> dict:
     """What a memory file says about where it came from: model, backend, policy, document, pages,
     and the id of the read, which its recall store carries too."""
@@ -184,19 +133,22 @@ def read(model: Model, document, policy: Policy, *, notes: bool = True, chunk: i
 
     ``recall``: where the recall store goes (the KV of every passage, written as the read goes;
     backends whose ``capabilities`` say ``recall``). ``parallel``: read independent chunks of
-    that many tokens side by side instead (``capabilities.parallel_reading``; no section notes,
-    no recall store). ``checkpoint``: save where the read stands there every
+    that many tokens side by side instead (``capabilities.parallel_reading``; no recall
+    store). ``checkpoint``: save where the read stands there every
     CHECKPOINT_TOKENS, and go on from a checkpoint of this same read found there; the caller
     removes it (``read_checkpoint.remove``) once the memory is saved."""
     if parallel:
         if not model.capabilities.parallel_reading or not isinstance(model, ParallelModel):
             raise CommaError(f"the {model.backend} engine cannot read in parallel chunks")
-        return model.read_parallel(document, policy, parallel, progress=progress, cancelled=cancelled)
+        result = model.read_parallel(document, policy, parallel, progress=progress, cancelled=cancelled)
+        if notes:
+            result.notes = document_notes(model, token_stream(model, document))
+        return result
     if recall is not None and not model.capabilities.recall:
         raise CommaError(f"the {model.backend} engine cannot keep a recall store; read with --no-recall")
     started = time.perf_counter()
     stream = token_stream(model, document)
-    n_ctx = cache_size(model, policy, len(stream), notes)
+    n_ctx = cache_size(model, policy, len(stream))
     chunk = policy.max_chunk(chunk)
     read_identity = read_checkpoint.identity(model, document, policy, chunk)
     resume = read_checkpoint.load(checkpoint, read_identity, recall is not None) if checkpoint is not None else None
@@ -217,17 +169,11 @@ def read(model: Model, document, policy: Policy, *, notes: bool = True, chunk: i
             partial = read_checkpoint.partial_store(checkpoint) if checkpoint is not None else None
             writer = RecallWriter(cache, stream, recall, partial, resume)
             hooks.append(writer)
-        taker = NoteTaker(model, cache, stream) if notes else None
-        if taker is not None:
-            hooks.append(taker)
-            if resume is not None:
-                taker.notes = [Note(n["first_page"], n["last_page"], n["text"]) for n in resume.notes]
-                taker.last = resume.note_last
         saved_at = [resume.done if resume is not None else 0]
         if checkpoint is not None:
             def save_checkpoint(end: int) -> None:
                 if end - saved_at[0] >= read_checkpoint.CHECKPOINT_TOKENS and end < len(stream):
-                    read_checkpoint.save(checkpoint, read_identity, end, cache, writer, taker)
+                    read_checkpoint.save(checkpoint, read_identity, end, cache, writer)
                     saved_at[0] = end
             hooks.append(save_checkpoint)
 
@@ -250,4 +196,8 @@ def read(model: Model, document, policy: Policy, *, notes: bool = True, chunk: i
                 else:
                     writer.store.discard()
             raise
-    return ReadResult(memory, taker.notes if taker else [], time.perf_counter() - started, store)
+    return ReadResult(memory, document_notes(model, stream) if notes else [], time.perf_counter() - started, store)
+
+
+def document_notes(model: Model, stream: TokenStream) -> list[Note]:
+    return section_notes(model, stream.tokens, stream.prompt_tokens, stream.page_of)

@@ -32,7 +32,7 @@ def score(model: Model, tokens: np.ndarray, policy: Policy, chunk: int = DEFAULT
     tokens = np.asarray(tokens, dtype=np.int32)
     flags = model.separator_ids[tokens] if separators is None else np.asarray(separators, dtype=bool)
     stream = TokenStream(tokens, flags, 0, [0])
-    cache = model.new_cache(cache_size(model, policy, len(stream), notes=False), policy.max_chunk(chunk))
+    cache = model.new_cache(cache_size(model, policy, len(stream)), policy.max_chunk(chunk))
     logprobs = np.empty(len(tokens) - 1, dtype=np.float64)
     attended = np.empty(len(tokens), dtype=np.int64)
 

@@ -1,4 +1,4 @@
-"""A whole-document summary made from the section notes taken while reading.
+"""A whole-document summary made from the section notes of a read (engine/section_notes.py).
 
 The final memory remembers the end of a long document in detail and the rest only through its
 separators; the notes, one per passage, cover it all in order. They are combined by the model

@@ -27,7 +27,6 @@ class FakeCache:
         self.tokens: list[int] = []
         self.offsets = np.zeros(0, dtype=np.int64)
         self.separators = np.zeros(0, dtype=bool)
-        self._scratch: int | None = None
         self._step = 0
 
     @property
@@ -71,18 +70,6 @@ class FakeCache:
     def decode_main_tail(self, tokens) -> np.ndarray:
         self._add(tokens)
         return self._logits()
-
-    def fork_scratch(self) -> None:
-        self._scratch = self.length
-
-    def decode_scratch(self, tokens, start_pos: int) -> np.ndarray:
-        self._add(tokens)
-        return self._logits()
-
-    def drop_scratch(self) -> None:
-        if self._scratch is not None:
-            self.truncate(self._scratch)
-            self._scratch = None
 
     def snapshot(self) -> bytes:
         return json.dumps(self.tokens).encode()

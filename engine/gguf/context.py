@@ -4,7 +4,7 @@ The cache of sequence 0 always holds positions ``0..n-1``. Evicting removes the 
 with ``llama_memory_seq_rm`` and slides every surviving run left with ``llama_memory_seq_add``,
 which makes llama.cpp re-rotate those keys by the shift (RoPE is relative, so a key rotated by
 its old position and then by the delta equals a key rotated by its new slot). Sequence 1 is a
-scratch branch for side generations (section notes) that must not disturb sequence 0.
+scratch sequence for the one throwaway token that makes llama.cpp apply a pending shift.
 Sequence 2 is where recall passages are serialised and loaded, and sequences 3.. are the
 branches on which candidate passages are ranked side by side (engine.recall).
 """
@@ -45,7 +45,7 @@ class GGUFCache:
         params.n_batch = n_batch
         params.n_ubatch = n_batch
         params.n_seq_max = SIDE + 1 + BRANCHES
-        # One cell pool for all sequences, so the scratch branch and the recall branches share
+        # One cell pool for all sequences, so the scratch sequence and the recall branches share
         # the main cache's cells instead of splitting the context.
         params.kv_unified = True
         params.n_threads = params.n_threads_batch = threads or os.cpu_count() or 1
@@ -184,7 +184,7 @@ class GGUFCache:
             # carry new positions with keys still rotated for the old ones. One throwaway token
             # on the scratch sequence applies the shift.
             self._decode(np.array([max(self.model.bos, 0)]), 0, SCRATCH, Logits.NONE)
-            self.drop_scratch()
+            llama.llama_memory_seq_rm(self.memory, SCRATCH, -1, -1)
 
     def _state_of(self, seq: int) -> bytes:
         size = llama.llama_state_seq_get_size(self.ptr, seq)
@@ -341,20 +341,6 @@ class GGUFCache:
         self._tail = 0
         self.offsets = np.asarray(offsets, dtype=np.int64)
         self.separators = np.asarray(separators, dtype=bool)
-
-    def fork_scratch(self) -> None:
-        """Make sequence 1 share sequence 0's cache (no copy of KV data in llama.cpp)."""
-        llama.llama_memory_seq_rm(self.memory, SCRATCH, -1, -1)
-        llama.llama_memory_seq_cp(self.memory, MAIN, SCRATCH, -1, -1)
-
-    def drop_scratch(self) -> None:
-        llama.llama_memory_seq_rm(self.memory, SCRATCH, -1, -1)
-
-    def decode_scratch(self, tokens: np.ndarray, start_pos: int) -> np.ndarray:
-        """Decode on the scratch branch; returns the last token's logits."""
-        logits = self._decode(np.asarray(tokens), start_pos, SCRATCH, Logits.LAST)
-        assert logits is not None
-        return logits
 
     def decode_main_tail(self, tokens: np.ndarray) -> np.ndarray:
         """Decode prompt or answer tokens after the memory; they carry no document offsets."""

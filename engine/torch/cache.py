@@ -8,8 +8,7 @@ in one kernel launch, and since keys were cached unrotated, nothing has to be re
 cache after an eviction is exactly the cache those tokens would have had at their new slots.
 
 One row is a document being read or asked about. Several rows are independent chunks read
-side by side (parallel chunks). A scratch branch for section notes is simply the room after
-row 0's slots: notes are written there and forgotten by resetting the length, with no copy.
+side by side (parallel chunks).
 
 It offers the same methods as the gguf backend's cache, so ``engine.reader`` and
 ``engine.conversation`` drive either one, recall included: a stored passage is its slots' keys
@@ -86,7 +85,6 @@ class SlotCache(Cache):
         self.lengths = np.zeros(rows, dtype=np.int64)  # valid slots per row, before a forward's tokens
         self._row_offsets = [np.zeros(0, dtype=np.int64) for _ in range(rows)]
         self._row_separators = [np.zeros(0, dtype=bool) for _ in range(rows)]
-        self._scratch_base: int | None = None
         self._paid: torch.Tensor | None = None  # see record_attention
 
     @property
@@ -184,19 +182,6 @@ class SlotCache(Cache):
         self.lengths[0] = length
         self._row_offsets[0] = self.offsets[:length]
         self._row_separators[0] = self.separators[:length]
-
-    def fork_scratch(self) -> None:
-        self._scratch_base = self.length
-
-    def drop_scratch(self) -> None:
-        if self._scratch_base is not None:
-            self.lengths[0] = self._scratch_base
-            self._scratch_base = None
-
-    def decode_scratch(self, tokens: np.ndarray, start_pos: int) -> np.ndarray:
-        if start_pos != self.length:
-            raise CommaError(f"scratch tokens must follow the cache (slot {self.length}, not {start_pos})")
-        return self.forward(np.asarray(tokens)[None], Logits.LAST)[-1]
 
     def decode_main_tail(self, tokens: np.ndarray) -> np.ndarray:
         return self.forward(np.asarray(tokens)[None], Logits.LAST)[-1]

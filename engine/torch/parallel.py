@@ -8,8 +8,7 @@ does one large forward pass per step instead of many small ones.
 
 The result is one compressed memory per chunk. The memory file keeps them in document order
 (``chunks`` in the header gives each one's slot count); the prompt's slots are kept once, in
-the first chunk, since every row computed the very same ones. Section notes need a sequential
-reading, so a parallel reading has none.
+the first chunk, since every row computed the very same ones.
 """
 
 from __future__ import annotations

@@ -126,7 +126,7 @@ def test_the_bundled_models_prompts_are_what_the_built_in_chatml_made(monkeypatc
 
     def every_prompt():
         return [prompts.document_prefix(model), prompts.question_suffix(model, history, "Next?"),
-                prompts.note_suffix(model), prompts.summary_prompt(model, ["a", "b"])]
+                prompts.summary_prompt(model, ["a", "b"])]
 
     jinja = every_prompt()
     assert model.chat.template and model.chat.fallback_reason is None

@@ -61,11 +61,6 @@ def test_decoding_hands_back_one_vocabulary_vector(model, tokens):
         logits = cache.decode_main_tail(tokens[50:60])
         assert logits.shape == (model.n_vocab,)
         assert cache.length == 60
-        cache.fork_scratch()
-        scratch = cache.decode_scratch(tokens[60:62], 60)
-        assert scratch.shape == (model.n_vocab,)
-        cache.drop_scratch()
-        assert cache.length == 60
 
 
 def test_snapshot_restores_the_same_predictions(model, tokens):
