@@ -29,9 +29,10 @@ from engine.recall import ANSWERING_RANKING, CANDIDATE_PAGES, DEFAULT_RANKING, R
 from engine.summary import summarize_notes
 from storage.library import Library, document_id
 
-# The bundled model's reading with notes, 289 tokens/s on a 2-core CPU (bench/results/
-# cpu_ceiling_cpu.json), at R-intro's 3.4 characters a token; only until this computer has read once.
-FIRST_READING_CHARS_PER_S = 980.0
+# The bundled model's reading, 348 tokens/s on the slower of the 2-core CPUs measured (bench/results/
+# cpu_ceiling_cpu.json; section notes cost it nothing), at R-intro's 3.4 characters a token; only
+# until this computer has read once.
+FIRST_READING_CHARS_PER_S = 1180.0
 
 
 def citation(page: int, section: str | None) -> str:

@@ -17,7 +17,7 @@ among the answer's pages), time to first token and total seconds, in process (th
 loaded). Every row is printed to stderr as it is measured. A run beside other work gives
 right accuracy figures and noisy times; the README says which.
 
-    python bench/answers.py [--deep R-intro.pdf] [--documents R-intro.pdf,reportlab-userguide.pdf]
+    python bench/answers.py [--deep R-intro.pdf] [--documents R-intro.pdf,reportlab-userguide.pdf] [--home DIR]
     python bench/answers.py --from-log RUN1.txt [RUN2.txt]  # the report of runs stopped early or of other --rows
     python bench/answers.py speed [--runs 5]          # with the CPU to yourself
     python bench/answers.py weights                   # the answering model's weight types on this CPU
@@ -109,8 +109,8 @@ def run(args) -> tuple[dict, object]:
     spec = json.loads((DATA / "questions.json").read_text())
     rows: list[dict] = []
     reads: dict = {}
-    with tempfile.TemporaryDirectory() as home:
-        library = Library(Path(home))
+    with tempfile.TemporaryDirectory() as scratch:
+        library = Library(Path(args.home or scratch))
         small = Comma(library, answering="off")
         answering = Comma(library)
         answering._model = small.model  # one copy of the reading model for both
@@ -272,7 +272,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("what", nargs="?", choices=("questions", "speed", "weights"), default="questions")
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--home", type=Path, help="speed: a library where R-intro.pdf was deep read already")
+    parser.add_argument("--home", type=Path,
+                        help="questions: keep the library there (its deep reads serve a later speed run); "
+                             "speed: a library where R-intro.pdf was deep read already")
     parser.add_argument("--documents", default="R-intro.pdf,reportlab-userguide.pdf", type=lambda s: s.split(","))
     parser.add_argument("--deep", default="R-intro.pdf", type=lambda s: [x for x in s.split(",") if x])
     parser.add_argument("--rows", default="small,spot,gold", type=lambda s: s.split(","),

@@ -10,18 +10,23 @@ Method, all in one process, one model at a time, 2 threads on this machine's CPU
 - decode: 64 answer tokens one by one after 800 tokens of context (median of ``--runs``).
 - perplexity: GPL-3 tokens 1,000–4,000 (as in README), policies full and sepllm, flash attention on.
 - reading: Comma's real read path (``engine.reader.read``, sepllm, section notes on and off) over
-  a real text of ``--long`` tokens (bench/texts.py), once per weight type; tokens/s of the whole
-  read, and as a fraction of that weight type's ceiling (flash on) measured right before and
-  right after that reading (their mean), so both come from the same minutes.
+  a real text of ``--long`` tokens (bench/texts.py), ``--readings`` times per weight type, notes
+  off and on in turn (off first, then on first, and so on); tokens/s of the whole read, and as
+  a fraction of that weight type's ceiling (flash on) measured right before and right after that
+  reading (their mean), so both come from the same minutes; the medians over the readings, and
+  each reading.
+``--weights F16`` measures only the weight types whose label holds that text.
 Prints one JSON object (and writes it to --out).
 
-    python bench/cpu_ceiling.py [--runs 7] [--long 40000] [--out bench/results/cpu_ceiling_cpu.json]
+    python bench/cpu_ceiling.py [--runs 7] [--long 40000] [--readings 3] [--weights F16]
+                                [--out bench/results/cpu_ceiling_cpu.json]
 """
 
 from __future__ import annotations
 
 import argparse
 import ctypes
+import statistics
 import sys
 import tempfile
 import time
@@ -67,6 +72,8 @@ def main() -> None:
     parser.add_argument("--cached", type=int, default=STEADY_CACHED)
     parser.add_argument("--chunk", type=int, default=STEADY_CHUNK)
     parser.add_argument("--long", type=int, default=40_000)
+    parser.add_argument("--readings", type=int, default=3)
+    parser.add_argument("--weights", default="", help="only the weight types whose label holds this text")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
 
@@ -88,6 +95,8 @@ def main() -> None:
         weights = {"Q4_1 (shipped)": source, "F16 (Comma's copy)": f16_path, "Q8_0 (for comparison)": q8_path}
         rows = {}
         for label, path in weights.items():
+            if args.weights not in label:
+                continue
             model = GGUFModel(path)
             row = {"weight_type": model.weight_type, "file_mb": round(path.stat().st_size / 1e6, 1)}
             for flash in (False, True):
@@ -101,29 +110,38 @@ def main() -> None:
             row["perplexity_gpl3_1000_4000"] = {
                 name: round(score(model, window, make_policy(name)).perplexity(1000), 3)
                 for name in ("full", "sepllm")}
-            for notes in (False, True):
-                # The ceiling is taken again right before and after each reading, so that the
-                # fraction compares figures from the same minutes of a shared machine.
-                before = prefill_rate(model, gpl, args.cached, args.chunk, args.runs)
-                reading = reading_rate(model, text_path, notes)
-                after = prefill_rate(model, gpl, args.cached, args.chunk, args.runs)
-                reading["ceiling_tokens_per_s"] = round((before + after) / 2, 1)
-                reading["fraction_of_ceiling"] = round(reading["tokens_per_s"] / reading["ceiling_tokens_per_s"], 3)
-                row["reading_notes_on" if notes else "reading_notes_off"] = reading
+            readings: dict[bool, list[dict]] = {False: [], True: []}
+            for turn in range(args.readings):
+                for notes in ((False, True) if turn % 2 == 0 else (True, False)):
+                    # The ceiling is taken again right before and after each reading, so that the
+                    # fraction compares figures from the same minutes of a shared machine.
+                    before = prefill_rate(model, gpl, args.cached, args.chunk, args.runs)
+                    reading = reading_rate(model, text_path, notes)
+                    after = prefill_rate(model, gpl, args.cached, args.chunk, args.runs)
+                    reading["ceiling_tokens_per_s"] = round((before + after) / 2, 1)
+                    reading["fraction_of_ceiling"] = round(reading["tokens_per_s"] / reading["ceiling_tokens_per_s"], 3)
+                    readings[notes].append(reading)
+            for notes, runs in readings.items():
+                row["reading_notes_on" if notes else "reading_notes_off"] = {
+                    "tokens": runs[0]["tokens"], "notes": runs[0]["notes"],
+                    "tokens_per_s": statistics.median(r["tokens_per_s"] for r in runs),
+                    "ceiling_tokens_per_s": statistics.median(r["ceiling_tokens_per_s"] for r in runs),
+                    "fraction_of_ceiling": statistics.median(r["fraction_of_ceiling"] for r in runs),
+                    "readings": runs}
             rows[label] = row
             print(label, row, file=sys.stderr)
             del model
 
-    shipped_row, copy_row = rows["Q4_1 (shipped)"], rows["F16 (Comma's copy)"]
     figures = {
         "first_start_conversion_s": round(conversion_s, 2),
         "weights": rows,
-        "copy_perplexity_change": {
-            name: round(copy_row["perplexity_gpl3_1000_4000"][name] / shipped_row["perplexity_gpl3_1000_4000"][name]
-                        - 1, 4) for name in ("full", "sepllm")},
         "targets": {"reading_notes_on_tokens_per_s": ">= 500", "fraction_of_ceiling": ">= 0.9",
                     "perplexity_change": "within 0.5%", "first_start_conversion_s": "< 30"},
     }
+    if "Q4_1 (shipped)" in rows and "F16 (Comma's copy)" in rows:
+        shipped, copy = (rows[k]["perplexity_gpl3_1000_4000"] for k in ("Q4_1 (shipped)", "F16 (Comma's copy)"))
+        figures["copy_perplexity_change"] = {name: round(copy[name] / shipped[name] - 1, 4)
+                                             for name in ("full", "sepllm")}
     emit("cpu_ceiling", __doc__, SimpleNamespace(name=source.stem), figures, args.out)
 
 

@@ -8,7 +8,8 @@ the read had got, which read it was (model, backend, document, policy, chunk: a 
 any other read is ignored and replaced), and how far the recall store had got; the partial
 store itself stays beside it under a fixed name (not a ``.tmp`` name, which the library's
 clean-up of crashed saves would remove). The reading loop, fed the same chunks from the same
-cache, then produces the memory and store an uninterrupted read would have produced. Both files go once the read's memory is saved.
+cache, then produces the memory and store an uninterrupted read would have produced. Both
+files go once the read's memory is saved.
 """
 
 from __future__ import annotations
