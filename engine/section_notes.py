@@ -65,9 +65,10 @@ def sentences(text: str) -> list[str]:
 
 def _is_sentence(text: str) -> bool:
     words = len(text.split())
-    letters = len(_LETTER.findall(text))
-    return (SENTENCE_WORDS[0] <= words <= SENTENCE_WORDS[1] and text[0].isupper() and text[-1] in ".!?:"
-            and letters >= 0.6 * len(text.replace(" ", "")))
+    letters = _LETTER.findall(text)
+    # Its first letter is a capital, after any clause number or quote ("3.1 The tenant …").
+    return (SENTENCE_WORDS[0] <= words <= SENTENCE_WORDS[1] and bool(letters) and letters[0].isupper()
+            and text[-1] in ".!?:" and len(letters) >= 0.6 * len(text.replace(" ", "")))
 
 
 def _vector(words: list[str], idf: dict[str, float]) -> dict[str, float]:
