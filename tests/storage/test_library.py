@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from engine.errors import LibraryError
-from engine.reader import Note
+from engine.section_notes import Note
 from storage.library import Library, data_folder
 
 
