@@ -19,10 +19,12 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
+from engine.protocols import Model
 from engine.question_words import content_words
 
 NOTE_MIN_INTERVAL = 1536  # tokens: a note every ~2 pages
@@ -111,7 +113,8 @@ def inverse_document_frequency(passages: list[str]) -> dict[str, float]:
     return {w: math.log((1 + n) / (1 + d)) + 1.0 for w, d in df.items()}
 
 
-def section_notes(model, tokens: np.ndarray, prompt_tokens: int, page_of) -> list[Note]:
+def section_notes(model: Model, tokens: np.ndarray, prompt_tokens: int,
+                  page_of: Callable[[int], int | None]) -> list[Note]:
     """One note per passage of the token stream ``tokens`` (the document after ``prompt_tokens``),
     in order, with the pages each passage spans (``page_of(offset)``)."""
     bounds = passage_bounds(prompt_tokens, len(tokens))
