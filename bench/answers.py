@@ -21,6 +21,7 @@ right accuracy figures and noisy times; the README says which.
     python bench/answers.py --from-log RUN1.txt [RUN2.txt]  # the report of runs stopped early or of other --rows
     python bench/answers.py speed [--runs 5]          # with the CPU to yourself
     python bench/answers.py weights                   # the answering model's weight types on this CPU
+    python bench/answers.py deep-rate [--document reportlab-userguide.pdf] [--pages 30]  # CPU to yourself
 
 speed: R-intro.pdf (74K tokens) read by the small model, then, before the deep read, ``--runs``
 fresh processes of ``comma ask --json`` (first token with the page read on the spot); the deep
@@ -30,6 +31,10 @@ measured right after it in the same process (and with 128-token chunks, as the w
 background read goes); then ``--runs`` fresh processes of ``comma ask
 --json`` (first token after the deep read), ``--runs`` follow-ups on one live conversation, and
 the answering model's store in MB per 100 pages.
+deep-rate: the first ``--pages`` pages of ``--document`` read by the small model, then the deep
+read timed (tokens/s of the whole read, Comma's real path) between two measurements of llama.cpp's
+own prefill of the same weights at SepLLM's steady state (median of 5 each), in one process, and
+once more with 128-token chunks (the window's); the fraction is against the mean of the two.
 weights: the answering model as shipped (Q4_K_M) and copies made here with llama.cpp's quantizer
 (F16: an exact upcast; Q8_0), prefill and decode tokens/s (engine/gguf/probe.py), flash
 attention on (and off for Q4_K_M), one model at a time.
@@ -207,6 +212,35 @@ def speed(args) -> tuple[dict, object]:
         }, model
 
 
+def deep_rate(args) -> tuple[dict, object]:
+    import pymupdf
+
+    from engine.gguf.probe import STEADY_CACHED, STEADY_CHUNK, prefill_rate
+
+    with tempfile.TemporaryDirectory() as scratch:
+        part = Path(scratch) / f"first-{args.pages}-pages-{args.document}"
+        with pymupdf.open(DATA / args.document) as whole:
+            whole.select(list(range(min(args.pages, whole.page_count))))
+            whole.save(part)
+        comma = Comma(Library(Path(scratch) / "library"), answering="auto")
+        fast = comma.ingest(part, notes=False, deep=False)
+        model = comma.answerer
+        tokens = model.tokenize(comma.library.page_text(fast["doc_id"], min(20, fast["pages"])) * 4)
+        before = prefill_rate(model, tokens, STEADY_CACHED, STEADY_CHUNK, runs=5)
+        started = time.perf_counter()
+        deep = comma.deep_read(fast["doc_id"])
+        seconds = time.perf_counter() - started
+        after = prefill_rate(model, tokens, STEADY_CACHED, STEADY_CHUNK, runs=5)
+        window_chunks = prefill_rate(model, tokens, STEADY_CACHED, 128, runs=5)
+        rate = deep["tokens"] / seconds
+        ceiling = (before + after) / 2
+        return {"document": {"file": args.document, "pages": fast["pages"], "tokens": deep["tokens"]},
+                "deep_read": {"seconds": round(seconds, 1), "tokens_per_s": round(rate, 1)},
+                "llama_cpp_prefill_tokens_per_s": {"before": round(before, 1), "after": round(after, 1),
+                                                   "128_token_chunks": round(window_chunks, 1)},
+                "fraction_of_ceiling": round(rate / ceiling, 3), "target": ">= 0.9"}, model
+
+
 def weights(args) -> tuple[dict, object]:
     import ctypes
 
@@ -270,7 +304,9 @@ def from_logs(logs: list[Path]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", nargs="?", choices=("questions", "speed", "weights"), default="questions")
+    parser.add_argument("what", nargs="?", choices=("questions", "speed", "weights", "deep-rate"), default="questions")
+    parser.add_argument("--document", default="reportlab-userguide.pdf", help="deep-rate: which manual")
+    parser.add_argument("--pages", type=int, default=30, help="deep-rate: how many of its first pages")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--home", type=Path,
                         help="questions: keep the library there (its deep reads serve a later speed run); "
@@ -291,9 +327,9 @@ def main() -> None:
         return
     if args.what != "questions":
         out = args.out if args.out != parser.get_default("out") else \
-            ROOT / "bench" / "results" / f"answers_{args.what}_cpu.json"
-        figures, model = {"speed": speed, "weights": weights}[args.what](args)
-        emit(f"answers_{args.what}", __doc__.split("Method", 1)[1], model, figures, out)
+            ROOT / "bench" / "results" / f"answers_{args.what.replace('-', '_')}_cpu.json"
+        figures, model = {"speed": speed, "weights": weights, "deep-rate": deep_rate}[args.what](args)
+        emit(f"answers_{args.what.replace('-', '_')}", __doc__.split("Method", 1)[1], model, figures, out)
         return
     figures, model = run(args)
     emit("answers", __doc__.split("Method", 1)[1], model, figures, args.out)
