@@ -137,11 +137,14 @@ class GGUFCache:
         edges = np.flatnonzero(np.diff(mask.astype(np.int8))) + 1
         starts = np.concatenate([[0], edges])
         ends = np.concatenate([edges, [n]])
+        self._apply_shift()  # the cells are saved below, and a saved key must match its position
+        for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
+            if not mask[s] and not llama.llama_memory_seq_rm(self.memory, MAIN, s, e):
+                raise CommaError("this model's KV cache refused a partial removal")
+        self._pack_cells()
         new_pos = 0
         for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
             if not mask[s]:
-                if not llama.llama_memory_seq_rm(self.memory, MAIN, s, e):
-                    raise CommaError("this model's KV cache refused a partial removal")
                 continue
             if s != new_pos:
                 # Runs move left in order, so a moved run never lands on one still to move.
@@ -150,6 +153,18 @@ class GGUFCache:
             new_pos += e - s
         self.offsets = self.offsets[keep]
         self.separators = self.separators[keep]
+
+    def _pack_cells(self) -> None:
+        """Move the main sequence's cells to the front of the cell pool, in order. Eviction leaves
+        the kept slots scattered over the pool and the next chunk fills the holes between them;
+        llama.cpp then reads a chunk ~15% slower than into packed cells (a 20K-token read, four
+        alternated pairs, 514 against 593 tokens/s, the same perplexity), while saving and
+        loading the ~324 kept slots costs a few milliseconds a chunk."""
+        state = self._state_of(MAIN)
+        llama.llama_memory_seq_rm(self.memory, MAIN, -1, -1)
+        buf = (ctypes.c_uint8 * len(state)).from_buffer_copy(state)
+        if llama.llama_state_seq_set_data(self.ptr, buf, len(state), MAIN) == 0:
+            raise CommaError("llama.cpp could not put the kept slots back into its cache")
 
     def truncate(self, length: int) -> None:
         """Drop every slot from ``length`` on (what a question and its answer added)."""
