@@ -9,14 +9,19 @@ Method (bundled model, Comma's real ingest and ask paths, greedy answers):
   depth, moved back to the end of a sentence as the package does, and the text is read as a TXT
   document (its pages are 3,000-character cuts). The package's question is asked. An answer
   counts when it holds both "sandwich" and "Dolores Park"; the page counts when the needle's
-  page is first in ``pages``. Methods, on the same reading: ``memory`` (the separator memory
+  page is first in ``pages`` (``page_cited``: among them; pages read on the spot are cited in
+  page order). Methods, on the same reading: ``memory`` (the separator memory
   alone), ``words`` (the full-text index's best pages, in its order), ``merged`` (those and the
   pages nearest in meaning, in turn), ``rerank`` (the merged pages choose the passages and the
   question's log-likelihood after each chosen one orders them: what the app asks with),
   ``likelihood`` (the words pages' passages ranked by the question's log-likelihood after each,
   ParallelComp's choice: ``--ranking likelihood``), and ``full`` where the haystack fits the
-  model's 8K context (a full-attention reading: the model's own ceiling). ``--methods`` runs
-  some of them; every cell is a reading of its own (about 6 minutes at 128K tokens here).
+  model's 8K context (a full-attention reading: the model's own ceiling). The answering model's
+  row, through ``comma ask`` as a person asks: ``spot`` (before its deep read: it reads the best
+  pages on the spot) and ``deep`` (after its deep read of the haystack, from its own memory and
+  store; only for ``--deep-lengths``, the read taking about 2 minutes per 8K tokens on 2 cores).
+  ``--methods`` runs some of them; every cell is a reading of its own (about 6 minutes at 128K
+  tokens here).
 - qa: bench/data/questions.json (see bench/data/SOURCES.md: two manuals from Debian packages,
   half the questions in the manual's words and half in a reader's), per method: evidence recall
   (the gold page in ``pages``), the gold page first, and answer accuracy (an accepted answer
@@ -88,7 +93,9 @@ PASSAGE = 500  # tokens of a stored passage (store)
 FOLLOWING = 48  # tokens after it whose log-likelihood is compared (store)
 SINKS, SINKS_AT = 64, 5000  # ranking: the prefix the passages follow, and where in R-intro they are cut
 ANSWER = Sampling(max_tokens=64)
-NIAH_METHODS = ("memory", "words", "merged", "rerank", "likelihood", "full")
+NIAH_METHODS = ("memory", "words", "merged", "rerank", "likelihood", "full", "spot", "deep")
+ANSWERING_METHODS = ("spot", "deep")  # the answering model's row: comma ask before and after its deep read
+PLOT_MODELS = ("SmolLM2-135M", "Qwen2.5-Coder-1.5B")  # who answers: the reading model, the answering one
 POOLS = (2, 3, 4, 5, 6, 8)  # rerank pool sizes compared by qa
 QA_METHODS = {"memory": None, "words": "words", "merged": "merged", "rerank": "rerank", "likelihood": "likelihood"}
 
@@ -163,21 +170,39 @@ def niah(comma: Comma, args) -> dict:
                 row = {"length": length, "depth": depth, "needle_page": needle_page,
                        "pages": len(memory.header["page_token_starts"])}
                 for name in args.methods:
-                    if name != "full":
+                    if name not in ("full", *ANSWERING_METHODS):
                         ranking = None if name == "memory" else name
                         row[name] = judge(ask(comma, memory, store, doc_id, QUESTION, ranking), needle_page)
+                if "spot" in args.methods:
+                    row["spot"] = judge(answered(comma, doc_id), needle_page)
+                if "deep" in args.methods and length in args.deep_lengths:
+                    started = time.perf_counter()
+                    deep = comma.deep_read(doc_id)
+                    row["deep_read_s"] = round(time.perf_counter() - started, 1)
+                    row["deep_tokens"] = deep["tokens"]
+                    row["deep"] = judge(answered(comma, doc_id), needle_page)
                 if "full" in args.methods and length + 64 <= model.n_ctx_train:
                     _, full_memory, _ = read(comma, path, "full")
                     row["full"] = judge(ask(comma, full_memory, None, doc_id, QUESTION, None), needle_page)
-                print(json.dumps(row), file=sys.stderr)
+                print(json.dumps(row), file=sys.stderr, flush=True)
                 cells.append(row)
     return {"cells": cells, "summary": summarize(cells)}
+
+
+def answered(comma: Comma, doc_id: str) -> dict:
+    """The question through ``comma ask``: the answering model answers (a bench without it stops)."""
+    result = comma.ask(doc_id, QUESTION, sampling=ANSWER)
+    if result.model != "answering":
+        sys.exit(f"the answering model did not answer: {result.model_reason or comma.answerer_reason}")
+    return {"answer": result.answer.strip(), "pages": result.pages, "seconds": round(result.seconds, 2),
+            "ttft_s": round(result.ttft_s, 2), "read_on_the_spot": result.read_on_the_spot}
 
 
 def judge(result: dict, gold_page: int) -> dict:
     text = result["answer"].lower()
     return {**result, "answered": "sandwich" in text and "dolores park" in text,
-            "page_first": bool(result["pages"]) and result["pages"][0] == gold_page}
+            "page_first": bool(result["pages"]) and result["pages"][0] == gold_page,
+            "page_cited": gold_page in result["pages"]}
 
 
 def summarize(cells: list[dict]) -> dict:
@@ -187,6 +212,9 @@ def summarize(cells: list[dict]) -> dict:
         if rows:
             out[method] = {"cells": len(rows), "answered": sum(r["answered"] for r in rows) / len(rows),
                            "page_first": sum(r["page_first"] for r in rows) / len(rows)}
+            cited = [r["page_cited"] for r in rows if "page_cited" in r]  # not in the first runs' cells
+            if cited:
+                out[method]["page_cited"] = sum(cited) / len(cited)
     return out
 
 
@@ -418,12 +446,12 @@ def plot(results: list[Path], out: Path) -> None:
             if method in c:
                 grid[depths.index(c["depth"]), lengths.index(c["length"])] = float(c[method]["answered"])
         ax.imshow(grid, cmap="RdYlGn", vmin=0, vmax=1, aspect="auto")
-        ax.set_title(method)
+        ax.set_title(f"{PLOT_MODELS[method in ANSWERING_METHODS]}:\n{method}", fontsize=9)
         ax.set_xticks(range(len(lengths)), [f"{n // 1000}K" for n in lengths])
         ax.set_yticks(range(len(depths)), [f"{d}%" for d in depths])
         ax.set_xlabel("haystack tokens")
     axes[0][0].set_ylabel("needle depth")
-    fig.suptitle("Needle in a haystack, SmolLM2-135M: answered (green) or not (red)")
+    fig.suptitle("Needle in a haystack: answered (green), not (red), not run (white)")
     fig.tight_layout()
     fig.savefig(out, dpi=110)
 
@@ -436,6 +464,8 @@ def main() -> None:
     p.add_argument("--depths", default=",".join(str(d) for d in range(0, 101, 10)),
                    type=lambda s: [int(x) for x in s.split(",")])
     p.add_argument("--methods", default=",".join(NIAH_METHODS), type=lambda s: s.split(","))
+    p.add_argument("--deep-lengths", default="8000", type=lambda s: [int(x) for x in s.split(",")],
+                   help="haystack lengths whose cells get the answering model's deep read (the deep method)")
     p.add_argument("--from-log", type=Path, nargs="+", help="the cells a run printed on stderr, instead of running")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "recall_niah_cpu.json")
     p = sub.add_parser("qa")

@@ -81,9 +81,11 @@ def load_answering_model(answering: str, backend: str, reading_model_path: str |
     """The answering model beside the reading one, or None and why (the reading model answers).
 
     It is used when ``answering`` is "auto", the reading model is the bundled one (a person's
-    own model reads and answers), the engine is gguf, and its packages are installed; it is
-    assembled once into ``models_folder``. A reason is returned only when the answering model
-    was expected and cannot be used, so a person is told why answers are the small model's."""
+    own model reads and answers) and its packages are installed; it is assembled once into
+    ``models_folder`` and loaded by the reading model's engine (the torch engine dequantizes the
+    GGUF through transformers: bf16 on CUDA, float32 on the CPU). A reason is returned only when
+    the answering model was expected and cannot be used, so a person is told why answers are the
+    small model's."""
     from engine import answering_model
 
     if answering not in ANSWERING:
@@ -93,11 +95,8 @@ def load_answering_model(answering: str, backend: str, reading_model_path: str |
     if not answering_model.installed():
         return None, ("the answering model is not installed (a light install), so the small model answers; "
                       "install it for right answers: pip install -e '.[answers]'")
-    if resolve_backend(backend) != "gguf":
-        return None, "the torch engine does not load the answering model yet, so the reading model answers"
-    from engine.gguf.model import GGUFModel
-
     try:
-        return GGUFModel(answering_model.assemble(models_folder, progress, notice)), None
+        # Its own weights as shipped: a faster copy is made only of the bundled reading model.
+        return load_model(backend, answering_model.assemble(models_folder, progress, notice)), None
     except ModelError as exc:
         return None, f"{exc}; the small model answers meanwhile"

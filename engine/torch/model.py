@@ -21,6 +21,7 @@ from transformers.convert_slow_tokenizer import bytes_to_unicode
 from transformers.utils import logging as hf_logging
 
 from engine.errors import CommaError, MemoryFileError, ModelError
+from engine.gguf.model_info import read_model_info
 from engine.models import model_fingerprint, resolve_model_source
 from engine.protocols import Capabilities
 from engine.torch import attention
@@ -55,6 +56,10 @@ class TorchModel(PieceVocabulary):
         self.path, gguf_file = resolve_model_source(path)
         chosen = choose_device(device)
         dtype = torch.bfloat16 if chosen.type == "cuda" else torch.float32
+        if gguf_file:
+            # A truncated or crafted file is named and explained from its header, where
+            # transformers' loader would fail inside numpy with a reshape error.
+            read_model_info(self.path)
         folder = str(self.path.parent if gguf_file else self.path)
         hf_logging.disable_progress_bar()
         hf_logging.set_verbosity_error()

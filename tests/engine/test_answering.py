@@ -94,6 +94,23 @@ def test_too_little_disk_says_how_much_is_needed_before_writing(parts, tmp_path,
     assert list(folder.iterdir()) == []
 
 
+@pytest.mark.parametrize("backend", ["gguf", "torch"])
+def test_an_answering_model_that_cannot_load_leaves_the_small_one_answering_with_the_reason(
+        tmp_path, monkeypatch, backend):
+    from engine.backends import load_answering_model
+    from tests.tiny_gguf import write_loadable_llama
+
+    broken = tmp_path / "models" / answering_model.FILE_NAME
+    broken.parent.mkdir()
+    whole = write_loadable_llama(tmp_path / "whole.gguf", None).read_bytes()
+    broken.write_bytes(whole[:len(whole) // 2])
+    monkeypatch.setattr(answering_model, "installed", lambda: True)
+    monkeypatch.setattr(answering_model, "assemble", lambda *args, **kwargs: broken)
+    model, reason = load_answering_model("auto", backend, None, broken.parent)
+    assert model is None and broken.name in reason and reason.endswith("the small model answers meanwhile")
+    assert broken.read_bytes() == whole[:len(whole) // 2]
+
+
 @pytest.fixture
 def two(tmp_path, monkeypatch):
     answerer = FakeAnswerer(0)

@@ -213,6 +213,43 @@ def test_a_hugging_face_folder_loads_and_reads(model, tmp_path):
 
 
 @pytest.mark.model
+def test_on_the_torch_engine_the_answering_model_reads_on_the_spot_then_deep(model, tmp_path, monkeypatch):
+    """The answering model loads through the reading model's engine. A small random Qwen2 folder
+    stands in for the assembled GGUF (the real one dequantizes to 6 GB of float32 on the CPU, in
+    minutes): the question's page is read on the spot, then the deep read's memory and store
+    are kept under the torch engine and answer."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from app.actions import Comma
+    from engine import answering_model
+    from engine.generate import Sampling
+    from storage.library import Library
+    from tests.fakes import QUESTION, needle_page, write_doc
+
+    folder = tmp_path / "tiny-qwen2"
+    config = Qwen2Config(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+                         num_key_value_heads=1, vocab_size=model.n_vocab, max_position_embeddings=4096)
+    Qwen2ForCausalLM(config).save_pretrained(folder)
+    model.tokenizer.save_pretrained(folder)
+    monkeypatch.setattr(answering_model, "installed", lambda: True)
+    monkeypatch.setattr(answering_model, "assemble", lambda *args, **kwargs: folder)
+    comma = Comma(library=Library(tmp_path / "home"), backend="torch", answering="auto")
+    comma._model = model
+    report = comma.ingest(write_doc(tmp_path / "harbour.txt"), notes=False, deep=False)
+    gold = needle_page(comma, report["doc_id"])
+    answerer = comma.answerer
+    assert answerer.backend == "torch" and answerer.name == "tiny-qwen2" and comma.answerer_reason is None
+    short = Sampling(max_tokens=4)
+    spot = comma.ask(report["doc_id"], QUESTION, sampling=short)
+    assert spot.model == "answering" and spot.model_name == "tiny-qwen2" and spot.read_on_the_spot[0] == gold
+    deep = comma.deep_read(report["doc_id"])
+    record = comma.library.find_memory(report["doc_id"], answerer.fingerprint, "torch")
+    assert deep["model"] == "tiny-qwen2" and record is not None and Path(record["recall_path"]).is_file()
+    after = comma.ask(report["doc_id"], QUESTION, sampling=short)
+    assert after.model == "answering" and after.read_on_the_spot == [] and after.recall and after.pages[0] == gold
+
+
+@pytest.mark.model
 def test_a_truncated_gguf_is_a_clear_error(tmp_path):
     from engine.models import bundled_model_path
     from engine.torch.model import TorchModel
@@ -220,7 +257,7 @@ def test_a_truncated_gguf_is_a_clear_error(tmp_path):
     broken = tmp_path / "broken.gguf"
     with bundled_model_path().open("rb") as f:
         broken.write_bytes(f.read(3_000_000))
-    with pytest.raises(ModelError, match="could not load .*broken.gguf"):
+    with pytest.raises(ModelError, match="broken.gguf cannot be used as a GGUF model: its weights end"):
         TorchModel(broken, device="cpu")
 
 
