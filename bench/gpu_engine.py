@@ -1,13 +1,16 @@
 """The torch engine end to end on a GPU: ingest speed and MFU, decode bandwidth, parallel chunks.
 
 Method: models of real shapes with random bfloat16 weights built on the device (timing does not
-depend on the weights): Llama-3-8B (32 layers, 4096 wide, 32/8 heads, vocab 128256) and the
-bundled SmolLM2-135M (30 layers, 576 wide, 9/3 heads). Token streams are random ids with every
-16th token marked a separator. Everything goes through the engine's own paths: ``reader.prefill``
-over a ``SlotCache`` under a SepLLM policy (eviction and compaction included), the conversation's
-``decode_main_tail`` for decoding, ``engine.torch.parallel.prefill_rows`` for parallel chunks.
-Each figure is the median of ``--runs`` timed runs after one warm-up run (which compiles the
-Triton kernels), with ``torch.cuda.synchronize`` around each.
+depend on the weights): Llama-3-8B (32 layers, 4096 wide, 32/8 heads, vocab 128256), the bundled
+SmolLM2-135M (30 layers, 576 wide, 9/3 heads) and the answering model, Qwen2.5-Coder-1.5B
+(Qwen2: 28 layers, 1536 wide, 12/2 heads of 128, vocab 151936; whether it reads fast enough on a
+GPU to be the only reader is its ingest rate against the small one's). Token streams are random
+ids with every 16th token marked a separator. Everything goes through the engine's own paths:
+``reader.prefill`` over a ``SlotCache`` under a SepLLM policy (eviction and compaction
+included), the conversation's ``decode_main_tail`` for decoding,
+``engine.torch.parallel.prefill_rows`` for parallel chunks. Each figure is the median of
+``--runs`` timed runs after one warm-up run (which compiles the Triton kernels), with
+``torch.cuda.synchronize`` around each.
 - Ingest MFU: (2 × non-embedding parameters per token + 4 · heads · head_dim · layers per attended
   (query, key) pair, counted from the cache lengths the run really had) / time, over the datasheet
   bf16 dense peak (989 TFLOP/s for an H100 SXM) and over an 8192³ bf16 matrix product measured in
@@ -36,7 +39,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 from bench.report import emit
 from engine.policy import SepLLM
@@ -47,23 +50,30 @@ from engine.torch.parallel import prefill_rows
 CUDA = torch.cuda.is_available()
 H100_BF16_PEAK = 989e12
 
+FAMILIES = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM)}
 SHAPES = {
     "llama3-8b": {"hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32,
                       "num_key_value_heads": 8, "vocab_size": 128256, "rope_theta": 500000.0, "max_position_embeddings": 8192},
     "smollm2-135m": {"hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9,
                          "num_key_value_heads": 3, "vocab_size": 49152, "rope_theta": 100000.0, "max_position_embeddings": 8192,
                          "tie_word_embeddings": True},
+    "qwen2.5-1.5b": {"family": "qwen2", "hidden_size": 1536, "intermediate_size": 8960, "num_hidden_layers": 28,
+                     "num_attention_heads": 12, "num_key_value_heads": 2, "vocab_size": 151936,
+                     "rope_theta": 1000000.0, "max_position_embeddings": 32768, "tie_word_embeddings": True},
     "tiny": {"hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4,
                  "num_key_value_heads": 2, "vocab_size": 1000, "max_position_embeddings": 4096},
 }
+SHAPES["tiny-qwen2"] = {**SHAPES["tiny"], "family": "qwen2"}
 
 
 def build(shape: str) -> TorchModel:
-    config = LlamaConfig(**SHAPES[shape])
+    settings = dict(SHAPES[shape])
+    config_class, model_class = FAMILIES[settings.pop("family", "llama")]
+    config = config_class(**settings)
     dtype = torch.bfloat16 if CUDA else torch.float32
     torch.set_default_dtype(dtype)
     with torch.device("cuda" if CUDA else "cpu"):
-        hf = LlamaForCausalLM(config)
+        hf = model_class(config)
     torch.set_default_dtype(torch.float32)
     return TorchModel.from_module(hf, name=shape)
 
@@ -197,7 +207,8 @@ def main() -> None:
     figures: dict = {}
     if args.small:
         tiny = build("tiny")
-        figures["ingest"] = [ingest(tiny, 2000, published, 512, args.runs, float("nan"))]
+        figures["ingest"] = [ingest(tiny, 2000, published, 512, args.runs, float("nan")),
+                             ingest(build("tiny-qwen2"), 2000, published, 512, args.runs, float("nan"))]
         figures["decode"] = [decode(tiny, 500, 8, args.runs, float("nan"))]
         figures["parallel"] = parallel(tiny, 4000, 1000, published, 512, args.runs)
     else:
@@ -212,6 +223,13 @@ def main() -> None:
         if "decode" in parts:
             figures["decode_smollm2_135m"] = [decode(small, 800, 64, args.runs, bandwidth)]
         del small
+        answering = build("qwen2.5-1.5b")
+        if "ingest" in parts:
+            figures["ingest_qwen2_5_1_5b"] = [ingest(answering, 65536, published, 512, args.runs, peak),
+                                              ingest(answering, 65536, wide, 2048, args.runs, peak)]
+        if "decode" in parts:
+            figures["decode_qwen2_5_1_5b"] = [decode(answering, 800, 64, args.runs, bandwidth)]
+        del answering
         big = build("llama3-8b")
         if "ingest" in parts:
             figures["ingest_llama3_8b"] = [ingest(big, 16384, published, 512, args.runs, peak),
