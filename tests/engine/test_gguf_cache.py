@@ -211,3 +211,25 @@ def test_a_state_whose_rows_are_smaller_than_the_models_is_refused(model, tokens
     with pytest.raises(MemoryFileError, match="rows of another size"):
         model.check_state(crafted, n)
     cache.close()
+
+
+def test_a_cache_that_cannot_take_its_kept_slots_back_stops_the_read_and_saves_nothing(model, tmp_path, monkeypatch):
+    """Eviction packs the kept cells by saving and loading them; llama.cpp refusing the load is a
+    message, the read keeps nothing, and the next read works."""
+    from app.actions import Comma
+    from engine.errors import CommaError
+    from storage.library import Library
+
+    path = tmp_path / "gpl.txt"
+    path.write_text(GPL3.read_text()[:6000])
+    comma = Comma(library=Library(tmp_path / "home"), answering="off")
+    comma._model = model
+    with monkeypatch.context() as patch:
+        patch.setattr(llama, "llama_state_seq_set_data", lambda *args: 0)
+        with pytest.raises(CommaError, match="could not put the kept slots back"):
+            comma.ingest(path, cache=160, notes=False, recall=False, deep=False)
+    assert all(comma.library.find_memory(d["id"], model.fingerprint, "gguf") is None
+               for d in comma.library.documents())
+    assert not any((comma.library.folder / "memories").glob("*"))
+    report = comma.ingest(path, cache=160, notes=False, recall=False, deep=False)
+    assert report["kept_tokens"] <= 160 and Path(report["memory_path"]).is_file()
