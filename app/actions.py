@@ -560,6 +560,8 @@ class DocumentConversation:
             if on_text is not None:
                 on_text(piece)
         pages = conversation.answer_pages()
+        if spot:  # the spot memory lists its pages in document order; an answer cites the best first
+            pages = sorted(pages, key=lambda page: spot.index(page) if page in spot else len(spot))
         sources = [s.as_json() for s in conversation.sources] or \
             [Source(page, 0.0, snippet(library.page_text(doc["id"], page))).as_json() for page in spot]
         for source in sources:

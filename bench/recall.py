@@ -439,8 +439,12 @@ def plot(results: list[Path], out: Path) -> None:
     methods = [m for m in NIAH_METHODS if any(m in c for c in cells)]
     lengths = sorted({c["length"] for c in cells})
     depths = sorted({c["depth"] for c in cells})
-    fig, axes = plt.subplots(1, len(methods), figsize=(3.2 * len(methods), 3.2), squeeze=False)
-    for ax, method in zip(axes[0], methods, strict=True):
+    columns = min(4, len(methods))  # a row per four methods keeps the panels readable
+    rows = -(-len(methods) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.2 * rows), squeeze=False)
+    for ax in axes.flat[len(methods):]:
+        ax.set_visible(False)
+    for ax, method in zip(axes.flat, methods, strict=False):
         grid = np.full((len(depths), len(lengths)), np.nan)
         for c in cells:
             if method in c:
@@ -450,7 +454,8 @@ def plot(results: list[Path], out: Path) -> None:
         ax.set_xticks(range(len(lengths)), [f"{n // 1000}K" for n in lengths])
         ax.set_yticks(range(len(depths)), [f"{d}%" for d in depths])
         ax.set_xlabel("haystack tokens")
-    axes[0][0].set_ylabel("needle depth")
+    for row in axes:
+        row[0].set_ylabel("needle depth")
     fig.suptitle("Needle in a haystack: answered (green), not (red), not run (white)")
     fig.tight_layout()
     fig.savefig(out, dpi=110)

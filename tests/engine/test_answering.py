@@ -149,6 +149,16 @@ def test_before_the_deep_read_the_answering_model_reads_the_question_s_page_on_t
     assert follow.model == "answering" and follow.read_on_the_spot
 
 
+def test_an_answer_read_on_the_spot_cites_the_best_page_first_not_the_earliest(two, tmp_path):
+    comma, reader, answerer = two
+    report = comma.ingest(write_doc(tmp_path / "harbour.txt", needle_at=6), notes=False, deep=False)
+    gold = needle_page(comma, report["doc_id"])
+    result = comma.ask(report["doc_id"], QUESTION)
+    assert len(result.read_on_the_spot) == 2 and min(result.read_on_the_spot) < gold
+    assert result.pages == result.read_on_the_spot and result.pages[0] == gold
+    assert [source["page"] for source in result.sources] == result.read_on_the_spot
+
+
 def test_after_the_deep_read_answers_come_from_its_memory_and_store(two, tmp_path):
     comma, reader, answerer = two
     report = comma.ingest(write_doc(tmp_path / "harbour.txt"), notes=False)
