@@ -9,11 +9,12 @@ Method (bundled model, Comma's real ingest and ask paths, greedy answers):
   depth, moved back to the end of a sentence as the package does, and the text is read as a TXT
   document (its pages are 3,000-character cuts). The package's question is asked. An answer
   counts when it holds both "sandwich" and "Dolores Park"; the page counts when the needle's
-  page is first in ``pages`` (``page_cited``: among them; pages read on the spot are cited in
-  page order). Methods, on the same reading: ``memory`` (the separator memory
-  alone), ``words`` (the full-text index's best pages, in its order), ``merged`` (those and the
-  pages nearest in meaning, in turn), ``rerank`` (the merged pages choose the passages and the
-  question's log-likelihood after each chosen one orders them: what the app asks with),
+  page is first in ``pages`` (``page_cited``: among them; before commit 7f60681 pages read on
+  the spot were cited in page order, since then in the order they were found). Methods, on the
+  same reading: ``memory`` (the separator memory alone), ``words`` (the full-text index's best
+  pages, in its order), ``merged`` (those and the pages nearest in meaning, in turn), ``rerank``
+  (the merged pages choose the passages and the question's log-likelihood after each chosen one
+  orders them: what the app asks with),
   ``likelihood`` (the words pages' passages ranked by the question's log-likelihood after each,
   ParallelComp's choice: ``--ranking likelihood``), and ``full`` where the haystack fits the
   model's 8K context (a full-attention reading: the model's own ceiling). The answering model's
