@@ -501,6 +501,7 @@ class DocumentConversation:
         self.store, self.reason, self.ranking = store, reason, ranking
         self.role = "answering" if model is comma.answerer else "reading"
         self._live: Conversation | None = None
+        self._spot_read: dict[int, str] | None = None  # what the live conversation's spot memory holds
 
     def _conversation(self, question: str) -> Conversation:
         if self._live is None:
@@ -520,13 +521,16 @@ class DocumentConversation:
             raise CommaError("no page of this document shares a word with the question, and the answering "
                              "model has not read the whole document yet; ask with the document's own words, "
                              "or wait for the background reading to finish")
+        if self._live is not None and pages == self._spot_read:
+            # A follow-up that needs the very stretches already read answers from them at once.
+            return self._live, list(pages)
         if on_status is not None:
             listed = ", ".join(str(page) for page in pages)
             on_status(f"reading {len(pages)} page{'s' if len(pages) > 1 else ''} for this answer (p. {listed})…")
         document = spot_reading.pages_document(Path(doc["path"]), doc["title"], pages, doc["pages"])
         memory = read(model, document, Full(), notes=False, cancelled=should_stop).memory
         self.close()
-        self._live = Conversation(model, memory)
+        self._live, self._spot_read = Conversation(model, memory), pages
         return self._live, list(pages)
 
     def ask(self, question: str, session_id: str | None = None, on_text: Callable[[str], None] | None = None,
@@ -584,6 +588,7 @@ class DocumentConversation:
         if self._live is not None:
             self._live.close()
             self._live = None
+        self._spot_read = None
 
     def __enter__(self) -> DocumentConversation:
         return self

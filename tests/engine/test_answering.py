@@ -159,6 +159,23 @@ def test_an_answer_read_on_the_spot_cites_the_best_page_first_not_the_earliest(t
     assert [source["page"] for source in result.sources] == result.read_on_the_spot
 
 
+def test_a_live_follow_up_needing_the_same_stretches_is_answered_without_reading_them_again(two, tmp_path):
+    comma, reader, answerer = two
+    report = comma.ingest(write_doc(tmp_path / "harbour.txt"), notes=False, deep=False)
+    said: list[str] = []
+    first = comma.ask(report["doc_id"], QUESTION, live=True, on_status=said.append)
+    caches = len(answerer.created)
+    again = comma.ask(report["doc_id"], "What is the secret harbour code again?", first.session_id, live=True,
+                      on_status=said.append)
+    assert len(answerer.created) == caches and len(said) == 1
+    assert again.model == "answering" and again.read_on_the_spot == first.read_on_the_spot
+    assert again.pages[0] == needle_page(comma, report["doc_id"])
+    other = comma.ask(report["doc_id"], "Which valley and which candle does the orchard page tell of?",
+                      first.session_id, live=True, on_status=said.append)
+    assert len(answerer.created) > caches and len(said) == 2 and other.read_on_the_spot
+    comma.close_conversation()
+
+
 def test_after_the_deep_read_answers_come_from_its_memory_and_store(two, tmp_path):
     comma, reader, answerer = two
     report = comma.ingest(write_doc(tmp_path / "harbour.txt"), notes=False)
