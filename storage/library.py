@@ -55,7 +55,10 @@ def document_id(document) -> str:
 
 
 def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
+    # Microseconds: conversations are ordered by these stamps, and two writes a millisecond apart
+    # tied (a new conversation then passed the one just answered). A millisecond stamp of an older
+    # library still sorts before every later one.
+    return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
 def _read_only_failure(exc: Exception) -> bool:

@@ -117,6 +117,15 @@ def test_sessions_newest_first_renamed_and_removed(tmp_path):
     assert lib.db["messages"].count == 0
 
 
+def test_a_conversation_stamped_by_an_older_library_sorts_before_a_later_one_in_its_millisecond(tmp_path):
+    lib = Library(tmp_path)
+    doc_id = lib.add_document(Doc(Path("/a.txt"), "35" * 32))
+    older, later = lib.new_session(doc_id, "older"), lib.new_session(doc_id, "later")
+    lib.db["sessions"].update(older, {"updated": "2026-01-01T00:00:00.123+00:00"})
+    lib.db["sessions"].update(later, {"updated": "2026-01-01T00:00:00.123001+00:00"})
+    assert [s["id"] for s in lib.sessions(doc_id)] == [later, older]
+
+
 def test_removing_a_document_forgets_everything_about_it(tmp_path):
     lib = Library(tmp_path)
     doc_id = lib.add_document(PagedDoc(Path("/a.txt"), "56" * 32))
