@@ -501,7 +501,7 @@ class DocumentConversation:
         self.store, self.reason, self.ranking = store, reason, ranking
         self.role = "answering" if model is comma.answerer else "reading"
         self._live: Conversation | None = None
-        self._spot_read: dict[int, str] | None = None  # what the live conversation's spot memory holds
+        self._spot_read: dict[int, str] | None = None  # what the live spot memory holds; None with no such memory
 
     def _conversation(self, question: str) -> Conversation:
         if self._live is None:
@@ -521,7 +521,7 @@ class DocumentConversation:
             raise CommaError("no page of this document shares a word with the question, and the answering "
                              "model has not read the whole document yet; ask with the document's own words, "
                              "or wait for the background reading to finish")
-        if self._live is not None and pages == self._spot_read:
+        if pages == self._spot_read:
             # A follow-up that needs the very stretches already read answers from them at once.
             return self._live, list(pages)
         if on_status is not None:
@@ -563,9 +563,8 @@ class DocumentConversation:
             parts.append(piece)
             if on_text is not None:
                 on_text(piece)
-        pages = conversation.answer_pages()
-        if spot:  # the spot memory lists its pages in document order; an answer cites the best first
-            pages = sorted(pages, key=lambda page: spot.index(page) if page in spot else len(spot))
+        # The spot memory holds only the pages read, in document order; they are cited best first.
+        pages = spot or conversation.answer_pages()
         sources = [s.as_json() for s in conversation.sources] or \
             [Source(page, 0.0, snippet(library.page_text(doc["id"], page))).as_json() for page in spot]
         for source in sources:
