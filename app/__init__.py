@@ -1,1 +1,1 @@
-"""What people use: the command line and the desktop window, both built on ``app.actions``."""
+"""What people use: the command line and the desktop window, both built on ``engine.pipeline``."""

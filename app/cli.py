@@ -1,4 +1,4 @@
-"""The command line: ``ingest``, ``ask``, ``summarize`` and ``list``, a contract scripts rely on.
+"""The command line: its subcommands (``build_parser``) are a contract scripts rely on.
 
 A user error exits with status 2 and one line on stderr starting ``error:``; ``--json`` prints
 one JSON object (or list) on stdout; long work draws a progress bar on stderr when it is a
@@ -13,13 +13,24 @@ import re
 import sys
 from contextlib import contextmanager
 
-from engine.backends import ANSWERING, BACKENDS, default_answering
-from engine.conversation import RANKINGS
-from engine.documents import Limits
+from engine.documents.limits import Limits
 from engine.errors import CommaError
 from engine.generate import MAX_TEMPERATURE, Sampling
+from engine.pipeline.options import (
+    ANSWERING,
+    ANSWERING_RANKING,
+    BACKENDS,
+    DEFAULT_RANKING,
+    RANKINGS,
+    RERANK_POOL,
+    default_answering,
+)
 from engine.policy import DEFAULT_CAPACITY, POLICIES
-from engine.recall import ANSWERING_RANKING, DEFAULT_RANKING, RERANK_POOL
+
+
+def _write_now(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -175,7 +186,7 @@ def run(argv: list[str] | None = None) -> int:
     try:
         return _dispatch(args)
     except (CommaError, ValueError) as exc:
-        print(f"error: {_printable(exc)}", file=sys.stderr)  # one line, whatever a file name holds
+        print(f"error: {_printable(str(exc))}", file=sys.stderr)  # one line, whatever a file name holds
         return 2
     except KeyboardInterrupt:
         print("error: interrupted; nothing half-done was saved", file=sys.stderr)
@@ -188,7 +199,8 @@ def _dispatch(args) -> int:
 
         return open_window(args.open, args.screenshot, args.ask, args.summarize, args.while_reading)
 
-    from app.actions import Comma, citation
+    from engine.pipeline.asking import citation
+    from engine.pipeline.comma import Comma
 
     comma = Comma(model_path=getattr(args, "model", None), backend=getattr(args, "backend", "auto"),
                   answering=getattr(args, "answering", "auto"), limits=_limits(args),
@@ -209,7 +221,7 @@ def _dispatch(args) -> int:
         if not args.fast_only and "deep" not in report and comma.answerer_reason:
             print(f"note: no deep read: {comma.answerer_reason}", file=sys.stderr)
     elif args.command == "ask":
-        stream = None if args.json else (lambda text: (sys.stdout.write(text), sys.stdout.flush()))
+        stream = None if args.json else _write_now
         status = None if args.json else (lambda text: print(f"note: {text}", file=sys.stderr))
         sampling = Sampling(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed)
         result = comma.ask(args.doc_id, args.question, args.session, on_text=stream, ranking=args.ranking,
@@ -238,12 +250,12 @@ def _dispatch(args) -> int:
         docs = comma.list()
         _print(args, docs, _format_list)
     elif args.command == "models":
-        from engine.model_catalog import model_choices
+        from engine.pipeline.catalog import model_choices
 
         choices = model_choices(comma.library.models_folder)
         _print(args, [c.as_json() for c in choices], lambda _: _format_models(choices, comma.library.models_folder))
     elif args.command == "download":
-        from engine.model_download import download_model
+        from engine.pipeline.catalog import download_model
 
         try:
             with progress_bar(_show_bars(args), "B", "download") as bar:

@@ -43,7 +43,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.actions import citation
+from engine.pipeline.asking import citation
 
 NEW_SESSION = "New conversation"
 # Raw HTML in an answer stays text: the model repeats what documents say, and a document's markup

@@ -1,8 +1,8 @@
 """The Settings row that offers to make a faster copy of a person's own GGUF model.
 
-A model whose weight type is off llama.cpp's fast CPU path (engine.gguf.fast_weights) can be
-converted once, losslessly, to F16. That costs disk and memory, and for a large model answer
-speed, so it is never done silently: the row says what it costs, converts in a worker thread
+A model whose weight type is off llama.cpp's fast CPU path (``engine.pipeline.faster_copy``
+decides, for the chosen engine) can be converted once, losslessly, to F16. That costs disk and
+memory, and for a large model answer speed, so it is never done silently: the row says what it costs, converts as a background job
 with a progress bar, measures both files on this CPU, shows the speed-ups and lets the person
 keep the copy (the model field then points at it) or remove it.
 """
@@ -11,36 +11,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from PySide6.QtCore import QThread, Signal
+from PySide6.QtCore import Signal
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
 
-from engine.errors import CommaError
-
-
-class ConvertAndMeasure(QThread):
-    """Makes the copy and measures both files; reports by signals."""
-
-    progress = Signal(int, int)  # MB written, MB expected
-    measured = Signal(str, dict)  # the copy's path, the figures of engine.gguf.probe.compare
-    failed = Signal(str)
-
-    def __init__(self, source: Path, folder: Path):
-        super().__init__()
-        self.source, self.folder = source, folder
-
-    def run(self) -> None:
-        from engine.gguf import fast_weights, probe
-        from engine.models import fingerprint
-
-        try:
-            info = fast_weights.inspect(self.source)
-            copy = fast_weights.convert(self.source, self.folder, fingerprint(self.source), info,
-                                        lambda done, total: self.progress.emit(done >> 20, total >> 20))
-            self.measured.emit(str(copy), probe.compare(self.source, copy))
-        except CommaError as exc:
-            self.failed.emit(str(exc))
-        except Exception as exc:  # a bug in a worker must not leave the row busy or reach stderr raw
-            self.failed.emit(f"unexpected error ({type(exc).__name__}: {exc}); the original model is used")
+from app.jobs import Job, start_file_job
+from engine.pipeline import faster_copy
 
 
 def describe_gain(figures: dict) -> str:
@@ -58,12 +33,13 @@ class FasterModelRow(QWidget):
 
     use_copy = Signal(str)
 
-    def __init__(self, models_folder: Path, parent: QWidget | None = None):
+    def __init__(self, models_folder: Path, backend: str = "auto", parent: QWidget | None = None):
         super().__init__(parent)
         self.models_folder = models_folder
+        self.backend = backend  # a copy helps only the engine that reads GGUF weights as they are
         self.source: Path | None = None
         self.copy: Path | None = None
-        self.worker: ConvertAndMeasure | None = None
+        self.job: Job | None = None
         self.label = QLabel("")
         self.label.setWordWrap(True)
         self.convert = QPushButton("Read faster: convert this model once")
@@ -96,44 +72,48 @@ class FasterModelRow(QWidget):
 
     def check(self, path_text: str) -> None:
         """Look at the model file chosen in the dialog (empty: the bundled one)."""
-        if self.worker is not None and self.worker.isRunning():
+        if self.job is not None and self.job.state in ("queued", "running"):
             return
         self.source = self.copy = None
         path = Path(path_text).expanduser() if path_text else None
-        if path is None or not path.is_file():
+        offered = faster_copy.offer(path, self.backend)
+        if offered is None:
             return self._show()
-        from engine.gguf import fast_weights
-
-        if fast_weights.source_fingerprint_of(path):
-            return self._show("This is a faster copy of a model, made by Comma.")
-        try:
-            info = fast_weights.inspect(path)
-        except CommaError:
-            return self._show()
-        if not info.worth_converting:
-            return self._show()
+        if not offered.convertible:
+            return self._show(offered.note)
         self.source = path
-        self.convert.setText(f"Read faster: convert this model once ({info.copy_bytes / 1e6:,.0f} MB)")
-        self._show(f"Its weights ({info.weight_type_name}) are off llama.cpp's fast path on this CPU. A lossless "
+        self.convert.setText(f"Read faster: convert this model once ({offered.copy_bytes / 1e6:,.0f} MB)")
+        self._show(f"Its weights ({offered.weight_type}) are off llama.cpp's fast path on this CPU. A lossless "
                    f"F16 copy usually reads documents faster; for a large model it can answer more slowly. "
                    f"Comma measures both before you choose.", convert=True)
+
+    def set_backend(self, backend: str, path_text: str) -> None:
+        self.backend = backend
+        self.check(path_text)
 
     def start(self) -> None:
         if self.source is None:
             return
-        self.worker = ConvertAndMeasure(self.source, self.models_folder)
-        self.worker.progress.connect(self._progress)
-        self.worker.measured.connect(self._measured)
-        self.worker.failed.connect(lambda message: self._show(f"No copy was made: {message}"))
+        source, folder = self.source, self.models_folder
+
+        def work(job: Job, _) -> tuple[Path, dict]:
+            return faster_copy.convert_and_measure(
+                source, folder, lambda done, total: job.report_progress(done >> 20, total >> 20))
+
+        self.job = Job("convert", work, source=str(source))
+        self.job.progress.connect(self._progress)
+        self.job.finished.connect(self._measured)
+        self.job.failed.connect(lambda message: self._show(f"No copy was made: {message}"))
         self._show("Converting, then measuring both files…", busy=True)
-        self.worker.start()
+        start_file_job(self.job)
 
     def _progress(self, done: int, total: int) -> None:
         self.bar.setRange(0, max(total, 1))
         self.bar.setValue(done)
 
-    def _measured(self, copy: str, figures: dict) -> None:
-        self.copy = Path(copy)
+    def _measured(self, result: tuple[Path, dict]) -> None:
+        copy, figures = result
+        self.copy = copy
         self._show(describe_gain(figures), decide=True)
 
     def _keep(self) -> None:
@@ -143,14 +123,7 @@ class FasterModelRow(QWidget):
                        "the original weights are kept; documents are read again for the copy.")
 
     def _remove(self) -> None:
-        from engine.gguf import fast_weights
-
         if self.copy is not None:
-            fast_weights.remove_copy(self.copy)
+            faster_copy.remove_copy(self.copy)
             self._show("The copy was removed; the original model is used.")
             self.copy = None
-
-    def wait(self) -> None:
-        """Let a running conversion finish (a QThread must not be destroyed while it runs)."""
-        if self.worker is not None:
-            self.worker.wait()

@@ -44,12 +44,12 @@ class ElidedLabel(QLabel):
         self.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         self._full = ""
 
-    def setText(self, text: str) -> None:  # type: ignore[override]  # keeps the whole text too
+    def setText(self, text: str) -> None:  # keeps the whole text too
         self._full = text
         self.setToolTip(text)
         self._elide()
 
-    def text(self) -> str:  # type: ignore[override]  # what was set, not the cut line shown
+    def text(self) -> str:  # what was set, not the cut line shown
         return self._full
 
     def resizeEvent(self, event) -> None:
@@ -86,7 +86,8 @@ class ReadingProgress(QWidget):
 
     def start(self, name: str) -> None:
         self.pages = 0
-        self._t0 = self._done0 = None
+        self._t0: float | None = None
+        self._done0 = 0
         self.title.setText(f"Reading {name}")
         self.bar.setRange(0, 0)  # busy until the first chunk reports
         self.detail.setText("opening the file and loading the model…")
@@ -103,7 +104,7 @@ class ReadingProgress(QWidget):
             self._t0, self._done0 = now, done
         self.bar.setRange(0, max(total, 1))
         self.bar.setValue(done)
-        elapsed = now - self._t0
+        elapsed = now - (self._t0 or now)
         rate = (done - self._done0) / elapsed if elapsed > 0.5 else 0.0
         parts = []
         if self.pages:

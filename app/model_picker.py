@@ -1,9 +1,9 @@
 """Settings → Model: the models to choose from, and downloading one from Hugging Face.
 
 The list shows the bundled model and every GGUF in the models folder with what it is (family,
-size, weight type, context; engine.model_catalog); one Comma cannot use is shown greyed with the
+size, weight type, context; engine.pipeline.catalog); one Comma cannot use is shown greyed with the
 reason and cannot be chosen. "Download a model…" asks for a repository id and file name and
-downloads it in a worker thread (engine.model_download) with a progress bar and Cancel; a
+downloads it in a worker thread (engine.models.download) with a progress bar and Cancel; a
 cancelled or dropped download resumes where it stopped the next time.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from PySide6.QtCore import Qt, QThread, Signal
+from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
     QDialog,
     QDialogButtonBox,
@@ -26,15 +26,10 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from engine.errors import CommaError
-from engine.model_catalog import model_choices
+from app.jobs import Job, start_file_job
+from engine.pipeline.catalog import download_model, model_choices
 
 PATH_ROLE = Qt.ItemDataRole.UserRole + 1
-# Downloads cancelled but not yet stopped (a dead connection waits for its timeout): a QThread
-# destroyed while it runs would abort the process.
-_unfinished: set[QThread] = set()
-
-
 class ModelList(QWidget):
     """The models folder's models and the bundled one; ``chosen`` gives the path ("" for the bundled)."""
 
@@ -81,32 +76,6 @@ class ModelList(QWidget):
             self.chosen.emit(str(dialog.path))
 
 
-class DownloadThread(QThread):
-    """Runs one download; reports by signals."""
-
-    progress = Signal(int, int)  # MB arrived, MB in all
-    done = Signal(str)
-    failed = Signal(str)
-
-    def __init__(self, repo_id: str, filename: str, folder: Path, token: str | None):
-        super().__init__()
-        self.repo_id, self.filename, self.folder, self.token = repo_id, filename, folder, token
-        self.cancel_requested = False
-
-    def run(self) -> None:
-        from engine.model_download import download_model
-
-        try:
-            path = download_model(self.repo_id, self.filename, self.folder, token=self.token,
-                                  progress=lambda done, total: self.progress.emit(done >> 20, total >> 20),
-                                  cancelled=lambda: self.cancel_requested)
-            self.done.emit(str(path))
-        except CommaError as exc:
-            self.failed.emit(str(exc))
-        except Exception as exc:  # a bug in a worker must not leave the dialog busy or reach stderr raw
-            self.failed.emit(f"unexpected error ({type(exc).__name__}: {exc}); nothing was changed")
-
-
 class DownloadDialog(QDialog):
     """Repository id, file name and an optional token; Download, with progress, then OK."""
 
@@ -115,7 +84,7 @@ class DownloadDialog(QDialog):
         self.setWindowTitle("Download a model")
         self.models_folder = models_folder
         self.path: Path | None = None
-        self.thread: DownloadThread | None = None
+        self.job: Job | None = None
         self.repo = QLineEdit()
         self.repo.setPlaceholderText("owner/name, e.g. bartowski/Qwen2.5-7B-Instruct-GGUF")
         self.filename = QLineEdit()
@@ -145,12 +114,19 @@ class DownloadDialog(QDialog):
         self.bar.setVisible(True)
         self.bar.setRange(0, 0)
         self.status.setText("asking the hub…")
-        self.thread = DownloadThread(self.repo.text().strip(), self.filename.text().strip(), self.models_folder,
-                                     self.token.text().strip() or None)
-        self.thread.progress.connect(self._progress)
-        self.thread.done.connect(self._done)
-        self.thread.failed.connect(self._failed)
-        self.thread.start()
+        repo_id, filename = self.repo.text().strip(), self.filename.text().strip()
+        token, folder = self.token.text().strip() or None, self.models_folder
+
+        def work(job: Job, _) -> str:
+            return str(download_model(repo_id, filename, folder, token=token,
+                                      progress=lambda done, total: job.report_progress(done >> 20, total >> 20),
+                                      cancelled=job.is_cancelled))
+
+        self.job = Job("download", work, repo_id=repo_id, filename=filename)
+        self.job.progress.connect(self._progress)
+        self.job.finished.connect(self._done)
+        self.job.failed.connect(self._failed)
+        start_file_job(self.job)
 
     def _progress(self, done_mb: int, total_mb: int) -> None:
         self.bar.setRange(0, max(total_mb, 1))
@@ -168,13 +144,13 @@ class DownloadDialog(QDialog):
 
     def cancel(self) -> None:
         """Stop a download under way (what arrived is kept for next time), then close."""
-        if self.thread is not None and self.thread.isRunning():
-            self.thread.cancel_requested = True
-            # Cancel is seen at the next chunk; a dead connection may take its timeout first, and
-            # the window must not freeze meanwhile: the thread then ends on its own.
-            if not self.thread.wait(2000):
-                _unfinished.add(self.thread)  # kept alive until it ends, after this dialog is gone
-                self.thread.finished.connect(lambda thread=self.thread: _unfinished.discard(thread))
+        if self.job is not None:
+            # Seen at the next chunk; a dead connection may take its timeout first, and the
+            # window does not wait for it: the job ends on its own lane.
+            self.job.cancel()
+            for signal in (self.job.progress, self.job.finished, self.job.failed):
+                signal.disconnect()
+            self.job = None
         self.reject()
 
     def closeEvent(self, event) -> None:

@@ -31,9 +31,9 @@ from PySide6.QtWidgets import (
 
 from app.faster_model import FasterModelRow
 from app.model_picker import ModelList
-from engine.backends import ANSWERING, BACKENDS, default_answering
-from engine.documents import Limits
+from engine.documents.limits import Limits
 from engine.generate import MAX_TEMPERATURE, Sampling
+from engine.pipeline.options import ANSWERING, BACKENDS, default_answering
 from engine.policy import DEFAULT_CAPACITY, POLICIES
 from storage.library import data_folder, models_folder
 
@@ -86,7 +86,7 @@ def store() -> QSettings:
 
 def load(qs: QSettings | None = None) -> Settings:
     qs = qs or store()
-    values = {}
+    values: dict[str, object] = {}
     for f in fields(Settings):
         raw = qs.value(f"settings/{f.name}")
         if raw is None:
@@ -105,7 +105,7 @@ def load(qs: QSettings | None = None) -> Settings:
                 pass
         else:
             values[f.name] = str(raw)
-    return Settings(**values)
+    return Settings(**values)  # type: ignore[arg-type]  # each value was converted to its field's type above
 
 
 def save(settings: Settings, qs: QSettings | None = None) -> None:
@@ -117,7 +117,9 @@ def save(settings: Settings, qs: QSettings | None = None) -> None:
 
 def recent_files(qs: QSettings | None = None) -> list[str]:
     value = (qs or store()).value("recent", [])
-    return [value] if isinstance(value, str) else list(value or [])
+    if isinstance(value, str):
+        return [value]
+    return [str(v) for v in value] if isinstance(value, list | tuple) else []
 
 
 def add_recent(path: str, qs: QSettings | None = None) -> list[str]:
@@ -140,7 +142,7 @@ def recall(key: str, qs: QSettings | None = None) -> str:
 
 def _bundled_model_label() -> str:
     try:
-        from engine.models import bundled_model_path
+        from engine.pipeline.catalog import bundled_model_path
 
         return f"bundled: {bundled_model_path().name}"
     except Exception as exc:  # the dialog still opens, and says why
@@ -188,11 +190,11 @@ class SettingsDialog(QDialog):
 
         self.models = ModelList(models_folder(settings.library_folder()))
         self.models.chosen.connect(self.model.setText)
-        self.faster = FasterModelRow(models_folder(settings.library_folder()))
+        self.faster = FasterModelRow(models_folder(settings.library_folder()), settings.backend)
         self.faster.use_copy.connect(self.model.setText)
         self.model.textChanged.connect(self.faster.check)
+        self.backend.currentTextChanged.connect(lambda backend: self.faster.set_backend(backend, self.model.text()))
         self.faster.check(settings.model_path)
-        self.finished.connect(lambda _: self.faster.wait())
 
         form = QFormLayout(self)
         form.addRow("Model file", self._with_browse(self.model, self._browse_model))

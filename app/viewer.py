@@ -19,7 +19,7 @@ from PySide6.QtCore import QRectF, QSize, Qt, Signal
 from PySide6.QtGui import QColor, QImage, QKeySequence, QPainter, QPen, QShortcut
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QLineEdit, QScrollArea, QSpinBox, QToolButton, QVBoxLayout, QWidget
 
-from engine.ocr import OcrLine
+from engine.documents.ocr import OcrLine
 
 GAP = 12  # pixels between pages and around them
 CACHE_PAGES = 12
@@ -89,7 +89,7 @@ class PdfSource(PageSource):
     def __init__(self, path: str | Path, ocr_lines: dict[int, list[OcrLine]] | None = None):
         self.doc = pymupdf.open(str(path))
         self.count = self.doc.page_count
-        self._sizes = [(p.rect.width, p.rect.height) for p in self.doc]
+        self._sizes = [(p.rect.width, p.rect.height) for p in self.doc.pages()]
         self._ocr = dict(ocr_lines or {})  # 1-based page -> lines, until laid over the page
 
     def page(self, index: int) -> pymupdf.Page:
@@ -292,6 +292,7 @@ class PageView(QScrollArea):
         self.canvas.update()
 
     def page_rect(self, index: int) -> QRectF:
+        assert self.source is not None  # pages are laid out only for a document shown
         w, h = self.source.size(index)
         left = (self.canvas.width() - w * self.zoom) / 2
         return QRectF(left, self._tops[index], int(w * self.zoom), int(h * self.zoom))
@@ -301,6 +302,7 @@ class PageView(QScrollArea):
         if key in self._cache:
             self._cache.move_to_end(key)
         else:
+            assert self.source is not None
             self._cache[key] = self.source.render(index, self.zoom)
             while len(self._cache) > CACHE_PAGES:
                 self._cache.popitem(last=False)
@@ -352,7 +354,7 @@ class Viewer(QWidget):
         self.page.setRange(0, 0)
         self.page.setPrefix("Page ")
         self.page.setKeyboardTracking(False)
-        self.page.valueChanged.connect(lambda p: p != self.view.current_page() and self.view.go_to(p))
+        self.page.valueChanged.connect(self._page_chosen)
         self.pages_label = QLabel("of 0")
         self.view.pageChanged.connect(self._page_changed)
 
@@ -366,7 +368,7 @@ class Viewer(QWidget):
         self.find_edit = QLineEdit()
         self.find_edit.setPlaceholderText("Find in document")
         self.find_edit.setClearButtonEnabled(True)
-        self.find_edit.returnPressed.connect(lambda: self.find(self.find_edit.text()))
+        self.find_edit.returnPressed.connect(lambda: self.find_text(self.find_edit.text()))
         self.find_label = QLabel("")
         self.reading_label = QLabel("")
         self.controls = [
@@ -418,7 +420,7 @@ class Viewer(QWidget):
         self.texts = texts
         self._matches, self._match, self._term = [], -1, ""
         self.find_label.setText("")
-        source = None
+        source: PageSource | None = None
         if doc is not None:
             path = Path(doc["path"])
             if doc["kind"] == "pdf" and path.is_file():
@@ -444,6 +446,10 @@ class Viewer(QWidget):
         self.reading_label.setText("" if pages_read is None else f"read to p. {min(pages_read, count)} of {count}")
         self.view.canvas.update()
 
+    def _page_chosen(self, page: int) -> None:
+        if page != self.view.current_page():
+            self.view.go_to(page)
+
     def _page_changed(self, page: int) -> None:
         self.page.blockSignals(True)
         self.page.setValue(page)
@@ -466,7 +472,7 @@ class Viewer(QWidget):
         self.view.cited_page = index
         self.view.go_to(index + 1, marks)
 
-    def find(self, term: str, at_page: int | None = None) -> int:
+    def find_text(self, term: str, at_page: int | None = None) -> int:
         """Pages holding ``term`` (case-insensitive); shows the first at or after ``at_page``
         (default: the current page)."""
         term = " ".join(term.split())
@@ -502,5 +508,6 @@ class Viewer(QWidget):
 
     def _show_match(self) -> None:
         page = self._matches[self._match]
-        self.view.go_to(page, self.view.source.find(page - 1, self._term))
+        source = self.view.source
+        self.view.go_to(page, source.find(page - 1, self._term) if source is not None else None)
         self.find_label.setText(f"page {page} · {self._match + 1} of {len(self._matches)} pages")

@@ -36,14 +36,16 @@ from app import settings as settings_store
 from app import theme
 from app.conversation_panel import ConversationPanel
 from app.export import session_markdown
+from app.jobs import Job
 from app.library_panel import LibraryPanel
 from app.qt_platform import startup_problem
 from app.settings import Settings, SettingsDialog
 from app.viewer import Viewer
-from app.workers import Engine, Job
-from engine import ocr_cache
-from engine.documents import SUPPORTED_SUFFIXES
+from app.workers import Engine
+from engine.documents import ocr_cache
+from engine.documents.document import SUPPORTED_SUFFIXES
 from engine.errors import CommaError
+from engine.pipeline.options import answering_expected
 from storage.library import Library
 
 OPEN_FILTER = "Documents (*.pdf *.txt *.md *.markdown *.docx);;All files (*)"
@@ -141,27 +143,36 @@ class MainWindow(QMainWindow):
 
     # building --------------------------------------------------------------------------------
 
+    def _action(self, text: str, triggered: Callable[[], object], shortcut=None) -> QAction:
+        action = QAction(text, self)
+        if shortcut is not None:
+            action.setShortcut(shortcut)
+        action.triggered.connect(lambda: triggered())  # a menu's "checked" argument is not passed on
+        return action
+
     def _menus(self) -> None:
         file = self.menuBar().addMenu("&File")
-        self.open_action = QAction("&Open…", self, shortcut=QKeySequence.StandardKey.Open, triggered=self.choose_files)
+        self.open_action = self._action("&Open…", self.choose_files, QKeySequence.StandardKey.Open)
         file.addAction(self.open_action)
         self.recent_menu = file.addMenu("Open &Recent")
         self.recent_menu.aboutToShow.connect(self._fill_recent)
         file.addSeparator()
-        self.export_action = QAction("&Export Conversation…", self, shortcut="Ctrl+E", triggered=self.export_session)
+        self.export_action = self._action("&Export Conversation…", self.export_session, "Ctrl+E")
         file.addAction(self.export_action)
-        file.addAction(QAction("&Settings…", self, shortcut=QKeySequence.StandardKey.Preferences,
-                               triggered=self.edit_settings))
+        file.addAction(self._action("&Settings…", self.edit_settings, QKeySequence.StandardKey.Preferences))
         file.addSeparator()
-        file.addAction(QAction("&Quit", self, shortcut=QKeySequence.StandardKey.Quit, triggered=self.close))
+        file.addAction(self._action("&Quit", self.close, QKeySequence.StandardKey.Quit))
         doc = self.menuBar().addMenu("&Document")
-        doc.addAction(QAction("&Summarize", self, triggered=lambda: self.summarize()))
-        doc.addAction(QAction("Summarize &Again", self, triggered=lambda: self.summarize(force=True)))
-        doc.addAction(QAction("&Read Again", self, triggered=lambda: self.doc and self.read_again(self.doc["id"])))
-        doc.addAction(QAction("&Find…", self, shortcut=QKeySequence.StandardKey.Find, triggered=self.find_in_document))
+        doc.addAction(self._action("&Summarize", self.summarize))
+        doc.addAction(self._action("Summarize &Again", lambda: self.summarize(force=True)))
+        doc.addAction(self._action("&Read Again", self._read_open_document_again))
+        doc.addAction(self._action("&Find…", self.find_in_document, QKeySequence.StandardKey.Find))
         help_menu = self.menuBar().addMenu("&Help")
-        help_menu.addAction(QAction("&Keys…", self, shortcut=QKeySequence.StandardKey.HelpContents,
-                                    triggered=self.show_help))
+        help_menu.addAction(self._action("&Keys…", self.show_help, QKeySequence.StandardKey.HelpContents))
+
+    def _read_open_document_again(self) -> None:
+        if self.doc is not None:
+            self.read_again(self.doc["id"])
 
     def _keys(self) -> None:
         """Shortcuts beyond the menus' (Ctrl+O, Ctrl+F, Ctrl+E, Ctrl+Q), F1 to list them all, and a
@@ -215,9 +226,6 @@ class MainWindow(QMainWindow):
     def error(self, message: str) -> None:
         self.banner.show_message(message, error=True)
 
-    def inform(self, message: str) -> None:
-        self.banner.show_message(message, error=False)
-
     # library ---------------------------------------------------------------------------------
 
     def refresh_library(self, select: str | None = None) -> None:
@@ -232,14 +240,32 @@ class MainWindow(QMainWindow):
         self.doc = doc
         self._opened += 1
         self.previewing = None
-        if not self.library.ensure_pages(doc_id):
-            self.statusBar().showMessage(f"{doc['path']} is gone or changed; showing what the library keeps")
-        self.viewer.show_document(doc, self.library.page_texts(doc_id),
-                                  ocr_cache.load(self.library.ocr_cache_path(doc["sha256"]), doc["sha256"]))
+        if not self.library.has_pages(doc_id):
+            self._fill_in_pages(doc)
+        self._show_pages(doc)
         self.conversation.set_document(doc, self.library.sessions(doc_id), self._summary(doc_id))
         self.choose_session(self.conversation.session_id)
         settings_store.remember("document", doc_id)
         self.setWindowTitle(f"{doc['title']} — Comma")
+
+    def _show_pages(self, doc: dict) -> None:
+        self.viewer.show_document(doc, self.library.page_texts(doc["id"]),
+                                  ocr_cache.load(self.library.ocr_cache_path(doc["sha256"]), doc["sha256"]))
+
+    def _fill_in_pages(self, doc: dict) -> None:
+        """A document the library kept without its page text (an older library) gets it from its
+        file on a worker, and is shown again if it is still open."""
+        job = self.engine.fill_in_pages(doc["id"])
+
+        def done(result: dict) -> None:
+            if not result["filled"]:
+                self.statusBar().showMessage(f"{doc['path']} is gone or changed; showing what the library keeps")
+            elif self.doc is not None and self.doc["id"] == doc["id"]:
+                self._show_pages(doc)
+
+        job.finished.connect(done)
+        job.failed.connect(self.error)
+        self.engine.start(job)
 
     def _summary(self, doc_id: str) -> dict | None:
         for memory in reversed(self.library.memories(doc_id)):
@@ -258,7 +284,7 @@ class MainWindow(QMainWindow):
         if self.doc is None or self.doc["id"] != doc_id:
             self.library_panel.select(doc_id)
         self.viewer.find_edit.setText(query)
-        self.viewer.find(query, at_page=page)
+        self.viewer.find_text(query, at_page=page)
         if page not in self.viewer.matches:  # the words are on the page, but not side by side
             self.viewer.view.go_to(page, [])
 
@@ -297,7 +323,7 @@ class MainWindow(QMainWindow):
         self.recent_menu.clear()
         files = settings_store.recent_files()
         for path in files:
-            self.recent_menu.addAction(path, lambda p=path: self.read_files([p]))
+            self.recent_menu.addAction(path).triggered.connect(lambda _=False, p=path: self.read_files([p]))
         if not files:
             self.recent_menu.addAction("(none yet)").setEnabled(False)
 
@@ -407,11 +433,11 @@ class MainWindow(QMainWindow):
 
     def deep_read(self, doc_id: str) -> Job | None:
         """Queue the answering model's reading of a document (a document it has read finishes at once)."""
-        if self.settings.answering == "off" or self.settings.model_path or doc_id in self.deep_jobs:
+        if not answering_expected(self.settings.answering, self.settings.model_path) or doc_id in self.deep_jobs:
             return None
         job = self.engine.deep_read(doc_id)
         self.deep_jobs[doc_id] = job
-        started = []
+        started: list[tuple[float, int]] = []
 
         def progress(done: int, total: int) -> None:
             if not started:
@@ -651,7 +677,8 @@ def open_window(path: str | None = None, screenshot: str | None = None, ask: str
     if problem := startup_problem():
         print(f"error: {problem}", file=sys.stderr)
         return 2
-    app = QApplication.instance() or QApplication(sys.argv)
+    existing = QApplication.instance()
+    app = existing if isinstance(existing, QApplication) else QApplication(sys.argv)
     app.setApplicationName("Comma")
     theme.follow_system(app)
     try:
@@ -666,7 +693,7 @@ def open_window(path: str | None = None, screenshot: str | None = None, ask: str
 
     def shoot() -> None:
         QApplication.processEvents()
-        if not window.grab().save(screenshot):
+        if screenshot is None or not window.grab().save(screenshot):
             print(f"error: could not save the screenshot to {screenshot}", file=sys.stderr)
             status["code"] = 2
         window.close()
@@ -698,7 +725,7 @@ def open_window(path: str | None = None, screenshot: str | None = None, ask: str
         if while_reading:
             job.progress.connect(third)
             # A memory that is reused reports no progress: the picture is then of the document read.
-            job.finished.connect(lambda _: status.get("shot") is None and ended())
+            job.finished.connect(lambda _: ended() if status.get("shot") is None else None)
         elif ask or summarize:
             job.finished.connect(lambda report: QTimer.singleShot(200, lambda: read(report)))
         else:

@@ -1,15 +1,11 @@
-"""Model work off the window's thread: jobs run on lanes (worker threads) and report by signals.
+"""The window's model work: readings, answers, summaries and the answering model's reading in
+the background, each a :class:`~app.jobs.Job` on a lane (``app.jobs``).
 
-Qt's worker-object pattern: a :class:`Lane` is a QObject moved into its own QThread; the window
-submits a :class:`Job` to it by a queued signal, so jobs on one lane run one after another in
-the order given (several dropped files queue up). There are two lanes, one for reading and one
-for asking and summarising, so a question can be answered while a long document is being read;
-both share one loaded model (llama.cpp serves several contexts from one set of weights).
-
-A job reports through its own signals (``progress``, ``text``, ``finished``, ``failed``,
-``cancelled``), which Qt delivers to the window on the window's thread. Cancelling a job sets a
-flag that the engine polls between chunks (reading) or tokens (answering); a job cancelled
-before it starts never runs. Each lane opens its own connection to the library, since a SQLite
+There are three lanes: one for reading, one for asking and summarising, so a question can be
+answered while a long document is being read, and one for the answering model's reading in the
+background, at a lower priority and paused while a question is answered. They share one set of
+loaded models (``engine.pipeline.models.LoadedModels``: llama.cpp serves several contexts from
+one set of weights); each lane opens its own connection to the library, since a SQLite
 connection belongs to the thread that made it.
 """
 
@@ -20,15 +16,15 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 
-from PySide6.QtCore import QMetaMethod, QObject, QThread, Signal, Slot
+from PySide6.QtCore import QObject
 
-from app.actions import Comma
+from app.jobs import Job, Lane
 from app.settings import Settings
-from engine.errors import Cancelled, CommaError, stop_reading_if
-from storage.library import Library
+from engine.errors import Cancelled, stop_reading_if
+from engine.pipeline.comma import Comma
+from engine.pipeline.models import LoadedModels
+from storage.library import Library, models_folder
 
 log = logging.getLogger(__name__)
 
@@ -50,193 +46,6 @@ def lower_this_thread_priority() -> None:
             pass  # not allowed here: the read still runs, at normal priority
 
 
-class SharedModel:
-    """One model for every lane, loaded on first use (in whichever worker needs it first)."""
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self._model = None
-        self._key = None
-        self._answerer: tuple | None = None
-        self._answerer_key = None
-
-    def get(self, backend: str, path, models_folder, progress=None, notice=None) -> object:
-        key = (backend, str(path or ""), str(models_folder))
-        with self._lock:
-            if self._model is None or self._key != key:
-                from engine.backends import load_model
-
-                self._model = None  # free the old weights before loading new ones
-                self._model = load_model(backend, path or None, models_folder=models_folder,
-                                         progress=progress, notice=notice)
-                self._key = key
-            return self._model
-
-    def answerer(self, answering: str, backend: str, path, models_folder, progress=None, notice=None) -> tuple:
-        """The answering model (or None and why), loaded once for every lane like the reading one."""
-        key = (answering, backend, str(path or ""), str(models_folder))
-        with self._lock:
-            if self._answerer is None or self._answerer_key != key:
-                from engine.backends import load_answering_model
-
-                self._answerer = None
-                self._answerer = load_answering_model(answering, backend, path or None, models_folder,
-                                                      progress, notice)
-                self._answerer_key = key
-            return self._answerer
-
-    @property
-    def loaded(self) -> bool:
-        return self._model is not None
-
-
-@dataclass
-class SharedComma(Comma):
-    """Comma's actions, with the model taken from the shared holder instead of loaded per lane."""
-
-    shared: SharedModel = field(default_factory=SharedModel)
-
-    @property
-    def model(self):
-        return self.shared.get(self.backend, self.model_path, self.library.models_folder, self.preparing,
-                               self.notice)
-
-    def _load_answerer(self) -> tuple:
-        return self.shared.answerer(self.answering, self.backend, self.model_path, self.library.models_folder,
-                                    self.preparing, self.notice)
-
-
-class Job(QObject):
-    """One piece of model work; its signals arrive on the thread of whoever connected to them."""
-
-    started = Signal()
-    described = Signal(dict)  # facts known early (a document's title and pages)
-    progress = Signal(int, int)  # done, total (tokens while reading, parts while summarising)
-    text = Signal(str)  # answer text as it streams
-    notice = Signal(str)  # what the job is doing besides its main work (preparing the model)
-    confirm = Signal(str)  # a yes/no question the job waits on; reply with ``answer(yes)``
-    finished = Signal(object)
-    failed = Signal(str)
-    cancelled = Signal(str)
-
-    def __init__(self, kind: str, work: Callable[[Job, Comma], object], **info):
-        super().__init__()
-        self.kind, self.info, self._work = kind, info, work
-        self._stop = threading.Event()
-        self._answered = threading.Event()
-        self._yes = False
-        self.state = "queued"  # queued → running → done | failed | cancelled
-
-    def cancel(self) -> None:
-        self._stop.set()
-
-    def is_cancelled(self) -> bool:
-        return self._stop.is_set()
-
-    def report_progress(self, done: int, total: int) -> None:
-        self.progress.emit(done, total)
-
-    def report_text(self, text: str) -> None:
-        self.text.emit(text)
-
-    def report_notice(self, text: str) -> None:
-        self.notice.emit(text)
-
-    def confirm_first(self, question: str) -> bool:
-        """Ask whoever listens to ``confirm`` and wait for the reply (True when nobody listens);
-        a cancel while waiting is a no."""
-        if not self.isSignalConnected(QMetaMethod.fromSignal(self.confirm)):
-            return True
-        self._answered.clear()
-        self.confirm.emit(question)
-        while not self._answered.wait(0.05):
-            if self.is_cancelled():
-                return False
-        return self._yes
-
-    def answer(self, yes: bool) -> None:
-        self._yes = yes
-        self._answered.set()
-
-    def report_preparing(self, done: int, total: int) -> None:
-        self.notice.emit(f"preparing a faster copy of the model (once): {100 * done // max(total, 1)}%")
-
-    def run(self, comma: Comma) -> None:
-        if self.is_cancelled():
-            self.state = "cancelled"
-            self.cancelled.emit("cancelled before it started")
-            return
-        self.state = "running"
-        # The model loads inside the first job that needs it; that job says what loading does.
-        comma.notice, comma.preparing = self.report_notice, self.report_preparing
-        self.started.emit()
-        try:
-            result = self._work(self, comma)
-        except Cancelled as exc:
-            self.state = "cancelled"
-            self.cancelled.emit(str(exc))
-        except CommaError as exc:
-            self.state = "failed"
-            self.failed.emit(str(exc))
-        except Exception as exc:  # a bug must not take the window down; say what happened
-            log.exception("%s job failed", self.kind)
-            self.state = "failed"
-            self.failed.emit(f"unexpected error ({type(exc).__name__}: {exc}); nothing was saved")
-        else:
-            self.state = "done"
-            self.finished.emit(result)
-
-
-class Lane(QObject):
-    """A worker thread that runs submitted jobs one at a time, in order."""
-
-    _submitted = Signal(object)
-
-    def __init__(self, name: str, make_comma: Callable[[], Comma]):
-        super().__init__()
-        self._make_comma = make_comma
-        self._comma: Comma | None = None
-        self._generation = 0  # bumped when settings change; the lane rebuilds its Comma
-        self._built = -1
-        self.thread = QThread()
-        self.thread.setObjectName(name)
-        self.moveToThread(self.thread)
-        self._submitted.connect(self._run)
-        self.thread.start()
-
-    def submit(self, job: Job) -> Job:
-        self._submitted.emit(job)
-        return job
-
-    def reconfigure(self) -> None:
-        self._generation += 1
-
-    @Slot(object)
-    def _run(self, job: Job) -> None:
-        if self._comma is None or self._built != self._generation:
-            self._built = self._generation
-            if self._comma is not None:
-                self._comma.close_conversation()  # its cache belongs to the old settings' model
-            self._comma = None
-            try:
-                self._comma = self._make_comma()
-            except Exception as exc:  # e.g. a data folder that cannot be opened: the job says why
-                log.exception("could not prepare the %s lane", self.thread.objectName())
-                job.state = "failed"
-                job.failed.emit(str(exc) if isinstance(exc, CommaError) else
-                                f"could not open the library ({type(exc).__name__}: {exc})")
-                return
-        job.run(self._comma)
-
-    def stop(self) -> None:
-        """Quit after the running job (cancel it first); waits, since a QThread must not be
-        destroyed while it runs."""
-        self.thread.quit()
-        self.thread.wait()
-        if self._comma is not None:
-            self._comma.close_conversation()  # the thread has ended: nothing else touches it
-
-
 def _about_minutes(minutes: float) -> str:
     if minutes < 90:
         return f"{max(1, round(minutes / 5) * 5 if minutes > 20 else round(minutes))} minutes"
@@ -250,7 +59,7 @@ class Engine(QObject):
     def __init__(self, settings: Settings):
         super().__init__()
         self.settings = settings
-        self.shared = SharedModel()
+        self.shared = LoadedModels()
         self.jobs: list[Job] = []
         self.reading = Lane("comma-reading", self._make_comma)
         self.asking = Lane("comma-asking", self._make_comma)
@@ -260,13 +69,33 @@ class Engine(QObject):
 
     def _make_comma(self) -> Comma:
         s = self.settings
-        return SharedComma(library=Library(s.library_folder()), model_path=s.model_path or None,
-                           backend=s.backend, answering=s.answering, limits=s.limits(), shared=self.shared)
+        return Comma(library=Library(s.library_folder()), model_path=s.model_path or None,
+                     backend=s.backend, answering=s.answering, limits=s.limits(), models=self.shared)
 
     def configure(self, settings: Settings) -> None:
+        """New settings: each lane rebuilds its Comma before its next job. A model the new
+        settings replace is closed once every lane has let go of it, which each does in order,
+        after the job it is running."""
         self.settings = settings
-        for lane in (self.reading, self.asking, self.deep):
+        lanes = (self.reading, self.asking, self.deep)
+        left = {"lanes": len(lanes)}
+        counting = threading.Lock()  # each lane reports from its own thread
+
+        def let_go(*_) -> None:
+            with counting:
+                left["lanes"] -= 1
+                done = left["lanes"] == 0
+            if done:
+                self.shared.settle(settings.answering, settings.backend, settings.model_path or None,
+                                   models_folder(settings.library_folder()))
+
+        for lane in lanes:
             lane.reconfigure()
+            job = Job("settings", lambda job, comma: None)
+            job.finished.connect(let_go)
+            job.failed.connect(let_go)
+            job.cancelled.connect(let_go)
+            lane.submit(job)
 
     def start(self, job: Job) -> Job:
         """Queue a job on its lane. Connect to its signals first: a job may start, and even
@@ -354,3 +183,10 @@ class Engine(QObject):
             job.cancel()
         for lane in (self.reading, self.asking, self.deep):
             lane.stop()
+        self.shared.close()  # every lane has ended: nothing uses the models now
+
+    def fill_in_pages(self, doc_id: str) -> Job:
+        """The page text of a document the library kept without it, from its file (a whole PDF
+        may be read: never on the window's thread)."""
+        return Job("pages", lambda job, comma: {"doc_id": doc_id, "filled": comma.ensure_pages(doc_id)},
+                   doc_id=doc_id)

@@ -8,7 +8,7 @@ a reader's; see bench/data/SOURCES.md). Each document is read once by the small 
 off, recall store on). Rows per question:
 - ``small``: the small model answers from its memory and recall store (``--answering off``);
 - ``spot``: the answering model, before its deep read: it reads the question's best pages on
-  the spot (engine/spot_reading.py) and answers from them;
+  the spot (engine/recall/spot_reading.py) and answers from them;
 - ``deep``: the answering model after its deep read of the document (``--deep`` names which
   documents get one: about 30 minutes per 70K tokens on 2 cores), from its memory and store;
 - ``gold``: the answering model given the gold page alone, read with full attention.
@@ -26,7 +26,7 @@ right accuracy figures and noisy times; the README says which.
 speed: R-intro.pdf (74K tokens) read by the small model, then, before the deep read, ``--runs``
 fresh processes of ``comma ask --json`` (first token with the page read on the spot); the deep
 read timed (tokens/s of the whole read) against llama.cpp's own prefill rate of the same weights
-in SepLLM's steady state (324 cached, 476 more, no logits, median of 5; engine/gguf/probe.py)
+in SepLLM's steady state (324 cached, 476 more, no logits, median of 5; engine/backends/gguf/probe.py)
 measured right after it in the same process (and with 128-token chunks, as the window's
 background read goes); then ``--runs`` fresh processes of ``comma ask
 --json`` (first token after the deep read), ``--runs`` follow-ups on one live conversation, and
@@ -36,7 +36,7 @@ read timed (tokens/s of the whole read, Comma's real path) between two measureme
 own prefill of the same weights at SepLLM's steady state (median of 5 each), in one process, and
 once more with 128-token chunks (the window's); the fraction is against the mean of the two.
 weights: the answering model as shipped (Q4_K_M) and copies made here with llama.cpp's quantizer
-(F16: an exact upcast; Q8_0), prefill and decode tokens/s (engine/gguf/probe.py), flash
+(F16: an exact upcast; Q8_0), prefill and decode tokens/s (engine/backends/gguf/probe.py), flash
 attention on (and off for Q4_K_M), one model at a time.
 """
 
@@ -53,13 +53,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from app.actions import Comma  # noqa: E402
 from bench.report import emit  # noqa: E402
-from engine import spot_reading  # noqa: E402
-from engine.conversation import Conversation  # noqa: E402
+from engine.answering.conversation import Conversation  # noqa: E402
 from engine.generate import Sampling  # noqa: E402
+from engine.pipeline.comma import Comma  # noqa: E402
 from engine.policy import Full  # noqa: E402
-from engine.reader import read  # noqa: E402
+from engine.reading.reader import read  # noqa: E402
+from engine.recall import spot_reading  # noqa: E402
 from storage.library import Library  # noqa: E402
 
 DATA = ROOT / "bench" / "data"
@@ -118,7 +118,7 @@ def run(args) -> tuple[dict, object]:
         library = Library(Path(args.home or scratch))
         small = Comma(library, answering="off")
         answering = Comma(library)
-        answering._model = small.model  # one copy of the reading model for both
+        answering.models.use(reading=small.model)  # one copy of the reading model for both
         for name in args.documents:
             report = small.ingest(DATA / name, notes=False, deep=False)
             reads[name] = {"fast": {k: report[k] for k in ("tokens", "pages", "seconds", "recall_bytes")}}
@@ -169,7 +169,7 @@ def fresh_asks(home: str, doc_id: str, runs: int) -> list[dict]:
 
 
 def speed(args) -> tuple[dict, object]:
-    from engine.gguf.probe import STEADY_CACHED, STEADY_CHUNK, prefill_rate
+    from engine.backends.gguf.probe import STEADY_CACHED, STEADY_CHUNK, prefill_rate
 
     pdf = DATA / "R-intro.pdf"
     with tempfile.TemporaryDirectory() as fresh:
@@ -215,7 +215,7 @@ def speed(args) -> tuple[dict, object]:
 def deep_rate(args) -> tuple[dict, object]:
     import pymupdf
 
-    from engine.gguf.probe import STEADY_CACHED, STEADY_CHUNK, prefill_rate
+    from engine.backends.gguf.probe import STEADY_CACHED, STEADY_CHUNK, prefill_rate
 
     with tempfile.TemporaryDirectory() as scratch:
         part = Path(scratch) / f"first-{args.pages}-pages-{args.document}"
@@ -244,9 +244,9 @@ def deep_rate(args) -> tuple[dict, object]:
 def weights(args) -> tuple[dict, object]:
     import ctypes
 
-    from engine import answering_model
-    from engine.gguf.model import GGUFModel, llama
-    from engine.gguf.probe import _PROBE_TEXT, decode_rate, prefill_rate
+    from engine.backends.gguf.model import GGUFModel, llama
+    from engine.backends.gguf.probe import _PROBE_TEXT, decode_rate, prefill_rate
+    from engine.models import answering as answering_model
 
     figures: dict = {}
     with tempfile.TemporaryDirectory() as home:
@@ -320,7 +320,7 @@ def main() -> None:
                         help="summarise the stderr of runs (stopped before the end, or of different --rows)")
     args = parser.parse_args()
     if args.from_log:
-        from engine.answering_model import FILE_NAME
+        from engine.models.answering import FILE_NAME
 
         emit("answers", __doc__.split("Method", 1)[1], type("Model", (), {"name": FILE_NAME})(),
              from_logs(args.from_log), args.out)

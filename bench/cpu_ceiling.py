@@ -2,14 +2,14 @@
 
 Method, all in one process, one model at a time, 2 threads on this machine's CPU:
 - weights: the bundled model as shipped (Q4_1), its F16 copy as Comma makes it on first use
-  (``engine.gguf.fast_weights``; the time that takes is reported), and a Q8_0 requantisation
+  (``engine.backends.gguf.fast_weights``; the time that takes is reported), and a Q8_0 requantisation
   made here only for comparison.
 - ceiling: llama.cpp's own prefill in SepLLM's steady state: ``--cached`` (324) document tokens
   in the cache, then ``--chunk`` (476) more decoded with no logits, then removed again, ``--runs``
   times (median); also ``--chunk`` tokens into an empty cache. Flash attention on and off.
 - decode: 64 answer tokens one by one after 800 tokens of context (median of ``--runs``).
 - perplexity: GPL-3 tokens 1,000–4,000 (as in README), policies full and sepllm, flash attention on.
-- reading: Comma's real read path (``engine.reader.read``, sepllm, section notes on and off) over
+- reading: Comma's real read path (``engine.reading.reader.read``, sepllm, section notes on and off) over
   a real text of ``--long`` tokens (bench/texts.py), ``--readings`` times per weight type, notes
   off and on in turn (off first, then on first, and so on); tokens/s of the whole read, and as
   a fraction of that weight type's ceiling (flash on) measured right before and right after that
@@ -39,14 +39,14 @@ sys.path.insert(0, str(ROOT))
 
 from bench.report import emit  # noqa: E402
 from bench.texts import gpl3, long_text  # noqa: E402
-from engine.documents import read_document  # noqa: E402
-from engine.gguf import fast_weights  # noqa: E402
-from engine.gguf.model import GGUFModel, llama  # noqa: E402
-from engine.gguf.probe import STEADY_CACHED, STEADY_CHUNK, decode_rate, prefill_rate  # noqa: E402
-from engine.models import bundled_model_path  # noqa: E402
+from engine.backends.gguf import fast_weights  # noqa: E402
+from engine.backends.gguf.model import GGUFModel, llama  # noqa: E402
+from engine.backends.gguf.probe import STEADY_CACHED, STEADY_CHUNK, decode_rate, prefill_rate  # noqa: E402
+from engine.documents.document import read_document  # noqa: E402
+from engine.models.files import bundled_model_path  # noqa: E402
 from engine.policy import make_policy  # noqa: E402
-from engine.reader import read  # noqa: E402
-from engine.scoring import score  # noqa: E402
+from engine.reading.reader import read  # noqa: E402
+from engine.reading.scoring import score  # noqa: E402
 
 
 def reading_rate(model: GGUFModel, path: Path, notes: bool) -> dict:

@@ -8,7 +8,7 @@ GPU to be the only reader is its ingest rate against the small one's). Token str
 ids with every 16th token marked a separator. Everything goes through the engine's own paths:
 ``reader.prefill`` over a ``SlotCache`` under a SepLLM policy (eviction and compaction
 included), the conversation's ``decode_main_tail`` for decoding,
-``engine.torch.parallel.prefill_rows`` for parallel chunks. Each figure is the median of
+``engine.reading.parallel.prefill_rows`` for parallel chunks. Each figure is the median of
 ``--runs`` timed runs after one warm-up run (which compiles the Triton kernels), with
 ``torch.cuda.synchronize`` around each.
 - Ingest MFU: (2 × non-embedding parameters per token + 4 · heads · head_dim · layers per attended
@@ -42,10 +42,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 from bench.report import emit
+from engine.backends.torch.model import TorchModel
 from engine.policy import SepLLM
-from engine.reader import TokenStream, prefill
-from engine.torch.model import TorchModel
-from engine.torch.parallel import prefill_rows
+from engine.reading.parallel import prefill_rows
+from engine.reading.reader import prefill
+from engine.reading.stream import TokenStream
 
 CUDA = torch.cuda.is_available()
 H100_BF16_PEAK = 989e12

@@ -2,12 +2,12 @@
 
 Method:
 - ratio: the same ~8K-token real text (GPL-3) is read through the real ingest path
-  (``engine.reader.read``: tokenize, chunked prefill under the policy, snapshot; notes off so
+  (``engine.reading.reader.read``: tokenize, chunked prefill under the policy, snapshot; notes off so
   both policies do the same work) with ``full`` and with ``sepllm``, alternating, ``--runs``
   times each in one process; tokens/s are medians, the ratio is of the medians.
 - flat: each size (default 8K and 200K tokens of real text, see bench/texts.py) is read with
   ``sepllm`` in a fresh child process that reports tokens/s and its peak resident memory.
-- weights: those Comma reads with, the bundled model's faster F16 copy (engine.gguf.fast_weights),
+- weights: those Comma reads with, the bundled model's faster F16 copy (engine.backends.gguf.fast_weights),
   made in a temporary folder at the start.
 Prints one JSON object (and writes it to --out).
 
@@ -31,11 +31,11 @@ sys.path.insert(0, str(ROOT))
 
 from bench.report import emit  # noqa: E402
 from bench.texts import gpl3, long_text  # noqa: E402
-from engine.backends import load_model  # noqa: E402
-from engine.documents import read_document  # noqa: E402
-from engine.gguf.model import GGUFModel  # noqa: E402
+from engine.backends.gguf.model import GGUFModel  # noqa: E402
+from engine.backends.loading import load_model  # noqa: E402
+from engine.documents.document import read_document  # noqa: E402
 from engine.policy import make_policy  # noqa: E402
-from engine.reader import read  # noqa: E402
+from engine.reading.reader import read  # noqa: E402
 
 
 def read_text(model, text: str, policy_name: str) -> dict:

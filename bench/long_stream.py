@@ -2,12 +2,12 @@
 
 Method: real texts that ship with this machine (``bench/texts.py``, one after another, repeated
 until the stream is long enough) are tokenized with the bundled model and scored under SepLLM
-(4, 64, 256, 800) exactly as a document is read (``engine.scoring.score``). At each checkpoint
+(4, 64, 256, 800) exactly as a document is read (``engine.reading.scoring.score``). At each checkpoint
 (every ``--tokens / 4`` tokens, and at the end) the script records the perplexity of the stretch
 since the previous checkpoint, the reading speed so far, and the memory in use: on CUDA the peak
 GPU memory allocated by PyTorch since the previous checkpoint, elsewhere the process's resident
-set size. A flat memory column is the claim: the cache never grows with the stream. The issue
-asks for 4M tokens on the GPU (``--tokens 4000000``); on a CPU a shorter run shows the same
+set size. A flat memory column is the claim: the cache never grows with the stream. The
+full run is 4M tokens on the GPU (``--tokens 4000000``); on a CPU a shorter run shows the same
 shape. Prints one JSON object.
 
     python bench/long_stream.py [--backend torch] [--tokens 4000000] [--out bench/results/long_stream.json]
@@ -27,9 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.report import emit
 from bench.texts import long_text
-from engine.backends import load_model
+from engine.backends.loading import load_model
 from engine.policy import SepLLM
-from engine.scoring import score
+from engine.reading.scoring import score
 
 
 def memory_mb(model) -> float:

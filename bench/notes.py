@@ -1,10 +1,10 @@
 """Section notes two ways, on real texts: the sentence Comma takes from each passage, and the
-sentence the bundled model writes about it (how notes were made before issue 8).
+sentence the bundled model writes about it (how notes were made before they came from the text).
 
 Method, one process, 2 threads: each text of bench/texts.py (none written by us), its first
-``--tokens`` tokens, cut into the passages a read takes notes on (engine.section_notes,
+``--tokens`` tokens, cut into the passages a read takes notes on (engine.reading.section_notes,
 1,536 tokens each). For each passage:
-- extracted: ``engine.section_notes.key_sentence`` (the passage's sentence nearest its tf-idf
+- extracted: ``engine.reading.section_notes.key_sentence`` (the passage's sentence nearest its tf-idf
   centroid, idf over the text's passages);
 - written: the bundled model (its F16 copy, as Comma reads with it) given the passage alone
   (reading prompt, passage, then the question "In one sentence, what is the passage just above
@@ -12,7 +12,7 @@ Method, one process, 2 threads: each text of bench/texts.py (none written by us)
   greedy, up to 48 tokens. This is kinder to the model than reading was: it then wrote from its
   separator memory, where the passage had been compressed.
 Figures per way: seconds per note (median), words per note, and two measures of what a note
-holds, with content words as the full-text search counts them (engine.question_words):
+holds, with content words as the full-text search counts them (engine.recall.question_words):
 - grounded: the share of the note's content words found in its passage (a note that says what
   the passage does not scores low); words that only frame the note ("passage", "discusses",
   "describes", "sentence", "text") are not counted;
@@ -38,14 +38,14 @@ sys.path.insert(0, str(ROOT))
 
 from bench.report import emit  # noqa: E402
 from bench.texts import TEXTS  # noqa: E402
+from engine.backends.gguf import fast_weights  # noqa: E402
+from engine.backends.gguf.model import GGUFModel  # noqa: E402
 from engine.generate import Sampling, generate_text  # noqa: E402
-from engine.gguf import fast_weights  # noqa: E402
-from engine.gguf.model import GGUFModel  # noqa: E402
-from engine.models import bundled_model_path  # noqa: E402
+from engine.models.files import bundled_model_path  # noqa: E402
 from engine.prompts import document_prefix, question_suffix  # noqa: E402
 from engine.protocols import Logits  # noqa: E402
-from engine.question_words import content_words  # noqa: E402
-from engine.section_notes import inverse_document_frequency, key_sentence, passage_bounds  # noqa: E402
+from engine.reading.section_notes import inverse_document_frequency, key_sentence, passage_bounds  # noqa: E402
+from engine.recall.question_words import content_words  # noqa: E402
 
 NOTE_REQUEST = "In one sentence, what is the passage just above about?"
 FRAME_WORDS = {"passage", "discusses", "describes", "sentence", "text", "document"}

@@ -5,7 +5,7 @@ bench/data/reportlab-userguide.pdf, see bench/data/SOURCES.md). From each docume
 evenly spaced over those whose text layer holds at least MIN_CHARS characters (so no blank,
 title-only or figure-only pages). Each page is rendered at --dpi (150) to an RGB picture, and a
 new PDF page of the same size holds that picture alone: a clean scan with no text layer.
-engine.ocr.needs_ocr must say so, and engine.ocr.PageReader reads it (rendering it again at
+engine.documents.ocr.needs_ocr must say so, and engine.documents.ocr.PageReader reads it (rendering it again at
 OCR_DPI, RapidOCR, columns and lines). Its lines, joined with newlines, are compared with the
 original page's own text layer: ``cer`` against ``page.get_text(sort=True)`` (blocks top to
 bottom, left to right: the order a person reads, which OCR also follows; running heads first),
@@ -20,7 +20,7 @@ full-width signs), and runs of whitespace become one space. CER is Levenshtein
 distance over the reference's length; the totals are total edits over total reference
 characters. Seconds are wall time of ``PageReader.lines`` alone (rendering, detection,
 recognition, layout), after one warm-up page; the engine's import and load are timed apart.
-Lines below engine.ocr.MIN_CONFIDENCE are kept during the run (MIN_CONFIDENCE is set to 0) so
+Lines below engine.documents.ocr.MIN_CONFIDENCE are kept during the run (MIN_CONFIDENCE is set to 0) so
 that ``confidence_sweep`` can say what each threshold would give; the headline figures drop,
 as the reader does, the lines below MIN_CONFIDENCE. Run it with the CPU to yourself: the
 1-minute load average is sampled after every page and reported.
@@ -47,7 +47,7 @@ sys.path.insert(0, str(ROOT))
 
 import pymupdf  # noqa: E402
 
-import engine.ocr as ocr  # noqa: E402
+import engine.documents.ocr as ocr  # noqa: E402
 from bench import text_distance  # noqa: E402
 from bench.report import emit  # noqa: E402
 
@@ -181,8 +181,8 @@ def main() -> None:
     parser.add_argument("--pages", type=int, default=10, help="pages per document")
     parser.add_argument("--dpi", type=int, default=150, help="resolution of the scans")
     parser.add_argument("--documents", default="R-intro.pdf,reportlab-userguide.pdf", type=lambda s: s.split(","))
-    parser.add_argument("--ocr-dpi", type=int, default=ocr.OCR_DPI, help="engine.ocr.OCR_DPI for this run")
-    parser.add_argument("--unclip-ratio", type=float, default=ocr.UNCLIP_RATIO, help="engine.ocr.UNCLIP_RATIO")
+    parser.add_argument("--ocr-dpi", type=int, default=ocr.OCR_DPI, help="engine.documents.ocr.OCR_DPI for this run")
+    parser.add_argument("--unclip-ratio", type=float, default=ocr.UNCLIP_RATIO, help="engine.documents.ocr.UNCLIP_RATIO")
     parser.add_argument("--threads", type=int, default=None, help="PageReader(threads=...)")
     parser.add_argument("--note", default="", help="how the machine was shared, if it was")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "ocr_cpu.json")

@@ -27,10 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.report import emit  # noqa: E402
 from bench.texts import TEXTS  # noqa: E402
-from engine.backends import load_model  # noqa: E402
+from engine.backends.loading import load_model  # noqa: E402
 from engine.policy import Full, SepLLM, Streaming  # noqa: E402
-from engine.reader import DEFAULT_CHUNK  # noqa: E402
-from engine.scoring import score  # noqa: E402
+from engine.reading.scoring import score  # noqa: E402
+from engine.reading.stream import DEFAULT_CHUNK  # noqa: E402
 
 
 def simulated_average_kv(policy, separators: np.ndarray, chunk: int) -> float:

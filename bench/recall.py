@@ -30,12 +30,12 @@ Method (bundled model, Comma's real ingest and ask paths, greedy answers):
   the chosen passages and first (the likelihood of every merged candidate is computed once).
 - pages: no answers, so a few minutes: for each question of qa, the place of the gold page in
   the full-text index's ranking (``words``), the meaning index's (``meaning``, the nearest
-  passage's cosine; engine/page_search.py) and the two taken in turn (``merged``, what Comma
+  passage's cosine; engine/recall/page_search.py) and the two taken in turn (``merged``, what Comma
   uses), top 1 / 2 / 5; and whether the text the answering model reads on the spot
-  (engine/spot_reading.py; its tokenizer sizes it) holds an accepted answer string, from the
+  (engine/recall/spot_reading.py; its tokenizer sizes it) holds an accepted answer string, from the
   words ranking, from the merged one, and from the merged one with each page's stretch around
   its nearest passage (``merged_focus``, what Comma does).
-- store: what compacting the store's passages costs (engine/gguf/compact_state.py): passages
+- store: what compacting the store's passages costs (engine/backends/gguf/compact_state.py): passages
   of 500 tokens of GPL-3, the Apache licence (Debian common-licenses) and R-intro.pdf, each
   read after the text before it and stored as the read stores them, then loaded after a
   64-token start; the mean negative log-likelihood of the 48 tokens that follow each, with the
@@ -77,13 +77,20 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from app.actions import Comma  # noqa: E402
 from bench.report import emit  # noqa: E402
-from engine import page_search, sentence_encoder, spot_reading  # noqa: E402
-from engine.conversation import Conversation  # noqa: E402
+from engine.answering.conversation import Conversation  # noqa: E402
 from engine.generate import Sampling  # noqa: E402
+from engine.pipeline.comma import Comma  # noqa: E402
 from engine.policy import make_policy, policy_key  # noqa: E402
-from engine.recall import CANDIDATE_PAGES, choose, question_tokens, rank, ranking_room, sink_slots  # noqa: E402
+from engine.recall import page_search, sentence_encoder, spot_reading  # noqa: E402
+from engine.recall.ranking import (  # noqa: E402
+    CANDIDATE_PAGES,
+    choose,
+    question_tokens,
+    rank,
+    ranking_room,
+    sink_slots,
+)
 from storage.library import Library  # noqa: E402
 
 NEEDLE = "\nThe best thing to do in San Francisco is eat a sandwich and sit in Dolores Park on a sunny day.\n"
@@ -132,7 +139,7 @@ def ask(comma: Comma, memory, store, doc_id: str, question: str, ranking: str | 
     question's likelihood."""
     recall = store if ranking else None
     candidates = [] if not recall else comma.candidate_pages(doc_id, question) if ranking in ("merged", "rerank") \
-        else comma.library.candidate_pages(doc_id, question, CANDIDATE_PAGES)
+        else page_search.word_pages(comma.library, doc_id, question, CANDIDATE_PAGES)
     started = time.perf_counter()
     with Conversation(comma.model, memory, recall=recall,
                       ranking="words" if ranking == "merged" else ranking or "likelihood") as conversation:
@@ -284,7 +291,7 @@ def page_places(comma: Comma, args) -> dict:
         indexed = comma.index_meaning(document)
         pages, _, vectors = comma.library.passage_vectors(doc_id, sentence_encoder.NAME)
         for q in (q for q in spec["questions"] if q["document"] == name):
-            words = comma.library.candidate_pages(doc_id, q["question"], CANDIDATE_PAGES)
+            words = page_search.word_pages(comma.library, doc_id, q["question"], CANDIDATE_PAGES)
             merged, nearest = comma.find_pages(doc_id, q["question"])
             meaning = page_search.meaning_ranking(comma.encoder.encode([q["question"]])[0], pages, vectors,
                                                   CANDIDATE_PAGES)
@@ -319,8 +326,8 @@ def store(comma: Comma, args) -> dict:
 
     import numpy as np
 
-    from engine.gguf import context
-    from engine.gguf.compact_state import compact, expand
+    from engine.backends.gguf import context
+    from engine.backends.gguf.compact_state import compact, expand
 
     model = comma.model
     texts = {"GPL-3": Path("/usr/share/common-licenses/GPL-3").read_text(),

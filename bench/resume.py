@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.report import emit  # noqa: E402
 from bench.texts import long_text  # noqa: E402
-from engine.gguf.model import GGUFModel  # noqa: E402
+from engine.backends.gguf.model import GGUFModel  # noqa: E402
 
 QUESTION = "What is this document about?"
 

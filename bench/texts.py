@@ -1,7 +1,7 @@
 """Real long texts that ship with this machine's software, for benchmarks (none written by us).
 
 - ``gpl3``: the GNU General Public License v3 (Debian's /usr/share/common-licenses/GPL-3), the
-  text DESIGN.md's prototype figures were measured on.
+  text the first prototype's figures were measured on.
 - ``python_reference``: the Python Language Reference topics that CPython ships for ``help()``
   (``pydoc_data.topics``), prose with code samples.
 - ``bash_manual``: the Bash manual page as ``man`` renders it (Debian's bash package).

@@ -18,8 +18,8 @@ SUMMARY_REQUEST = (
     "Write a summary of the whole document in one paragraph.\n\n{notes}"
 )
 _MARK = "⟦comma:document⟧"  # no NUL: the template renderer takes C strings
-PASSAGES = "⟦comma:passages⟧"  # where a follow-up's passages go in its turn (engine.conversation)
-ANSWER = "⟦comma:answer⟧"  # where an earlier answer's own generated tokens go (engine.conversation)
+PASSAGES = "⟦comma:passages⟧"  # where a follow-up's passages go in its turn (engine.answering.conversation)
+ANSWER = "⟦comma:answer⟧"  # where an earlier answer's own generated tokens go (engine.answering.conversation)
 FOLLOW_UP_INTRO = "From the document:\n\n"
 
 

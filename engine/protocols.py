@@ -15,11 +15,21 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Generic, NamedTuple, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 
 Progress = Callable[[int, int], None]  # done, total
+
+T = TypeVar("T")
+
+
+class Available(NamedTuple, Generic[T]):
+    """Something that may be missing (a model, an index, a store) and, when it is, why: the
+    sentence a person is shown about what answers do without it."""
+
+    thing: T | None
+    reason: str | None = None
 
 
 class Logits(Enum):
@@ -149,11 +159,4 @@ class Model(Protocol):
 
     def log_probs_at(self, logits: Any, targets: np.ndarray) -> np.ndarray: ...
 
-
-@runtime_checkable
-class ParallelModel(Model, Protocol):
-    """A model whose ``capabilities`` say ``parallel_reading`` and ``chunk_choice``."""
-
-    def read_parallel(self, document: Any, policy: Any, chunk_tokens: int, **kwargs: Any) -> Any: ...
-
-    def select_chunks(self, memory: Any, question: str, budget: int) -> Any: ...
+    def close(self) -> None: ...  # free the weights; the model's caches are closed first

@@ -1,4 +1,4 @@
-"""Rotary position embedding as Comma's kernels see it: tables and the reference rotation.
+"""Rotary position embedding as Comma's kernels see it: the reference rotation.
 
 Keys are cached before RoPE; every kernel rotates a query or key by its slot position inside
 the compacted cache when it loads it. The tables hold, for slot ``p`` and frequency ``i``,
@@ -10,12 +10,6 @@ float32. The rotation is the half-split one transformers uses (``rotate_half``):
 from __future__ import annotations
 
 import torch
-
-
-def rope_tables(cos_full: torch.Tensor, sin_full: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Half tables from transformers' ``[positions, head_dim]`` cos/sin (whose halves repeat)."""
-    half = cos_full.shape[-1] // 2
-    return cos_full[..., :half].float().contiguous(), sin_full[..., :half].float().contiguous()
 
 
 def rotate(x: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,7 @@ in place, keeping every row. Version 1 added page text with full-text
 search (what the window's viewer and search read), session ``updated`` times (the sessions list
 is newest first) and the time each answer took. Version 2 added each memory's recall store
 (path and size) and each answer's sources. Version 3 added sections; version 4 the sentence
-vectors of each page's passages (``engine.page_search``), which documents read before get when
+vectors of each page's passages (``engine.recall.page_search``), which documents read before get when
 they are next ingested.
 """
 
@@ -31,20 +31,19 @@ import platformdirs
 import sqlite_utils
 
 from engine.errors import LibraryError
-from engine.question_words import content_words
 
 DOC_ID_LENGTH = 12
 SCHEMA_VERSION = 4
 BUSY_TIMEOUT_S = 30.0
-NEAR_TOKENS = 8  # other tokens allowed between a question's content words for them to count as close together
-# Words too common to say where an answer is; the question's other words are searched for.
+
+
 def data_folder() -> Path:
     home = os.environ.get("COMMA_HOME")
     return Path(home).expanduser() if home else Path(platformdirs.user_data_dir("comma", appauthor=False))
 
 
 def models_folder(folder: Path) -> Path:
-    """Where faster copies of model weights (engine.gguf.fast_weights) are kept for ``folder``.
+    """Where faster copies of model weights (engine.backends.gguf.fast_weights) are kept for ``folder``.
     COMMA_MODELS lets several data folders (the tests' temporary ones) share one copy."""
     return Path(os.environ.get("COMMA_MODELS") or folder / "models").expanduser()
 
@@ -149,7 +148,7 @@ class Library:
         if verdict != "ok":
             raise sqlite3.DatabaseError(verdict)
         version = self.schema_version
-        if version != SCHEMA_VERSION or not self.db["documents"].exists():
+        if version != SCHEMA_VERSION or not self.db.table("documents").exists():
             self._close_connection()
             raise LibraryError(f"the library {database} is read-only and was made by another version of Comma "
                                f"(schema {version}, this one needs {SCHEMA_VERSION}), so it cannot be "
@@ -199,64 +198,64 @@ class Library:
 
     def _migrate_to_1(self) -> None:
         db = self.db
-        db["pages"].create({"doc_id": str, "page": int, "text": str}, pk=("doc_id", "page"),
+        db.table("pages").create({"doc_id": str, "page": int, "text": str}, pk=("doc_id", "page"),
                            foreign_keys=[("doc_id", "documents")], if_not_exists=True)
-        if not db["pages_fts"].exists():
-            db["pages"].enable_fts(["text"], fts_version="FTS5", create_triggers=True, tokenize="porter")
-        if "updated" not in db["sessions"].columns_dict:
-            db["sessions"].add_column("updated", str)
+        if not db.table("pages_fts").exists():
+            db.table("pages").enable_fts(["text"], fts_version="FTS5", create_triggers=True, tokenize="porter")
+        if "updated" not in db.table("sessions").columns_dict:
+            db.table("sessions").add_column("updated", str)
         db.execute("""update sessions set updated = coalesce(
                           (select max(created) from messages where messages.session_id = sessions.id), created)
                       where updated is null""")
-        if "seconds" not in db["messages"].columns_dict:
-            db["messages"].add_column("seconds", float)
+        if "seconds" not in db.table("messages").columns_dict:
+            db.table("messages").add_column("seconds", float)
 
     def _migrate_to_2(self) -> None:
-        memories = self.db["memories"].columns_dict
+        memories = self.db.table("memories").columns_dict
         if "recall_path" not in memories:
-            self.db["memories"].add_column("recall_path", str)
+            self.db.table("memories").add_column("recall_path", str)
         if "recall_bytes" not in memories:
-            self.db["memories"].add_column("recall_bytes", int)
-        if "sources" not in self.db["messages"].columns_dict:
-            self.db["messages"].add_column("sources", str)
+            self.db.table("memories").add_column("recall_bytes", int)
+        if "sources" not in self.db.table("messages").columns_dict:
+            self.db.table("messages").add_column("sources", str)
 
     def _migrate_to_3(self) -> None:
         # Documents read before keep no sections until they are read again; citations then
         # simply show no section.
-        self.db["sections"].create({
+        self.db.table("sections").create({
             "doc_id": str, "idx": int, "title": str, "level": int, "page": int, "within": int,
         }, pk=("doc_id", "idx"), foreign_keys=[("doc_id", "documents")], if_not_exists=True)
 
     def _migrate_to_4(self) -> None:
         # The vectors are float16 bytes, ``dim`` of them; ``encoder`` names the model that made
         # them, so vectors of another encoder are never compared with a question's.
-        self.db["passage_vectors"].create({
+        self.db.table("passage_vectors").create({
             "doc_id": str, "idx": int, "encoder": str, "page": int, "start": int, "end": int, "vector": bytes,
         }, pk=("doc_id", "idx"), foreign_keys=[("doc_id", "documents")], if_not_exists=True)
 
     def _create_tables(self) -> None:
         db = self.db
-        db["documents"].create({
+        db.table("documents").create({
             "id": str, "sha256": str, "title": str, "path": str, "kind": str, "pages": int,
             "chars": int, "added": str,
         }, pk="id", if_not_exists=True)
-        db["memories"].create({
+        db.table("memories").create({
             "id": int, "doc_id": str, "model_fingerprint": str, "model_name": str, "backend": str,
             "policy_key": str, "policy": str, "path": str, "bytes": int, "document_tokens": int,
             "kept_tokens": int, "seconds": float, "created": str,
         }, pk="id", foreign_keys=[("doc_id", "documents")], if_not_exists=True)
-        db["memories"].create_index(["doc_id", "model_fingerprint", "backend", "policy_key"],
+        db.table("memories").create_index(["doc_id", "model_fingerprint", "backend", "policy_key"],
                                     unique=True, if_not_exists=True)
-        db["notes"].create({
+        db.table("notes").create({
             "memory_id": int, "idx": int, "first_page": int, "last_page": int, "text": str,
         }, pk=("memory_id", "idx"), foreign_keys=[("memory_id", "memories")], if_not_exists=True)
-        db["summaries"].create({
+        db.table("summaries").create({
             "memory_id": int, "text": str, "pages": str, "created": str,
         }, pk="memory_id", foreign_keys=[("memory_id", "memories")], if_not_exists=True)
-        db["sessions"].create({
+        db.table("sessions").create({
             "id": str, "doc_id": str, "title": str, "created": str,
         }, pk="id", foreign_keys=[("doc_id", "documents")], if_not_exists=True)
-        db["messages"].create({
+        db.table("messages").create({
             "id": int, "session_id": str, "role": str, "content": str, "pages": str, "created": str,
         }, pk="id", foreign_keys=[("session_id", "sessions")], if_not_exists=True)
 
@@ -289,12 +288,12 @@ class Library:
         with self.transaction():
             # Insert-or-ignore, then update: a check before the insert would race another process
             # adding the same file (IntegrityError).
-            self.db["documents"].insert({
+            self.db.table("documents").insert({
                 "id": doc_id, "sha256": document.sha256, "title": document.title,
                 "path": str(document.path), "kind": document.kind, "pages": document.pages,
                 "chars": len(document.text), "added": _now(),
             }, ignore=True)
-            self.db["documents"].update(doc_id, {"path": str(document.path), "title": document.title})
+            self.db.table("documents").update(doc_id, {"path": str(document.path), "title": document.title})
             if hasattr(document, "page_text") and not self.has_pages(doc_id):
                 self._insert_pages(doc_id, document)
             if hasattr(document, "sections"):
@@ -302,13 +301,13 @@ class Library:
         return doc_id
 
     def _replace_sections(self, doc_id: str, document) -> None:
-        self.db["sections"].delete_where("doc_id = ?", [doc_id])
+        self.db.table("sections").delete_where("doc_id = ?", [doc_id])
         rows = []
         for idx, section in enumerate(document.sections):
-            page = document.page_of(section.start)
+            page = document.page_at(section.start)
             rows.append({"doc_id": doc_id, "idx": idx, "title": section.title, "level": section.level,
                          "page": page, "within": section.start - document.page_starts[page - 1]})
-        self.db["sections"].insert_all(rows)
+        self.db.table("sections").insert_all(rows)
 
     def section_at(self, doc_id: str, page: int, within: int = 0) -> str | None:
         """The title of the section that holds character ``within`` of ``page`` (the last one
@@ -319,10 +318,10 @@ class Library:
         return row[0] if row else None
 
     def sections(self, doc_id: str) -> list[dict]:
-        return list(self.db["sections"].rows_where("doc_id = ?", [doc_id], order_by="idx"))
+        return list(self.db.table("sections").rows_where("doc_id = ?", [doc_id], order_by="idx"))
 
     def _insert_pages(self, doc_id: str, document) -> None:
-        self.db["pages"].insert_all(
+        self.db.table("pages").insert_all(
             ({"doc_id": doc_id, "page": p, "text": document.page_text(p)} for p in range(1, document.pages + 1)),
             ignore=True,
         )
@@ -330,26 +329,10 @@ class Library:
     def has_pages(self, doc_id: str) -> bool:
         return self.db.execute("select 1 from pages where doc_id = ? limit 1", [doc_id]).fetchone() is not None
 
-    def ensure_pages(self, doc_id: str) -> bool:
-        """Fill in the page text of a document added before the library kept it (schema 0), from
-        its file when that is still there and unchanged. True when the pages are there now."""
-        if self.has_pages(doc_id):
-            return True
-        if self.read_only:  # a document added before page text was kept stays without it here
-            return False
-        from engine.documents import read_document
-        from engine.errors import CommaError
-
-        doc = self.document(doc_id)
-        try:
-            document = read_document(doc["path"])
-        except CommaError:
-            return False
-        if document.sha256 != doc["sha256"]:
-            return False
+    def add_pages(self, doc_id: str, document) -> None:
+        """Fill in the page text of a document added before the library kept it (schema 0)."""
         with self.transaction():
             self._insert_pages(doc_id, document)
-        return True
 
     def page_texts(self, doc_id: str) -> list[str]:
         """The text of every page, in order (empty when the library has none for it)."""
@@ -364,8 +347,8 @@ class Library:
         """Keep the sentence vectors of a document's passages, ``(page, start, end, vector)``
         each, in place of any it had."""
         with self.transaction():
-            self.db["passage_vectors"].delete_where("doc_id = ?", [doc_id])
-            self.db["passage_vectors"].insert_all(
+            self.db.table("passage_vectors").delete_where("doc_id = ?", [doc_id])
+            self.db.table("passage_vectors").insert_all(
                 ({"doc_id": doc_id, "idx": i, "encoder": encoder, "page": page, "start": start, "end": end,
                   "vector": np.asarray(vector, np.float16).tobytes()}
                  for i, (page, start, end, vector) in enumerate(rows)), batch_size=500)
@@ -407,19 +390,9 @@ class Library:
         names = [c[0] for c in cursor.description]
         return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
-    def candidate_pages(self, doc_id: str, question: str, limit: int) -> list[tuple[int, float]]:
-        """Pages of one document that share the question's content words, best first, each with
-        its BM25 relevance (over the stemmed page text; any of the words may match; higher is
-        more relevant)."""
-        words = ['"' + w + '"' for w in dict.fromkeys(content_words(question))]
-        if not words:
-            return []
-        # A page where all of them stand close together, as they do in the question, is what a
-        # question in the document's own words points at; BM25 alone prefers the pages that
-        # repeat its commonest word (bench/recall.py niah: an essay about San Francisco over the
-        # one sentence that answers "the best thing to do in San Francisco").
-        near = [f"NEAR({' '.join(words)}, {NEAR_TOKENS + len(words)})"] if len(words) > 1 else []
-        match = " OR ".join(words + near)
+    def match_pages(self, doc_id: str, match: str, limit: int) -> list[tuple[int, float]]:
+        """Pages of one document that an FTS5 query (``engine.recall.page_search.words_query``)
+        matches, best first, each with its BM25 relevance (higher is more relevant)."""
         rows = self.db.execute(
             """select pages.page, -rank from pages_fts join pages on pages.rowid = pages_fts.rowid
                where pages_fts match ? and pages.doc_id = ? order by rank, pages.page limit ?""",
@@ -432,13 +405,13 @@ class Library:
         memories = self.memories(doc["id"])
         with self.transaction():
             for m in memories:
-                self.db["notes"].delete_where("memory_id = ?", [m["id"]])
-                self.db["summaries"].delete_where("memory_id = ?", [m["id"]])
+                self.db.table("notes").delete_where("memory_id = ?", [m["id"]])
+                self.db.table("summaries").delete_where("memory_id = ?", [m["id"]])
             self.db.execute("delete from messages where session_id in (select id from sessions where doc_id = ?)",
                             [doc["id"]])
             for table in ("sessions", "memories", "pages", "sections", "passage_vectors"):
-                self.db[table].delete_where("doc_id = ?", [doc["id"]])
-            self.db["documents"].delete_where("id = ?", [doc["id"]])
+                self.db.table(table).delete_where("doc_id = ?", [doc["id"]])
+            self.db.table("documents").delete_where("id = ?", [doc["id"]])
         for m in memories:
             self._unlink_own(m["path"], ".mem")
             if m.get("recall_path"):
@@ -460,7 +433,7 @@ class Library:
 
     def document(self, doc_id: str) -> dict:
         # A literal prefix: LIKE would take "%" and "_" in a typed id as wildcards.
-        rows = list(self.db["documents"].rows_where("id = ? or substr(id, 1, ?) = ?",
+        rows = list(self.db.table("documents").rows_where("id = ? or substr(id, 1, ?) = ?",
                                                      [doc_id, len(doc_id) or 1, doc_id]))
         if len(rows) != 1:
             why = "is ambiguous" if rows else "is not in the library"
@@ -468,7 +441,7 @@ class Library:
         return rows[0]
 
     def documents(self) -> list[dict]:
-        docs = list(self.db["documents"].rows_where(order_by="added"))
+        docs = list(self.db.table("documents").rows_where(order_by="added"))
         for d in docs:
             d["memories"] = self.memories(d["id"])
         return docs
@@ -496,7 +469,7 @@ class Library:
         partial recall store); a day's age keeps another process's save in progress safe."""
         cutoff = time.time() - older_than_s
         # A save's temporary file is dated by its writes; the second name a save gives the memory
-        # it replaces (app/actions.py) by its making, which changes the inode's ctime.
+        # it replaces (engine/pipeline/comma.py) by its making, which changes the inode's ctime.
         for pattern, age in ((".*.tmp", lambda st: st.st_mtime), (".*.previous", lambda st: st.st_ctime)):
             for leftover in self.memories_folder.glob(pattern):
                 try:
@@ -511,7 +484,7 @@ class Library:
         if policy_key is not None:
             where += " and policy_key = ?"
             args.append(policy_key)
-        rows = list(self.db["memories"].rows_where(where, args, order_by="created desc, id desc"))
+        rows = list(self.db.table("memories").rows_where(where, args, order_by="created desc, id desc"))
         return rows[0] if rows else None
 
     def reading_rate(self, model_fingerprint: str, backend: str) -> float | None:
@@ -525,7 +498,7 @@ class Library:
         return row[0] / row[1] if row and row[0] and row[1] else None
 
     def memories(self, doc_id: str) -> list[dict]:
-        return list(self.db["memories"].rows_where("doc_id = ?", [doc_id], order_by="id"))
+        return list(self.db.table("memories").rows_where("doc_id = ?", [doc_id], order_by="id"))
 
     def save_memory(self, record: dict, notes: list) -> int:
         """Insert or replace the memory row for its (document, model, backend, policy), with notes."""
@@ -542,24 +515,24 @@ class Library:
             memory_id = self.db.execute(
                 f"select id from memories where {' and '.join(f'{k} = ?' for k in key)}",
                 [record[k] for k in key]).fetchone()[0]
-            self.db["notes"].delete_where("memory_id = ?", [memory_id])
-            self.db["summaries"].delete_where("memory_id = ?", [memory_id])
-            self.db["notes"].insert_all(
+            self.db.table("notes").delete_where("memory_id = ?", [memory_id])
+            self.db.table("summaries").delete_where("memory_id = ?", [memory_id])
+            self.db.table("notes").insert_all(
                 {"memory_id": memory_id, "idx": i, "first_page": n.first_page, "last_page": n.last_page,
                  "text": n.text} for i, n in enumerate(notes)
             )
         return memory_id
 
     def notes(self, memory_id: int) -> list[dict]:
-        return list(self.db["notes"].rows_where("memory_id = ?", [memory_id], order_by="idx"))
+        return list(self.db.table("notes").rows_where("memory_id = ?", [memory_id], order_by="idx"))
 
     def save_summary(self, memory_id: int, text: str, pages: list[int]) -> None:
         with self.transaction():
-            self.db["summaries"].upsert({"memory_id": memory_id, "text": text, "pages": json.dumps(pages),
+            self.db.table("summaries").upsert({"memory_id": memory_id, "text": text, "pages": json.dumps(pages),
                                          "created": _now()}, pk="memory_id")
 
     def summary(self, memory_id: int) -> dict | None:
-        rows = list(self.db["summaries"].rows_where("memory_id = ?", [memory_id]))
+        rows = list(self.db.table("summaries").rows_where("memory_id = ?", [memory_id]))
         if not rows:
             return None
         return {**rows[0], "pages": json.loads(rows[0]["pages"])}
@@ -570,7 +543,7 @@ class Library:
         session_id = uuid.uuid4().hex[:12]
         now = _now()
         with self.transaction():
-            self.db["sessions"].insert({"id": session_id, "doc_id": doc_id, "title": " ".join(title.split())[:80],
+            self.db.table("sessions").insert({"id": session_id, "doc_id": doc_id, "title": " ".join(title.split())[:80],
                                         "created": now, "updated": now})
         return session_id
 
@@ -585,16 +558,16 @@ class Library:
     def rename_session(self, session_id: str, title: str) -> None:
         self.session(session_id)
         with self.transaction():
-            self.db["sessions"].update(session_id, {"title": " ".join(title.split())[:80]})
+            self.db.table("sessions").update(session_id, {"title": " ".join(title.split())[:80]})
 
     def remove_session(self, session_id: str) -> None:
         self.session(session_id)
         with self.transaction():
-            self.db["messages"].delete_where("session_id = ?", [session_id])
-            self.db["sessions"].delete_where("id = ?", [session_id])
+            self.db.table("messages").delete_where("session_id = ?", [session_id])
+            self.db.table("sessions").delete_where("id = ?", [session_id])
 
     def session(self, session_id: str) -> dict:
-        rows = list(self.db["sessions"].rows_where("id = ?", [session_id]))
+        rows = list(self.db.table("sessions").rows_where("id = ?", [session_id]))
         if not rows:
             raise LibraryError(f"session {session_id!r} is not in the library")
         return rows[0]
@@ -603,10 +576,10 @@ class Library:
                     seconds: float | None = None, sources: list[dict] | None = None) -> None:
         now = _now()
         with self.transaction():
-            self.db["messages"].insert({"session_id": session_id, "role": role, "content": content,
+            self.db.table("messages").insert({"session_id": session_id, "role": role, "content": content,
                                         "pages": json.dumps(pages or []), "created": now, "seconds": seconds,
                                         "sources": json.dumps(sources or [])})
-            self.db["sessions"].update(session_id, {"updated": now})
+            self.db.table("sessions").update(session_id, {"updated": now})
 
     def set_last_answer_seconds(self, session_id: str, seconds: float) -> None:
         """Record how long the session's latest answer took (the window shows it)."""
@@ -616,5 +589,5 @@ class Library:
                             [seconds, session_id])
 
     def messages(self, session_id: str) -> list[dict]:
-        rows = self.db["messages"].rows_where("session_id = ?", [session_id], order_by="id")
+        rows = self.db.table("messages").rows_where("session_id = ?", [session_id], order_by="id")
         return [{**r, "pages": json.loads(r["pages"]), "sources": json.loads(r.get("sources") or "[]")} for r in rows]

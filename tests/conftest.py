@@ -23,7 +23,7 @@ if "COMMA_MODELS" not in os.environ:
     os.environ["COMMA_MODELS"] = tempfile.mkdtemp(prefix="comma-models-")
     atexit.register(shutil.rmtree, os.environ["COMMA_MODELS"], True)
 
-from engine.backends import cuda_available
+from engine.backends.loading import cuda_available
 
 if not cuda_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -34,13 +34,13 @@ def bundled_model_copy():
     """Make the shared copy before any test runs, so that no test's output depends on whether
     it happened to be the first to load the model (the first-start notice is tested apart)."""
     from engine.errors import ModelError
-    from engine.models import bundled_model_path
+    from engine.models.files import bundled_model_path
 
     try:
         source = bundled_model_path()
     except ModelError:
         return
-    from engine.gguf.fast_weights import fast_model_path
+    from engine.backends.gguf.fast_weights import fast_model_path
 
     fast_model_path(source, Path(os.environ["COMMA_MODELS"]))
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.errors import MemoryFileError
-from engine.protocols import Capabilities, Logits
+from engine.protocols import Available, Capabilities, Logits
 from engine.vocabulary import PieceVocabulary
 
 SPECIAL = ["<|im_start|>", "<|im_end|>"]
@@ -137,6 +137,7 @@ class FakeModel(PieceVocabulary):
         self.pieces = [bytes([b]) for b in range(256)] + [s.encode() for s in SPECIAL]
         self.n_vocab = len(self.pieces)
         self.created: list[FakeCache] = []
+        self.closed = False
 
     def tokenize(self, text: str, *, special: bool = False, add_bos: bool = False) -> np.ndarray:
         ids: list[int] = [START] if add_bos else []
@@ -176,6 +177,9 @@ class FakeModel(PieceVocabulary):
     def log_probs_at(self, logits, targets: np.ndarray) -> np.ndarray:
         return np.full(len(targets), -np.log(self.n_vocab))
 
+    def close(self) -> None:
+        self.closed = True
+
 
 class FakeAnswerer(FakeModel):
     """A second fake model, standing in for the answering model (another fingerprint and name)."""
@@ -200,14 +204,15 @@ class FakeEncoder:
 
 def use_fake_model(monkeypatch, token_seconds: float = 0.02, answerer: FakeModel | None = None,
                    answerer_reason: str | None = None, encoder=None) -> FakeModel:
-    """Make every model load (CLI actions and the window's workers) return one fake model, the
+    """Make every model load (the pipeline, from the CLI and the window's workers) return one fake model, the
     answering model's load return ``answerer`` (None: the reading model answers), and the
     sentence encoder's ``encoder`` (default: a FakeEncoder)."""
     fake = FakeModel(token_seconds)
-    monkeypatch.setattr("engine.backends.load_model", lambda *args, **kwargs: fake)
-    monkeypatch.setattr("engine.backends.load_answering_model", lambda *args, **kwargs: (answerer, answerer_reason))
+    monkeypatch.setattr("engine.backends.loading.load_model", lambda *args, **kwargs: fake)
+    monkeypatch.setattr("engine.backends.loading.load_answering_model",
+                        lambda *args, **kwargs: Available(answerer, answerer_reason))
     chosen = encoder if encoder is not None else FakeEncoder()
-    monkeypatch.setattr("engine.sentence_encoder.load_encoder", lambda: (chosen, None))
+    monkeypatch.setattr("engine.recall.sentence_encoder.load_encoder", lambda: Available(chosen))
     return fake
 
 

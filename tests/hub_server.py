@@ -1,5 +1,5 @@
 """A local HTTP server that answers as the Hugging Face hub does, for the tests of downloading a
-model (engine.model_download) and of the CLI and window that use it: a HEAD on
+model (engine.models.download) and of the CLI and window that use it: a HEAD on
 ``/{repo}/resolve/{revision}/{file}`` gets a 302 to a CDN address (another host name) with
 X-Repo-Commit, X-Linked-Etag (the LFS SHA-256) and X-Linked-Size; the CDN serves the bytes,
 with Range requests as 206. It can drop the connection mid-way, serve bytes that are not the
@@ -18,7 +18,7 @@ from types import SimpleNamespace
 
 from huggingface_hub import file_download
 
-from engine import model_download
+from engine.models import download as model_download
 
 REPO = "comma-test/Tiny-GGUF"
 FILE = "tiny-Q4_K_M.gguf"

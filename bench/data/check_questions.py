@@ -1,6 +1,6 @@
 """Check the retrieval-benchmark question set in bench/data/questions.json against its PDFs.
 
-Each PDF is read with Comma's own reader (engine.documents.read_document), so pages are Comma's
+Each PDF is read with Comma's own reader (engine.documents.document.read_document), so pages are Comma's
 pages: the 1-based physical page index. The script asserts that:
 
 * every document a question names is listed under "documents", exists next to this script, and has
@@ -43,7 +43,7 @@ def load_pages(path: Path) -> list[str]:
     """The normalised text of each page of ``path``, as Comma reads it (index 0 is page 1)."""
     if str(REPO) not in sys.path:
         sys.path.insert(0, str(REPO))
-    from engine.documents import read_document
+    from engine.documents.document import read_document
 
     document = read_document(path)
     return [normalise(document.page_text(page)) for page in range(1, document.pages + 1)]

@@ -16,7 +16,7 @@ import pymupdf
 import pytest
 
 from app.cli import run
-from engine.memory_file import FORMAT_VERSION, read_memory, write_memory
+from engine.memory.file_format import FORMAT_VERSION, read_memory, write_memory
 
 ROOT = Path(__file__).resolve().parents[2]
 GPL3 = Path("/usr/share/common-licenses/GPL-3")
@@ -379,7 +379,7 @@ def test_full_disk_keeps_the_previous_memory(lib, capsys, monkeypatch):
     def no_space(fd):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("engine.memory_file.os.fsync", no_space)
+    monkeypatch.setattr("engine.memory.file_format.os.fsync", no_space)
     code, _, err = cli(capsys, "ingest", lib["doc"], "--cache", "320", "--force", "--no-notes")
     assert_user_error(code, err, "disk space", "unchanged")
     assert Path(report["memory_path"]).read_bytes() == before_bytes
@@ -399,8 +399,8 @@ def test_model_whose_cache_cannot_be_evicted_is_one_error_line(tmp_path, home, c
 
 @pytest.mark.model
 def test_cancelled_reading_saves_nothing(tmp_path):
-    from app.actions import Comma
     from engine.errors import Cancelled
+    from engine.pipeline.comma import Comma
     from storage.library import Library
 
     doc = tmp_path / "a.txt"
@@ -429,7 +429,7 @@ def test_first_start_says_it_prepares_faster_weights(tmp_path, capsys, monkeypat
 
 @pytest.mark.model
 def test_memory_of_the_original_weights_asks_for_a_new_reading(tmp_path, capsys, monkeypatch):
-    from engine.gguf import fast_weights
+    from engine.backends.gguf import fast_weights
 
     monkeypatch.setenv("COMMA_HOME", str(tmp_path / "home"))
     doc = tmp_path / "a.txt"

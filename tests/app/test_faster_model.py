@@ -8,8 +8,8 @@ import pytest
 pytest.importorskip("pytestqt")
 
 from app.faster_model import FasterModelRow, describe_gain
-from engine.gguf import probe
-from engine.models import bundled_model_path
+from engine.backends.gguf import probe
+from engine.models.files import bundled_model_path
 
 pytestmark = pytest.mark.model
 

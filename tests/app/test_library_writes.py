@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from app.actions import Comma
 from app.cli import run
 from engine.errors import LibraryError
+from engine.pipeline.comma import Comma
 from storage.library import Library
 from tests.fakes import QUESTION, use_fake_model, write_doc
 

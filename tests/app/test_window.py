@@ -157,7 +157,7 @@ def read_home(tmp_path_factory):
     fake model (tests.fakes): these tests follow the window's flows, not the model's words."""
     tmp = tmp_path_factory.mktemp("restart")
     doc = gpl_text(tmp)
-    from app.actions import Comma
+    from engine.pipeline.comma import Comma
     from storage.library import Library
 
     with pytest.MonkeyPatch.context() as mp:
@@ -173,13 +173,26 @@ def fake_model(monkeypatch):
     return use_fake_model(monkeypatch)
 
 
+def test_closing_the_window_closes_its_models(qtbot, read_home, fake_model, monkeypatch, tmp_path):
+    import shutil
+
+    home = shutil.copytree(read_home["home"], tmp_path / "home")  # the shared library stays as it is
+    monkeypatch.setenv("COMMA_HOME", str(home))
+    window = make_window(qtbot)
+    assert window.ask("And may I change it?") is not None
+    wait_until(qtbot, lambda: not window.conversation.streaming)
+    assert window.engine.shared.loaded and not fake_model.closed
+    window.close()
+    assert fake_model.closed and not window.engine.shared.loaded
+
+
 def test_restart_restores_the_session_and_answers_without_reading_again(qtbot, read_home, fake_model, monkeypatch):
     monkeypatch.setenv("COMMA_HOME", str(read_home["home"]))
 
     def no_reading(*args, **kwargs):
         raise AssertionError("the document was prefilled again")
 
-    monkeypatch.setattr("engine.reader.prefill", no_reading)
+    monkeypatch.setattr("engine.reading.reader.prefill", no_reading)
     window = make_window(qtbot)
     assert window.doc is not None and window.doc["id"] == read_home["doc_id"]
     conv = window.conversation
@@ -249,7 +262,7 @@ def test_bad_files_are_reported_and_the_library_is_unchanged(qtbot, home, tmp_pa
 
 def test_mismatched_memory_is_a_message_not_a_crash(qtbot, home, tmp_path):
     """A document whose memory is missing (e.g. deleted by hand): asking says so in the window."""
-    from engine.documents import read_document
+    from engine.documents.document import read_document
     from storage.library import Library
 
     doc = gpl_text(tmp_path, chars=2500)
@@ -264,17 +277,17 @@ def test_mismatched_memory_is_a_message_not_a_crash(qtbot, home, tmp_path):
 
 
 def test_viewer_find_and_library_search(qtbot, home, tmp_path):
-    from engine.documents import read_document
+    from engine.documents.document import read_document
     from storage.library import Library
 
     doc = gpl_text(tmp_path, chars=9000)
     doc_id = Library(home).add_document(read_document(doc))
     window = make_window(qtbot)
     assert window.doc["id"] == doc_id and window.viewer.view.source.count == window.doc["pages"] > 1
-    assert window.viewer.find("copyleft") >= 1
+    assert window.viewer.find_text("copyleft") >= 1
     page = window.viewer.view.current_page()
     assert window.viewer.view.marks.get(page - 1) and "copyleft" in window.viewer.page_text(page).lower()
-    assert window.viewer.find("no such words here") == 0
+    assert window.viewer.find_text("no such words here") == 0
     window.viewer.view.set_zoom(2.0)
     assert window.viewer.view.zoom == 2.0
 
@@ -365,7 +378,8 @@ def test_a_damaged_memory_is_a_message_and_changes_nothing(qtbot, read_home, fak
 
 def test_settings_dialog_and_a_new_data_folder(qtbot, home, tmp_path):
     from app.settings import SettingsDialog
-    from engine.documents import Limits, read_document
+    from engine.documents.document import read_document
+    from engine.documents.limits import Limits
     from storage.library import Library
 
     Library(home).add_document(read_document(gpl_text(tmp_path, chars=2000)))
@@ -406,7 +420,7 @@ def test_page_links_collapse_long_runs():
 
 def test_leaving_a_document_mid_answer_keeps_the_answer_in_its_own_session(qtbot, read_home, fake_model, monkeypatch,
                                                                            tmp_path):
-    from engine.documents import read_document
+    from engine.documents.document import read_document
     from storage.library import Library
 
     monkeypatch.setenv("COMMA_HOME", str(read_home["home"]))
@@ -430,7 +444,7 @@ def test_leaving_a_document_mid_answer_keeps_the_answer_in_its_own_session(qtbot
 
 
 def test_sessions_renamed_and_deleted_and_summary_needs_notes(qtbot, home, tmp_path):
-    from engine.documents import read_document
+    from engine.documents.document import read_document
     from storage.library import Library
 
     library = Library(home)
@@ -594,7 +608,7 @@ def test_a_long_reading_asks_first(qtbot, home, tmp_path, monkeypatch, start):
     from tests.fakes import write_doc
 
     use_fake_model(monkeypatch, token_seconds=0)
-    monkeypatch.setattr("app.actions.Comma.reading_estimate", lambda self, document: 40 * 60.0)
+    monkeypatch.setattr("engine.pipeline.comma.Comma.reading_estimate", lambda self, document: 40 * 60.0)
     window = make_window(qtbot, Settings(cache=320, notes=False, answering="off", ask_above_minutes=10))
     asked = []
     monkeypatch.setattr(window, "confirm_long_reading", lambda question: asked.append(question) or start)
@@ -611,7 +625,7 @@ def test_a_long_reading_asks_first(qtbot, home, tmp_path, monkeypatch, start):
 
 
 def test_a_scanned_page_can_be_found_and_highlighted(qtbot, home, tmp_path):
-    from app.actions import Comma
+    from engine.pipeline.comma import Comma
     from storage.library import Library
     from tests.fakes import scanned_pdf
 
@@ -623,7 +637,7 @@ def test_a_scanned_page_can_be_found_and_highlighted(qtbot, home, tmp_path):
     assert document.ocr_pages == (2,)
     window = make_window(qtbot)
     assert window.doc["id"] == doc_id
-    assert window.viewer.find("written notice") == 1 and window.viewer.matches == [2]
+    assert window.viewer.find_text("written notice") == 1 and window.viewer.matches == [2]
     marks = window.viewer.view.marks.get(1)
     assert marks, "the scanned page's words are highlighted where they are"
     # "written notice" was typeset at about x 200-270, on the baseline y 90

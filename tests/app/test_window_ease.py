@@ -1,4 +1,4 @@
-"""The window as people expect it (issue 14): nothing that cannot act is enabled, the document is
+"""The window as people expect it: nothing that cannot act is enabled, the document is
 shown while it is read, the panes stay where the person put them, light and dark both read, and
 the keyboard reaches everything. The fake model (tests.fakes) stands in for the real one."""
 

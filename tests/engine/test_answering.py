@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from app.actions import Comma
 from app.cli import run
-from engine import answering_model
 from engine.errors import ModelError
+from engine.models import answering as answering_model
+from engine.pipeline.comma import Comma
 from storage.library import Library
 from tests.fakes import QUESTION, FakeAnswerer, needle_page, use_fake_model, write_doc
 
@@ -97,7 +97,7 @@ def test_too_little_disk_says_how_much_is_needed_before_writing(parts, tmp_path,
 @pytest.mark.parametrize("backend", ["gguf", "torch"])
 def test_an_answering_model_that_cannot_load_leaves_the_small_one_answering_with_the_reason(
         tmp_path, monkeypatch, backend):
-    from engine.backends import load_answering_model
+    from engine.backends.loading import load_answering_model
     from tests.tiny_gguf import write_loadable_llama
 
     broken = tmp_path / "models" / answering_model.FILE_NAME
@@ -239,7 +239,7 @@ def _stop_after(tokens: int, seen: list):
 def _deep_files(comma, doc_id: str, answerer) -> tuple:
     record = comma.library.find_memory(doc_id, answerer.fingerprint, "fake")
     memory = comma.load_memory(comma.library.document(doc_id), record, answerer)
-    from engine.recall import RecallStore
+    from engine.recall.store import RecallStore
 
     store = RecallStore.open(Path(record["recall_path"]), answerer, memory.header)
     passages = [[s for s, _ in store.states(p)] for p in store.passages]
@@ -328,12 +328,12 @@ def test_removing_a_document_removes_a_half_done_read(tmp_path, monkeypatch):
 def test_on_llama_cpp_a_resumed_read_ends_with_the_memory_an_uninterrupted_one_makes(tmp_path, monkeypatch):
     """The KV a checkpoint saved goes back into llama.cpp and the read goes on as if never
     stopped (the bundled small model; a checkpoint every 1,024 tokens of a 4,000-token text)."""
-    from engine import read_checkpoint
-    from engine.documents import read_document
+    from engine.backends.gguf.model import GGUFModel
+    from engine.documents.document import read_document
     from engine.errors import Cancelled
-    from engine.gguf.model import GGUFModel
+    from engine.memory import checkpoint as read_checkpoint
     from engine.policy import make_policy
-    from engine.reader import read
+    from engine.reading.reader import read
 
     gpl = Path("/usr/share/common-licenses/GPL-3")
     if not gpl.exists():
@@ -391,7 +391,7 @@ def test_the_real_answering_model_answers_before_and_after_its_deep_read(tmp_pat
 
 
 def test_the_spot_budget_is_shared_by_the_best_two_pages_and_a_short_page_leaves_room():
-    from engine.spot_reading import choose_pages
+    from engine.recall.spot_reading import choose_pages
 
     assert choose_pages([(7, 3.0), (2, 2.0), (9, 1.0)], {7: 900, 2: 900, 9: 900}, 768) == [(7, 384), (2, 384)]
     assert choose_pages([(7, 3.0), (2, 2.0)], {7: 900, 2: 100}, 768) == [(7, 668), (2, 100)]
@@ -400,7 +400,7 @@ def test_the_spot_budget_is_shared_by_the_best_two_pages_and_a_short_page_leaves
 
 
 def test_a_long_page_is_cut_to_the_stretch_that_holds_the_question_s_words():
-    from engine.spot_reading import window
+    from engine.recall.spot_reading import window
 
     filler = " ".join(f"word{i}" for i in range(400))
     text = filler + " The notice period to terminate the agreement is forty-five days. " + filler
@@ -412,7 +412,7 @@ def test_a_long_page_is_cut_to_the_stretch_that_holds_the_question_s_words():
 
 
 def test_the_stretch_holds_the_passage_nearest_in_meaning_when_the_words_are_elsewhere():
-    from engine.spot_reading import window
+    from engine.recall.spot_reading import window
 
     filler = " ".join(f"word{i}" for i in range(400))
     clause = "Either party may end this deal with forty-five days of warning."

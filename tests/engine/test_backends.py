@@ -5,7 +5,7 @@ import importlib.util
 
 import pytest
 
-from engine.backends import load_model, resolve_backend
+from engine.backends.loading import load_model, resolve_backend
 from engine.errors import CommaError, ModelError
 
 
@@ -24,9 +24,9 @@ def test_unknown_backend_is_refused():
 
 
 def test_parallel_reading_needs_the_capability(tmp_path):
-    from engine.documents import read_document
+    from engine.documents.document import read_document
     from engine.policy import make_policy
-    from engine.reader import read
+    from engine.reading.reader import read
     from tests.fakes import FakeModel
 
     doc = tmp_path / "a.txt"

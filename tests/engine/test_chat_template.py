@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from engine import prompts
-from engine.gguf.chat_template import ChatTemplate, builtin_render
-from engine.gguf.model import GGUFModel
+from engine.backends.gguf.chat_template import ChatTemplate, builtin_render
+from engine.backends.gguf.model import GGUFModel
 from tests.tiny_gguf import BOS, write_loadable_llama
 
 CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + "

@@ -19,7 +19,7 @@ TEXT = ("Either party may end this agreement with forty-five days' written notic
 def model(request):
     if request.param == "fake":
         return FakeModel()
-    from engine.backends import load_model
+    from engine.backends.loading import load_model
 
     return load_model(request.param, None, device="cpu" if request.param == "torch" else None)
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import pymupdf
 import pytest
 
-from engine.documents import SUPPORTED_SUFFIXES, TEXT_PAGE_CHARS, Document, Limits, read_document
+from engine.documents.document import SUPPORTED_SUFFIXES, TEXT_PAGE_CHARS, Document, read_document
+from engine.documents.limits import Limits
 from engine.errors import DocumentError
 from tests.fakes import scanned_pdf, set_raw_pdf_title
 
@@ -51,11 +52,11 @@ def test_pdf_page_map_and_hash(tmp_path):
     assert doc.path == path.resolve() and doc.title == "First page words."
     assert doc.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
     offset = doc.text.index("Second page")
-    assert doc.page_of(offset) == 2 and doc.page_of(offset + 5) == 2
+    assert doc.page_at(offset) == 2 and doc.page_at(offset + 5) == 2
     assert doc.page_text(2).strip() == "Second page words."
     assert doc.page_text(3) == ""
-    assert doc.page_of(doc.text.index("Fourth")) == 4
-    assert doc.page_of(-1) == 1 and doc.page_of(len(doc.text) + 10) == 4
+    assert doc.page_at(doc.text.index("Fourth")) == 4
+    assert doc.page_at(-1) == 1 and doc.page_at(len(doc.text) + 10) == 4
     assert "".join(doc.page_text(p) for p in range(1, doc.pages + 1)) == doc.text
     with pytest.raises(ValueError):
         doc.page_text(5)
@@ -106,7 +107,7 @@ def test_pdf_drops_chapter_running_heads_by_their_page_number(tmp_path):
 
 
 def test_pdf_keeps_clauses_whose_numbers_match_the_page(tmp_path):
-    # The issue's agreement: a numbered clause at the top of page 3 and a line with two 5s on page
+    # A reported agreement: a numbered clause at the top of page 3 and a line with two 5s on page
     # 5 looked like page numbers to the old running-head removal and were deleted.
     body = {3: ["3. Termination: either party may end this agreement with 30 days notice."],
             5: ["Section 2 continued: fees of 5 invoices are due within 5 days."],
@@ -179,7 +180,7 @@ def test_text_encodings(tmp_path, text, encoding):
 ])
 @pytest.mark.parametrize("encoding", ["cp1252", "utf-16-le", "utf-16-be", "utf-32-le", "utf-32-be", "utf-16", "utf-32"])
 def test_western_text_and_utf16_32_without_bom(tmp_path, text, encoding):
-    # The issue's strings: cp1252 came out as "M³ller … f³r 5 Ć" and "Déją vu, seńor", and
+    # Reported strings: cp1252 came out as "M³ller … f³r 5 Ć" and "Déją vu, seńor", and
     # UTF-16 without a byte-order mark was refused as binary.
     path = tmp_path / "w.txt"
     path.write_bytes(text.encode(encoding))
@@ -209,9 +210,9 @@ def test_long_markdown_gets_pages_at_paragraph_ends(tmp_path):
     assert doc.pages > 5
     assert all(len(doc.page_text(p)) <= TEXT_PAGE_CHARS for p in range(1, doc.pages + 1))
     assert all(doc.page_text(p).endswith("\n\n") for p in range(1, doc.pages))
-    assert all(doc.page_of(doc.page_starts[p - 1]) == p for p in range(1, doc.pages + 1))
+    assert all(doc.page_at(doc.page_starts[p - 1]) == p for p in range(1, doc.pages + 1))
     offset = doc.text.index("Paragraph 42.")
-    assert "Paragraph 42." in doc.page_text(doc.page_of(offset))
+    assert "Paragraph 42." in doc.page_text(doc.page_at(offset))
 
 
 def test_text_without_paragraphs_still_gets_pages(tmp_path):
@@ -327,7 +328,7 @@ def test_real_manual_has_no_running_heads():
     assert not any(line.startswith(("Chapter ", "Appendix A: ")) for line in firsts)
     assert len(set(firsts)) == len(firsts)
     assert "(DER) manipulation." in doc.page_text(2)  # "manip-" / "ulation" across a line break
-    assert doc.page_of(doc.text.rindex("4.2 ASN.1 field functions")) == 11
+    assert doc.page_at(doc.text.rindex("4.2 ASN.1 field functions")) == 11
 
 
 def test_limits_refuse_big_files_before_reading_them(tmp_path, monkeypatch):
@@ -387,7 +388,7 @@ def test_pdf_outline_gives_each_page_its_section(tmp_path):
     pdf.set_toc([[1, "1 Scope", 1], [1, "2 Fees", 2], [2, "2.1 Late fees (abbreviated)", 3], [1, "8 Termination", 4]])
     pdf.save(tmp_path / "outlined.pdf")
     doc = read_document(tmp_path / "outlined.pdf")
-    assert [(s.title, s.level, doc.page_of(s.start)) for s in doc.sections] == [
+    assert [(s.title, s.level, doc.page_at(s.start)) for s in doc.sections] == [
         ("1 Scope", 1, 1), ("2 Fees", 1, 2), ("2.1 Late fees (abbreviated)", 2, 3), ("8 Termination", 1, 4)]
     assert doc.section_at(doc.text.index("Either party")).title == "8 Termination"
     assert doc.section_at(doc.text.index("Still fees")).title == "2.1 Late fees (abbreviated)"
@@ -488,7 +489,7 @@ CLAUSES = [["1. Scope: the supplier delivers the goods described below.", "The b
 
 
 def test_a_mixed_pdf_reads_its_scanned_page_by_ocr_and_keeps_it(tmp_path, monkeypatch):
-    from engine import ocr
+    from engine.documents import ocr
 
     path = scanned_pdf(tmp_path / "mixed.pdf", CLAUSES, scanned={2})
     seen = []
@@ -497,7 +498,7 @@ def test_a_mixed_pdf_reads_its_scanned_page_by_ocr_and_keeps_it(tmp_path, monkey
     assert doc.ocr_pages == (2,) and doc.pages == 3 and seen[-1] == (1, 1)
     assert doc.page_text(1).startswith("1. Scope") and doc.page_text(3).startswith("5. Disputes")
     scanned = " ".join(doc.page_text(2).split())
-    assert "Termination" in scanned and "thirty days" in scanned and doc.page_of(doc.text.index("thirty")) == 2
+    assert "Termination" in scanned and "thirty days" in scanned and doc.page_at(doc.text.index("thirty")) == 2
     kept = (tmp_path / "ocr" / f"{doc.sha256}.json")
     assert kept.is_file()
     # A second reading takes the kept lines: OCR does not run again.
@@ -510,7 +511,7 @@ def test_a_mixed_pdf_reads_its_scanned_page_by_ocr_and_keeps_it(tmp_path, monkey
 
 
 def test_ocr_can_be_cancelled_and_keeps_the_pages_it_read(tmp_path, monkeypatch):
-    from engine import ocr
+    from engine.documents import ocr
     from engine.errors import Cancelled
 
     path = scanned_pdf(tmp_path / "scan.pdf", CLAUSES, scanned={1, 2, 3})
@@ -527,7 +528,7 @@ def test_ocr_can_be_cancelled_and_keeps_the_pages_it_read(tmp_path, monkeypatch)
 
 
 def test_ocr_missing_is_a_clear_refusal(tmp_path, monkeypatch):
-    from engine import ocr
+    from engine.documents import ocr
 
     def unavailable(self, page):
         raise ocr.OcrUnavailable("OCR needs RapidOCR: pip install rapidocr-onnxruntime")
@@ -538,7 +539,7 @@ def test_ocr_missing_is_a_clear_refusal(tmp_path, monkeypatch):
 
 
 def test_an_ocr_failure_on_a_page_is_a_clear_refusal(tmp_path, monkeypatch):
-    from engine import ocr
+    from engine.documents import ocr
 
     def broken(self, page):
         raise RuntimeError("onnxruntime: bad allocation")

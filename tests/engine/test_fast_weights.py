@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from engine.backends import load_model
+from engine.backends.gguf import fast_weights
+from engine.backends.loading import load_model
 from engine.errors import ModelError
-from engine.gguf import fast_weights
-from engine.models import bundled_model_path, fingerprint
+from engine.models.files import bundled_model_path, fingerprint
 
 pytestmark = pytest.mark.model
 

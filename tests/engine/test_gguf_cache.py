@@ -6,11 +6,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from engine.backends.gguf.model import GGUFModel, llama
 from engine.errors import MemoryFileError
-from engine.gguf.model import GGUFModel, llama
 from engine.policy import Full, SepLLM, Streaming
 from engine.protocols import Logits
-from engine.scoring import score
+from engine.reading.scoring import score
 
 pytestmark = pytest.mark.model
 GPL3 = Path("/usr/share/common-licenses/GPL-3")
@@ -137,7 +137,7 @@ def test_compressed_caches_keep_perplexity_near_full(model, tokens):
 
 def test_a_stored_passage_loads_and_ranks_exactly_as_it_was_read(model, tokens, monkeypatch):
     """As a store written before compaction keeps it: llama.cpp's own state."""
-    monkeypatch.setattr("engine.gguf.context.compact", lambda state, n_layer: state)
+    monkeypatch.setattr("engine.backends.gguf.context.compact", lambda state, n_layer: state)
     question = model.tokenize(" What does the licence say about copying?")
     scored = len(question) - 1
     with fill(model, tokens[:600], 2048) as read:
@@ -160,7 +160,7 @@ def test_a_stored_passage_loads_and_ranks_exactly_as_it_was_read(model, tokens, 
 
 
 def test_a_compacted_passage_is_41_percent_of_the_state_and_predicts_as_the_f16_one(model, tokens):
-    from engine.gguf.compact_state import expand, is_compact
+    from engine.backends.gguf.compact_state import expand, is_compact
 
     question = model.tokenize(" What does the licence say about copying?")
     scored = len(question) - 1
@@ -216,14 +216,14 @@ def test_a_state_whose_rows_are_smaller_than_the_models_is_refused(model, tokens
 def test_a_cache_that_cannot_take_its_kept_slots_back_stops_the_read_and_saves_nothing(model, tmp_path, monkeypatch):
     """Eviction packs the kept cells by saving and loading them; llama.cpp refusing the load is a
     message, the read keeps nothing, and the next read works."""
-    from app.actions import Comma
     from engine.errors import CommaError
+    from engine.pipeline.comma import Comma
     from storage.library import Library
 
     path = tmp_path / "gpl.txt"
     path.write_text(GPL3.read_text()[:6000])
     comma = Comma(library=Library(tmp_path / "home"), answering="off")
-    comma._model = model
+    comma.models.use(reading=model)
     with monkeypatch.context() as patch:
         patch.setattr(llama, "llama_state_seq_set_data", lambda *args: 0)
         with pytest.raises(CommaError, match="could not put the kept slots back"):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from engine.errors import MemoryFileError
-from engine.memory_file import (
+from engine.memory.file_format import (
     FORMAT_VERSION,
     MAGIC,
     MemoryFile,
@@ -185,14 +185,14 @@ class FailingFile:
 
 
 def fail_writes(monkeypatch, error):
-    monkeypatch.setattr("engine.memory_file.os.fdopen", lambda fd, mode: FailingFile(REAL_FDOPEN(fd, mode), error))
+    monkeypatch.setattr("engine.memory.file_format.os.fdopen", lambda fd, mode: FailingFile(REAL_FDOPEN(fd, mode), error))
 
 
 def fail_fsync(monkeypatch, error):
     def fsync(fd):
         raise error
 
-    monkeypatch.setattr("engine.memory_file.os.fsync", fsync)
+    monkeypatch.setattr("engine.memory.file_format.os.fsync", fsync)
 
 
 @pytest.mark.parametrize("fail", [fail_writes, fail_fsync])

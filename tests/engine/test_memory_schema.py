@@ -14,12 +14,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.documents import read_document
+from engine.documents.document import read_document
 from engine.errors import MemoryFileError
-from engine.memory import Memory
-from engine.memory_file import FORMAT_VERSION, MAGIC, read_memory, write_memory
+from engine.memory.file_format import FORMAT_VERSION, MAGIC, read_memory, write_memory
+from engine.memory.memory import Memory
 from engine.policy import make_policy
-from engine.reader import read
+from engine.reading.reader import read
 from tests.fakes import FakeModel
 
 TEXT = "\n\n".join(f"Page {p} of the harbour rules. Boats moor at berth {p}, and pay {p} coins a night. " * 10
@@ -122,7 +122,7 @@ def test_parallel_chunks_are_bounded_by_the_slot_count(real, tmp_path, chunks, w
 def test_a_state_that_cannot_hold_the_slots_claimed_is_refused_before_any_cache(tmp_path, monkeypatch):
     """The audit's 650 KB file claiming 50,000 kept tokens: slot sections and policy agree with the
     claim, the state does not; asking refuses it, and no cache was sized from it."""
-    from app.actions import Comma
+    from engine.pipeline.comma import Comma
     from storage.library import Library
     from tests.fakes import use_fake_model
 

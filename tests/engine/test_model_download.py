@@ -1,4 +1,4 @@
-"""Downloading a GGUF model from the Hugging Face hub (engine.model_download) through the real
+"""Downloading a GGUF model from the Hugging Face hub (engine.models.download) through the real
 huggingface_hub code path, against the local stand-in for the hub in tests/hub_server.py."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from types import SimpleNamespace
 import pytest
 from huggingface_hub import constants
 
-from engine import model_download
 from engine.errors import Cancelled, ModelError
+from engine.models import download as model_download
 from tests.hub_server import CHUNK, COMMIT, FILE, MODEL, REPO, TOKEN, Hub
 
 

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, LlamaFileType
 
+from engine.backends.gguf.model import GGUFModel
+from engine.backends.gguf.native import llama
 from engine.errors import ModelError
-from engine.gguf.model import GGUFModel
-from engine.gguf.model_info import read_model_info, refusal
-from engine.gguf.native import llama
+from engine.models.gguf_header import read_model_info, refusal
 from tests.tiny_gguf import write_gguf
 
 ADVICE = "use a Llama, Qwen2/3 or Mistral-family GGUF"

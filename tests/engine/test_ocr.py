@@ -16,7 +16,7 @@ import pymupdf
 import pytest
 
 from bench.text_distance import char_error_rate, edit_distance
-from engine.ocr import OcrUnavailable, PageReader, _reading_order, _Segment, _SplitRecognizer, needs_ocr
+from engine.documents.ocr import OcrUnavailable, PageReader, _reading_order, _Segment, _SplitRecognizer, needs_ocr
 
 ROOT = Path(__file__).resolve().parents[2]
 SCAN_DPI = 150
@@ -229,7 +229,7 @@ def test_split_recognition_gives_each_line_its_own_result_in_order():
 
 def test_loading_opencv_leaves_qt_s_plugin_folders_alone():
     # OpenCV's GUI build points Qt at its own Qt 5 plugins when imported, which would break PySide6.
-    probe = ("import os, sys; sys.path.insert(0, '.'); from engine.ocr import _load_rapidocr; _load_rapidocr(); "
+    probe = ("import os, sys; sys.path.insert(0, '.'); from engine.documents.ocr import _load_rapidocr; _load_rapidocr(); "
              "print(os.environ.get('QT_QPA_PLATFORM_PLUGIN_PATH'), os.environ.get('QT_QPA_FONTDIR'))")
     env = {k: v for k, v in os.environ.items() if not k.startswith("QT_QPA_")}
     done = subprocess.run([sys.executable, "-c", probe], env=env, cwd=ROOT, capture_output=True, text=True, check=True)

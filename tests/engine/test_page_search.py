@@ -7,10 +7,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from app.actions import Comma
-from engine import page_search
 from engine.errors import Cancelled
-from engine.sentence_encoder import load_encoder
+from engine.pipeline.comma import Comma
+from engine.protocols import Available
+from engine.recall import page_search
+from engine.recall.sentence_encoder import load_encoder
 from storage.library import Library
 from tests.fakes import use_fake_model
 
@@ -92,7 +93,7 @@ def test_ingest_keeps_the_meaning_index_once_and_a_reader_s_words_find_the_page(
     assert report["meaning"]["passages"] > 0 and report["meaning"]["reused"] is False
     page = next(p for p in range(1, 20) if "forty-five days" in comma.library.page_text(doc_id, p))
     question = "How long before I can get out of the deal?"
-    assert comma.library.candidate_pages(doc_id, question, 8) == []  # no word of it is on any page
+    assert page_search.word_pages(comma.library, doc_id, question, 8) == []  # no word of it is on any page
     pages, nearest = comma.find_pages(doc_id, question)
     assert pages[0][0] == page
     start, end = nearest[page]
@@ -106,7 +107,7 @@ def test_without_the_encoder_pages_come_from_words_and_ingest_says_why(tmp_path,
     path = tmp_path / "contract.md"
     path.write_text("\n\n".join(CONTRACT))
     comma = Comma(Library(tmp_path / "home"))
-    comma._encoder = (None, "pages are found by their words alone: the sentence encoder is not installed")
+    comma.models.use(encoder=Available(None, "pages are found by their words alone: the sentence encoder is not installed"))
     report = comma.ingest(path, notes=False)
     assert "words alone" in report["meaning"]["skipped"]
     assert comma.find_pages(report["doc_id"], "What notice terminates the agreement?")[0][0][0] == 1

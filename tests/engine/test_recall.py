@@ -13,10 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.actions import Comma
 from engine.errors import MemoryFileError
-from engine.memory_file import StoreWriter, open_store
-from engine.recall import PASSAGE_TOKENS, RecallStore, sink_slots
+from engine.memory.file_format import StoreWriter, open_store
+from engine.pipeline.comma import Comma
+from engine.protocols import Available
+from engine.recall import page_search
+from engine.recall.ranking import sink_slots
+from engine.recall.store import PASSAGE_TOKENS, RecallStore
 from storage.library import Library
 from tests.fakes import QUESTION, needle_page, use_fake_model, write_doc
 
@@ -65,7 +68,7 @@ def test_the_question_gets_the_page_that_holds_its_answer(comma, read_doc):
 
 
 def test_a_question_with_no_candidate_pages_is_answered_from_the_memory(comma, read_doc):
-    comma._encoder = (None, "no meaning index here")  # else the nearest pages in meaning are candidates
+    comma.models.use(encoder=Available(None, "no meaning index here"))  # else the nearest pages in meaning are candidates
     result = comma.ask(read_doc["doc_id"], "Zzyzx?")
     assert result.answer and result.recall is True and result.sources == []
     doc, record = comma._memory_record(read_doc["doc_id"])
@@ -267,10 +270,10 @@ def test_a_cancelled_read_leaves_no_store(comma, tmp_path):
 def test_candidate_pages_take_any_content_word_of_the_question(comma, read_doc):
     library = comma.library
     gold = needle_page(comma, read_doc["doc_id"])
-    best = library.candidate_pages(read_doc["doc_id"], QUESTION, 8)
+    best = page_search.word_pages(library, read_doc["doc_id"], QUESTION, 8)
     assert best[0][0] == gold and best[0][1] > 0 and [r for _, r in best] == sorted((r for _, r in best), reverse=True)
-    assert library.candidate_pages(read_doc["doc_id"], "what is the", 8) == []  # stop words only
-    assert [p for p, _ in library.candidate_pages(read_doc["doc_id"], '"harbour" OR (', 8)] == [gold]  # no FTS syntax
+    assert page_search.word_pages(library, read_doc["doc_id"], "what is the", 8) == []  # stop words only
+    assert [p for p, _ in page_search.word_pages(library, read_doc["doc_id"], '"harbour" OR (', 8)] == [gold]  # no FTS syntax
 
 
 def test_sinks_are_the_memory_slots_still_at_their_read_positions():
@@ -295,7 +298,7 @@ def test_cli_json_reports_recall_and_a_note_when_it_is_off(comma, read_doc, caps
 def test_a_full_disk_while_the_store_is_written_saves_nothing(comma, tmp_path, monkeypatch):
     import errno
 
-    from engine.memory_file import StoreWriter
+    from engine.memory.file_format import StoreWriter
 
     real = StoreWriter._write
     calls = []
@@ -345,9 +348,9 @@ def test_both_rankings_find_the_page_and_the_cli_takes_either(comma, read_doc, c
 
 
 def test_rerank_ranks_the_first_candidates_by_likelihood_and_no_others(comma, tmp_path, monkeypatch):
-    from engine.conversation import Conversation
+    from engine.answering.conversation import Conversation
 
-    for module in ("engine.recall", "engine.conversation"):
+    for module in ("engine.recall.store", "engine.answering.conversation"):
         monkeypatch.setattr(f"{module}.PASSAGE_TOKENS", 4096)  # a page is one passage
     report = comma.ingest(write_doc(tmp_path / "harbour.txt"), notes=False)
     doc, record = comma._memory_record(report["doc_id"])
@@ -363,10 +366,10 @@ def test_rerank_ranks_the_first_candidates_by_likelihood_and_no_others(comma, tm
             return conversation.answer_pages(), [s.score for s in conversation.sources]
 
     assert cited("words")[0] == [first, second]
-    monkeypatch.setattr("engine.conversation.RERANK_POOL", 3)
+    monkeypatch.setattr("engine.answering.conversation.RERANK_POOL", 3)
     pages, scores = cited("rerank")
     assert pages[0] == gold and len(pages) == 2 and scores[0] > scores[1]
-    monkeypatch.setattr("engine.conversation.RERANK_POOL", 2)
+    monkeypatch.setattr("engine.answering.conversation.RERANK_POOL", 2)
     assert gold not in cited("rerank")[0]  # beyond the pool, a candidate is not ranked
 
 

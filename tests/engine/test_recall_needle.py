@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from app.actions import Comma
+from engine.pipeline.comma import Comma
 from storage.library import Library
 
 pytestmark = pytest.mark.model

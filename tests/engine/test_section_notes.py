@@ -7,10 +7,10 @@ import re
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.documents import read_document
+from engine.documents.document import read_document
 from engine.policy import make_policy
-from engine.reader import read
-from engine.section_notes import (
+from engine.reading.reader import read
+from engine.reading.section_notes import (
     NOTE_MAX_CHARS,
     NOTE_MAX_COUNT,
     NOTE_MIN_INTERVAL,

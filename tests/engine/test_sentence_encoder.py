@@ -9,8 +9,8 @@ import shutil
 import numpy as np
 import pytest
 
-from engine import sentence_encoder
-from engine.sentence_encoder import MAX_TOKENS, SentenceEncoder, load_encoder, model_folder
+from engine.recall import sentence_encoder
+from engine.recall.sentence_encoder import MAX_TOKENS, SentenceEncoder, load_encoder, model_folder
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from engine.backends.gguf.sequence_state import IO_MAGIC, read_state
 from engine.errors import MemoryFileError
-from engine.gguf.sequence_state import IO_MAGIC, read_state
 
 LAYERS, K_ROW, V_ROW = 3, 8, 6
 

@@ -9,17 +9,17 @@ import pytest
 import torch
 
 from engine.errors import MemoryFileError, ModelError
-from engine.models import resolve_model_source
+from engine.models.files import resolve_model_source
 from engine.policy import Full, SepLLM
 from engine.protocols import Logits
-from engine.scoring import score
+from engine.reading.scoring import score
 
 GPL3 = "/usr/share/common-licenses/GPL-3"
 
 
 @pytest.fixture(scope="module")
 def model():
-    from engine.torch.model import TorchModel
+    from engine.backends.torch.model import TorchModel
 
     return TorchModel(device="cpu")
 
@@ -97,9 +97,9 @@ def test_a_memory_of_another_shape_is_refused(model):
 
 @pytest.mark.model
 def test_parallel_chunks_read_each_chunk_as_its_own_memory(model, tmp_path):
-    from engine.conversation import Conversation
-    from engine.documents import read_document
-    from engine.torch.parallel import read_parallel
+    from engine.answering.conversation import Conversation
+    from engine.documents.document import read_document
+    from engine.reading.parallel import read_parallel
 
     path = tmp_path / "gpl.txt"
     path.write_text(Path(GPL3).read_text()[:3000])
@@ -125,7 +125,7 @@ def test_parallel_chunks_read_each_chunk_as_its_own_memory(model, tmp_path):
 def test_cuda_requested_without_a_gpu_is_a_clear_error():
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    from engine.torch.model import TorchModel
+    from engine.backends.torch.model import TorchModel
 
     with pytest.raises(ModelError, match="CUDA"):
         TorchModel(device="cuda")
@@ -140,7 +140,7 @@ def test_a_random_llama_matches_transformers_on_this_device():
     # No model file needed: on CUDA this runs the Triton kernels in bf16, on the CPU the reference.
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from engine.torch.model import TorchModel
+    from engine.backends.torch.model import TorchModel
 
     cuda = torch.cuda.is_available()
     dtype = torch.bfloat16 if cuda else torch.float32
@@ -160,15 +160,15 @@ def test_a_random_llama_matches_transformers_on_this_device():
 
 @pytest.mark.model
 def test_out_of_gpu_memory_while_reading_saves_nothing_and_the_next_read_works(model, tmp_path, monkeypatch):
-    from app.actions import Comma
     from engine.errors import CommaError
-    from engine.memory import Memory
+    from engine.memory.memory import Memory
+    from engine.pipeline.comma import Comma
     from storage.library import Library
 
     path = tmp_path / "short.txt"
     path.write_text(Path(GPL3).read_text()[:1500])
     comma = Comma(library=Library(tmp_path / "home"), backend="torch")
-    comma._model = model
+    comma.models.use(reading=model)
 
     def exhausted(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
@@ -192,9 +192,9 @@ def test_out_of_gpu_memory_while_reading_saves_nothing_and_the_next_read_works(m
 def test_a_hugging_face_folder_loads_and_reads(model, tmp_path):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from engine.documents import read_document
-    from engine.reader import read
-    from engine.torch.model import TorchModel
+    from engine.backends.torch.model import TorchModel
+    from engine.documents.document import read_document
+    from engine.reading.reader import read
 
     folder = tmp_path / "tiny-llama"
     config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
@@ -220,9 +220,9 @@ def test_on_the_torch_engine_the_answering_model_reads_on_the_spot_then_deep(mod
     are kept under the torch engine and answer."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from app.actions import Comma
-    from engine import answering_model
     from engine.generate import Sampling
+    from engine.models import answering as answering_model
+    from engine.pipeline.comma import Comma
     from storage.library import Library
     from tests.fakes import QUESTION, needle_page, write_doc
 
@@ -234,7 +234,7 @@ def test_on_the_torch_engine_the_answering_model_reads_on_the_spot_then_deep(mod
     monkeypatch.setattr(answering_model, "installed", lambda: True)
     monkeypatch.setattr(answering_model, "assemble", lambda *args, **kwargs: folder)
     comma = Comma(library=Library(tmp_path / "home"), backend="torch", answering="auto")
-    comma._model = model
+    comma.models.use(reading=model)
     report = comma.ingest(write_doc(tmp_path / "harbour.txt"), notes=False, deep=False)
     gold = needle_page(comma, report["doc_id"])
     answerer = comma.answerer
@@ -251,8 +251,8 @@ def test_on_the_torch_engine_the_answering_model_reads_on_the_spot_then_deep(mod
 
 @pytest.mark.model
 def test_a_truncated_gguf_is_a_clear_error(tmp_path):
-    from engine.models import bundled_model_path
-    from engine.torch.model import TorchModel
+    from engine.backends.torch.model import TorchModel
+    from engine.models.files import bundled_model_path
 
     broken = tmp_path / "broken.gguf"
     with bundled_model_path().open("rb") as f:
@@ -262,15 +262,15 @@ def test_a_truncated_gguf_is_a_clear_error(tmp_path):
 
 
 @pytest.mark.model
-def test_parallel_reading_from_the_actions_and_asking_it(model, tmp_path):
-    from app.actions import Comma
+def test_parallel_reading_from_the_pipeline_and_asking_it(model, tmp_path):
     from engine.errors import CommaError
+    from engine.pipeline.comma import Comma
     from storage.library import Library
 
     path = tmp_path / "gpl.txt"
     path.write_text(Path(GPL3).read_text()[:3000])
     comma = Comma(library=Library(tmp_path / "home"), backend="torch")
-    comma._model = model
+    comma.models.use(reading=model)
     report = comma.ingest(path, cache=160, parallel=250)
     sequential = comma.ingest(path, cache=160, notes=False)
     # Both memories live side by side: a parallel reading keeps other slots than a sequential one.
@@ -284,8 +284,8 @@ def test_parallel_reading_from_the_actions_and_asking_it(model, tmp_path):
 
 @pytest.mark.model
 def test_answering_keeps_the_chunks_that_predict_the_question(model, tmp_path):
-    from engine.documents import read_document
-    from engine.torch.parallel import chunk_bounds, read_parallel, select_chunks
+    from engine.documents.document import read_document
+    from engine.reading.parallel import chunk_bounds, read_parallel, select_chunks
 
     path = tmp_path / "gpl.txt"
     path.write_text(Path(GPL3).read_text()[:5000])
@@ -341,12 +341,12 @@ def test_removing_slots_moves_the_later_ones_into_place_with_their_kv(model, tok
 
 @pytest.mark.model
 def test_the_torch_engine_reads_a_recall_store_and_answers_from_the_needle_s_page(model, tmp_path):
-    from app.actions import Comma
+    from engine.pipeline.comma import Comma
     from storage.library import Library
     from tests.fakes import QUESTION, needle_page, write_doc
 
     comma = Comma(library=Library(tmp_path / "home"), backend="torch", answering="off")
-    comma._model = model
+    comma.models.use(reading=model)
     report = comma.ingest(write_doc(tmp_path / "harbour.txt", parts=8), notes=False)
     assert report["recall_bytes"] > 0
     result = comma.ask(report["doc_id"], QUESTION)

@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 
 from engine.errors import LibraryError
-from engine.section_notes import Note
+from engine.pipeline.comma import Comma
+from engine.reading.section_notes import Note
+from engine.recall import page_search
 from storage.library import Library, data_folder
 
 
@@ -192,7 +194,7 @@ def test_a_schema_0_library_opens_migrated_with_its_data(tmp_path):
     assert [m["content"] for m in lib.messages("s2")] == ["Older question", "An answer."]
     # page text arrives from the file when first needed, and is then searchable
     assert lib.page_texts("abababababab") == []
-    assert lib.ensure_pages("abababababab")
+    assert Comma(library=lib).ensure_pages("abababababab")
     assert lib.search("copying")[0]["page"] == 1
     lib.add_message("s1", "user", "new")
     assert [s["id"] for s in Library(tmp_path).sessions("abababababab")] == ["s1", "s2"]
@@ -206,9 +208,10 @@ def test_pages_of_a_changed_file_are_not_taken(tmp_path):
     source = tmp_path / "a.txt"
     source.write_text("Original.")
     doc_id = lib.add_document(Doc(source, "00" * 32))  # Doc has no page_text: like schema 0
-    assert not lib.ensure_pages(doc_id)
+    comma = Comma(library=lib)
+    assert not comma.ensure_pages(doc_id)
     source.unlink()
-    assert not lib.ensure_pages(doc_id)
+    assert not comma.ensure_pages(doc_id)
 
 
 def test_reading_rate_is_this_models_characters_per_second(tmp_path):
@@ -222,7 +225,7 @@ def test_reading_rate_is_this_models_characters_per_second(tmp_path):
 
 
 def test_sections_are_kept_per_page_and_replaced_when_read_again(tmp_path):
-    from engine.documents import Document, Section
+    from engine.documents.document import Document, Section
 
     text = "Intro words. " * 10 + "8 Termination. Either party may end it." + " More." * 5
     at = text.index("8 Termination")
@@ -230,7 +233,7 @@ def test_sections_are_kept_per_page_and_replaced_when_read_again(tmp_path):
                    (Section("Preamble", 1, 0), Section("8 Termination", 1, at)))
     lib = Library(tmp_path)
     doc_id = lib.add_document(doc)
-    page = doc.page_of(at)
+    page = doc.page_at(at)
     assert lib.section_at(doc_id, page, at - doc.page_starts[page - 1]) == "8 Termination"
     assert page == 3 and lib.section_at(doc_id, 3, 0) == "Preamble" and lib.section_at(doc_id, 1) == "Preamble"
     assert lib.section_at(doc_id, 3, 50) == "8 Termination"
@@ -401,7 +404,7 @@ def test_passage_vectors_are_kept_per_encoder_replaced_whole_and_removed_with_th
 
 
 def test_a_page_with_the_question_s_words_together_comes_before_pages_that_repeat_one_of_them(tmp_path):
-    from engine.documents import Document
+    from engine.documents.document import Document
 
     pages = [
         "San Francisco had startups. In San Francisco the best founders met investors; San Francisco grew. " * 3,
@@ -411,5 +414,5 @@ def test_a_page_with_the_question_s_words_together_comes_before_pages_that_repea
     starts = [sum(len(p) for p in pages[:i]) for i in range(len(pages))]
     lib = Library(tmp_path)
     doc_id = lib.add_document(Document(Path("/e.txt"), "E", "dd" * 32, "".join(pages), tuple(starts), "txt"))
-    found = [page for page, _ in lib.candidate_pages(doc_id, "What is the best thing to do in San Francisco?", 8)]
+    found = [page for page, _ in page_search.word_pages(lib, doc_id, "What is the best thing to do in San Francisco?", 8)]
     assert found[0] == 2 and set(found) == {1, 2, 3}  # every page that shares a word stays a candidate

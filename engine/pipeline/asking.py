@@ -1,0 +1,171 @@
+"""Asking: a question about a document answered from the right model's memory and store, or
+from its best pages read on the spot, and kept in the library with the pages it came from.
+
+``Comma.ask`` and the window's live conversation both go through :class:`DocumentConversation`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from engine.answering.conversation import Conversation, fit_to_question
+from engine.errors import Cancelled, CommaError, LibraryError
+from engine.generate import Sampling
+from engine.memory.memory import Memory
+from engine.policy import Full
+from engine.protocols import Model
+from engine.reading.reader import read
+from engine.recall import spot_reading
+from engine.recall.ranking import Source
+from engine.recall.store import RecallStore, snippet
+from storage.library import Library
+
+# Where a conversation finds a question's pages: ``(pages best first, {page: (start, end) of the
+# passage nearest the question})``, given the document id and the question.
+FindPages = Callable[[str, str], tuple[list[tuple[int, float]], dict[int, tuple[int, int]]]]
+
+
+def citation(page: int, section: str | None) -> str:
+    """How a cited page reads to a person: "§ 8 Termination, p. 12", "Preface, p. 3" or "p. 12"."""
+    if not section:
+        return f"p. {page}"
+    mark = "§ " if section[:1].isdigit() and not section.startswith("§") else ""
+    return f"{mark}{section}, p. {page}"
+
+
+@dataclass
+class AskResult:
+    answer: str
+    session_id: str
+    pages: list[int]
+    ttft_s: float
+    seconds: float
+    # {"page", "score", "text", "section"}, most relevant first; "section" is None without one
+    sources: list[dict] = field(default_factory=list)
+    recall: bool = False  # whether passages were looked for in the recall store
+    recall_reason: str | None = None  # why not, when not
+    model: str = "reading"  # which model answered: "answering" or "reading" (the small one)
+    model_name: str = ""
+    model_reason: str | None = None  # why the small model answered although an answering model was expected
+    read_on_the_spot: list[int] = field(default_factory=list)  # pages the answering model read for this answer
+    sections: list[str | None] = field(default_factory=list)  # the section each of ``pages`` begins in
+    not_saved: str | None = None  # why the question and answer were not kept in the library
+
+
+def read_again(doc: dict) -> str:
+    return f"read it again to find answers on every page: comma ingest --force {doc['path']}"
+
+
+class DocumentConversation:
+    """Questions about one document on one live cache: a follow-up skips loading the model's
+    context and the memory again, and reuses the turns already in the cache.
+
+    Without a memory (``record`` None: the answering model has not read the document yet),
+    every question reads its best pages on the spot (``engine.recall.spot_reading``) and is answered
+    from them alone."""
+
+    def __init__(self, library: Library, find_pages: FindPages, model: Model, role: str, model_reason: str | None,
+                 doc: dict, record: dict | None, memory: Memory | None, store: RecallStore | None,
+                 reason: str | None, ranking: str):
+        """``role``: "answering" or "reading" (the small model, ``model_reason`` says why when the
+        answering model was expected); ``reason``: why answers come from the memory alone."""
+        self.library, self.find_pages, self.model, self.role = library, find_pages, model, role
+        self.model_reason = model_reason
+        self.doc, self.record, self.memory = doc, record, memory
+        self.store, self.reason, self.ranking = store, reason, ranking
+        self._live: Conversation | None = None
+        self._spot_read: dict[int, str] | None = None  # what the live spot memory holds; None with no such memory
+
+    def _conversation(self, question: str) -> Conversation:
+        if self._live is None:
+            assert self.memory is not None
+            # A parallel memory keeps the chunks that suit the first question.
+            memory = fit_to_question(self.model, self.memory, question)
+            self._live = Conversation(self.model, memory, recall=self.store, ranking=self.ranking)
+        return self._live
+
+    def _read_on_the_spot(self, question: str, on_status: Callable[[str], None] | None,
+                          should_stop: Callable[[], bool]) -> tuple[Conversation, list[int]]:
+        library, doc, model = self.library, self.doc, self.model
+        candidates, nearest = self.find_pages(doc["id"], question)
+        pages = spot_reading.spot_pages(candidates, lambda page: library.page_text(doc["id"], page),
+                                        lambda text: len(model.tokenize(text)), question, nearest)
+        if not pages:
+            raise CommaError("no page of this document shares a word with the question, and the answering "
+                             "model has not read the whole document yet; ask with the document's own words, "
+                             "or wait for the background reading to finish")
+        if pages == self._spot_read and self._live is not None:
+            # A follow-up that needs the very stretches already read answers from them at once.
+            return self._live, list(pages)
+        if on_status is not None:
+            listed = ", ".join(str(page) for page in pages)
+            on_status(f"reading {len(pages)} page{'s' if len(pages) > 1 else ''} for this answer (p. {listed})…")
+        document = spot_reading.pages_document(Path(doc["path"]), doc["title"], pages, doc["pages"])
+        memory = read(model, document, Full(), notes=False, cancelled=should_stop).memory
+        self.close()
+        self._live, self._spot_read = Conversation(model, memory), pages
+        return self._live, list(pages)
+
+    def ask(self, question: str, session_id: str | None = None, on_text: Callable[[str], None] | None = None,
+            should_stop: Callable[[], bool] = lambda: False, started: float | None = None,
+            on_status: Callable[[str], None] | None = None, sampling: Sampling = Sampling()) -> AskResult:
+        started = started if started is not None else time.perf_counter()
+        library, doc = self.library, self.doc
+        # A read-only library answers; the conversation is only not kept (session "" then).
+        if session_id is None:
+            session_id = "" if library.read_only else library.new_session(doc["id"], question)
+        elif library.session(session_id)["doc_id"] != doc["id"]:
+            raise LibraryError(f"session {session_id} belongs to another document")
+        history = [{"role": m["role"], "content": m["content"]} for m in library.messages(session_id)]
+        spot: list[int] = []
+        if self.record is None:
+            try:
+                conversation, spot = self._read_on_the_spot(question, on_status, should_stop)
+            except Cancelled:
+                return AskResult("", session_id, [], 0.0, round(time.perf_counter() - started, 3),
+                                 model=self.role, model_name=self.model.name)
+            candidates: list[tuple[int, float]] = []
+        else:
+            conversation = self._conversation(question)
+            candidates = self.find_pages(doc["id"], question)[0] if conversation.recall is not None else []
+        ttft = None
+        parts = []
+        for piece in conversation.ask(question, history, sampling, should_stop, candidates):
+            ttft = ttft if ttft is not None else time.perf_counter() - started
+            parts.append(piece)
+            if on_text is not None:
+                on_text(piece)
+        # The spot memory holds only the pages read, in document order; they are cited best first.
+        pages = spot or conversation.answer_pages()
+        sources = [s.as_json() for s in conversation.sources] or \
+            [Source(page, 0.0, snippet(library.page_text(doc["id"], page))).as_json() for page in spot]
+        for source in sources:
+            text = library.page_text(doc["id"], source["page"])
+            source["section"] = library.section_at(doc["id"], source["page"], max(0, text.find(source["text"][:40])))
+        answer = "".join(parts).strip()
+        if not library.read_only:
+            with library.transaction():
+                library.add_message(session_id, "user", question)
+                library.add_message(session_id, "assistant", answer, pages, sources=sources)
+        seconds = time.perf_counter() - started
+        reason = self.reason or (f"{conversation.recall_error}; {read_again(doc)}" if conversation.recall_error else None)
+        return AskResult(answer, session_id, pages, round(ttft if ttft is not None else seconds, 3), round(seconds, 3),
+                         sources, conversation.recall is not None or bool(spot), None if spot else reason,
+                         self.role, self.model.name, self.model_reason if self.role == "reading" else None,
+                         spot, [library.section_at(doc["id"], page) for page in pages],
+                         "the library is read-only; this conversation is not kept" if library.read_only else None)
+
+    def close(self) -> None:
+        if self._live is not None:
+            self._live.close()
+            self._live = None
+        self._spot_read = None
+
+    def __enter__(self) -> DocumentConversation:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
