@@ -1,0 +1,175 @@
+"""Right answers on documents no choice was made on: the held-out set of bench/data/heldout.
+
+Method: bench/data/heldout/questions.json holds real documents from Debian packages (licences,
+which are contracts, and manuals), split by document into a ``dev`` part, on which every choice
+is made, and a ``test`` part, reported and never used for a choice. Each part has answerable
+questions (the page that holds the answer and the strings an answer must contain; half in the
+document's words, half in a reader's), unanswerable ones (the document does not say) and
+two-turn follow-ups whose second question points back at the first. Each document of the part is
+read through Comma's real pipeline in a fresh library (``Comma.ingest`` without the deep read);
+then, per ``--conditions``:
+- ``spot``: before the answering model's deep read (pages found by the indexes and read on the
+  spot);
+- ``deep``: after its deep read, from its memory and store.
+Every question is asked through ``Comma.ask`` (greedy, at most 128 tokens); a follow-up's second
+turn in the same session. Judged per row: ``right`` (answerable: an accepted string in the
+answer, case-folded, white space folded, and the answer is not a refusal; unanswerable: the
+answer says the document does not say), ``evidence`` (the gold page among the answer's pages)
+and ``first`` (the gold page first), time to the first token in process (models loaded). Every
+row is printed to stderr as it is measured; the summary gives, per condition, the figures per
+kind (answerable by style, unanswerable, follow-ups).
+
+    python bench/heldout.py --part dev [--conditions spot,deep] [--documents A.txt,B.pdf] [--home DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.report import emit  # noqa: E402
+from engine.generate import Sampling  # noqa: E402
+from engine.pipeline.comma import Comma  # noqa: E402
+from storage.library import Library  # noqa: E402
+
+DATA = ROOT / "bench" / "data" / "heldout"
+ANSWER = Sampling(max_tokens=128)
+CONDITIONS = ("spot", "deep")
+
+# How an answer says that the document does not hold what was asked, judged on the answer's
+# first sentences (where a model says so): a negation whose subject is the text itself, or
+# "not mentioned", "no information", "cannot find"; a plain "does not include X" is an answer.
+_SOURCE = r"(?:document|text|passages?|licen[cs]e|manual|pages?|sections?|agreement|contract|policy|it)"
+_NOT_SAID = re.compile(
+    rf"\b{_SOURCE}\s+(?:\w+\s+){{0,2}}?(?:does|do|did)\s*(?:not|n't)\s+(?:\w+\s+)?"
+    r"(?:say|state|mention|specify|address|cover|discuss|define"
+    r"|(?:contain|include|provide|give)\s+(?:any\s+|the\s+|an?\s+)?(?:answer|information|details?|mention))\b"
+    r"|\b(?:not|never)\s+(?:explicitly\s+)?(?:mentioned|stated|specified|addressed|covered|discussed|defined)\b"
+    r"|\bno\s+(?:information|mention|indication|details?)\b"
+    r"|\b(?:cannot|can't|could\s+not|couldn't|unable\s+to)\s+(?:\w+\s+)?(?:find|answer|determine|tell)\b"
+    r"|\bis\s+silent\b",
+    re.IGNORECASE)
+
+
+def normalise(text: str) -> str:
+    return re.sub(r"\s+", " ", text).strip().casefold()
+
+
+def says_not_in_document(answer: str) -> bool:
+    """Whether the answer says the document does not say (in its first 300 characters)."""
+    return bool(_NOT_SAID.search(answer[:300]))
+
+
+def judge(turn: dict, answerable: bool, answer: str, pages: list[int]) -> dict:
+    refused = says_not_in_document(answer)
+    if not answerable:
+        return {"right": refused, "refused": refused}
+    text = normalise(answer)
+    found = any(normalise(a) in text for a in turn["answers"])
+    return {"right": found and not refused, "refused": refused, "evidence": turn["page"] in pages,
+            "first": bool(pages) and pages[0] == turn["page"]}
+
+
+def asked(comma: Comma, doc_id: str, turn: dict, answerable: bool, session: str | None = None) -> dict:
+    result = comma.ask(doc_id, turn["question"], session, sampling=ANSWER)
+    return {"answer": result.answer, "pages": result.pages, "model": result.model,
+            "read_on_the_spot": result.read_on_the_spot, "ttft_s": result.ttft_s, "seconds": result.seconds,
+            "session": result.session_id, **judge(turn, answerable, result.answer, result.pages)}
+
+
+def ask_all(comma: Comma, doc_id: str, questions: list[dict], followups: list[dict], condition: str,
+            rows: list[dict]) -> None:
+    for q in questions:
+        row = {"condition": condition, "id": q["id"], "document": q["document"], "part": q["part"],
+               "kind": "answerable" if q["answerable"] else "unanswerable", "style": q["style"],
+               "page": q["page"], **asked(comma, doc_id, q, q["answerable"])}
+        print(json.dumps(row), file=sys.stderr, flush=True)
+        rows.append(row)
+    for f in followups:
+        first_turn, second_turn = f["turns"]
+        first = asked(comma, doc_id, first_turn, True)
+        second = asked(comma, doc_id, second_turn, True, first["session"])
+        row = {"condition": condition, "id": f["id"], "document": f["document"], "part": f["part"],
+               "kind": "followup", "style": second_turn.get("style", "reader"), "page": second_turn["page"],
+               "first_turn": first, **second}
+        print(json.dumps(row), file=sys.stderr, flush=True)
+        rows.append(row)
+
+
+def figures(chosen: list[dict]) -> dict:
+    out = {"questions": len(chosen), "right": round(sum(r["right"] for r in chosen) / len(chosen), 3),
+           "ttft_median_s": round(statistics.median(r["ttft_s"] for r in chosen), 2)}
+    if "evidence" in chosen[0]:
+        out["gold_page_among_pages"] = round(sum(r["evidence"] for r in chosen) / len(chosen), 3)
+        out["gold_page_first"] = round(sum(r["first"] for r in chosen) / len(chosen), 3)
+        out["refused"] = round(sum(r["refused"] for r in chosen) / len(chosen), 3)
+    return out
+
+
+def summarize(rows: list[dict]) -> dict:
+    out: dict = {}
+    for condition in CONDITIONS:
+        mine = [r for r in rows if r["condition"] == condition]
+        if not mine:
+            continue
+        groups = {
+            "document_words": [r for r in mine if r["kind"] == "answerable" and r["style"] == "document"],
+            "reader_words": [r for r in mine if r["kind"] == "answerable" and r["style"] == "reader"],
+            "unanswerable": [r for r in mine if r["kind"] == "unanswerable"],
+            "followups": [r for r in mine if r["kind"] == "followup"],
+        }
+        out[condition] = {name: figures(group) for name, group in groups.items() if group}
+    return out
+
+
+def run(args) -> tuple[dict, object]:
+    spec = json.loads((DATA / "questions.json").read_text())
+    names = args.documents or [n for n, d in spec["documents"].items() if d["part"] == args.part]
+    rows: list[dict] = []
+    reads: dict = {}
+    with tempfile.TemporaryDirectory() as scratch:
+        comma = Comma(Library(Path(args.home or scratch)))
+        for name in names:
+            if spec["documents"][name]["part"] != args.part:
+                raise SystemExit(f"{name} belongs to the {spec['documents'][name]['part']} part, not {args.part}")
+            report = comma.ingest(DATA / "docs" / name, notes=False, deep=False)
+            reads[name] = {k: report[k] for k in ("pages", "tokens", "seconds")}
+            questions = [q for q in spec["questions"] if q["document"] == name]
+            followups = [f for f in spec["followups"] if f["document"] == name]
+            if "spot" in args.conditions:
+                ask_all(comma, report["doc_id"], questions, followups, "spot", rows)
+            if "deep" in args.conditions:
+                deep = comma.deep_read(report["doc_id"])
+                reads[name]["deep_seconds"] = deep["seconds"]
+                ask_all(comma, report["doc_id"], questions, followups, "deep", rows)
+        model = comma.answerer or comma.model
+    return {"part": args.part, "documents": reads, "rows": rows, "summary": summarize(rows)}, model
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--part", choices=("dev", "test"), required=True)
+    parser.add_argument("--conditions", default="spot,deep", type=lambda s: [c for c in s.split(",") if c])
+    parser.add_argument("--documents", type=lambda s: [x for x in s.split(",") if x],
+                        help="only these documents of the part (default: all of it)")
+    parser.add_argument("--home", type=Path, help="keep the library there")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    unknown = set(args.conditions) - set(CONDITIONS)
+    if unknown:
+        parser.error(f"unknown condition(s) {', '.join(sorted(unknown))}; choose from {', '.join(CONDITIONS)}")
+    out = args.out or ROOT / "bench" / "results" / f"heldout_{args.part}_cpu.json"
+    result, model = run(args)
+    emit("heldout", __doc__.split("Method:", 1)[1], model, result, out)
+
+
+if __name__ == "__main__":
+    main()
