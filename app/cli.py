@@ -184,13 +184,46 @@ def main() -> None:
 def run(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        _check_text(args)
         return _dispatch(args)
+    except UnicodeError as exc:  # text not valid UTF-8 that _check_text could not name
+        return _error(f"some text is not valid UTF-8 ({type(exc).__name__}: {exc})")
     except (CommaError, ValueError) as exc:
-        print(f"error: {_printable(str(exc))}", file=sys.stderr)  # one line, whatever a file name holds
-        return 2
+        return _error(str(exc))
+    # What the operating system refuses on the way (a file or folder that cannot be reached), or a
+    # failure that no check foresaw: one line still, its type naming it so that a bug stays visible.
+    except (OSError, RuntimeError) as exc:
+        return _error(f"{type(exc).__name__}: {exc}")
     except KeyboardInterrupt:
         print("error: interrupted; nothing half-done was saved", file=sys.stderr)
         return 130
+
+
+def _error(message: str) -> int:
+    print(f"error: {_printable(message)}", file=sys.stderr)  # one line, whatever a file name holds
+    return 2
+
+
+# What an argument is, as an error names it; the document's own file name is read_document's to judge.
+_TEXT_ARGUMENTS = {"question": "the question", "ask": "the question given to --ask", "doc_id": "the document id",
+                   "session": "the session id", "repo_id": "the repository name",
+                   "filename": "the file name in the repository"}
+_FILE_ARGUMENTS = ("model", "open", "screenshot")
+
+
+def _check_text(args) -> None:
+    """Refuse an argument that is not valid UTF-8 text, naming it. On Linux arguments are bytes;
+    Python keeps the bytes that are not UTF-8 as lone surrogates, which no library row, model
+    prompt or JSON output can take."""
+    for name, value in vars(args).items():
+        if name == "path" or not isinstance(value, str) or not _UNDECODABLE.search(value):
+            continue
+        if name in _FILE_ARGUMENTS:
+            raise CommaError(f"the file name given to --{name}, {_printable(value)} (shown with ? for the undecodable "
+                             "bytes), is not valid UTF-8 text; rename the file")
+        what = _TEXT_ARGUMENTS.get(name, f"the --{name.replace('_', '-')} argument")
+        raise CommaError(f"{what} is not valid UTF-8 text (the terminal or script that passed it uses another "
+                         "encoding)")
 
 
 def _dispatch(args) -> int:
@@ -283,11 +316,12 @@ def _limits(args) -> Limits:
 
 def _printable(text: str) -> str:
     """A title or file name as one harmless line: control characters (terminal escapes, line
-    breaks) become '?'."""
-    return _CONTROLS.sub("?", str(text))
+    breaks) and bytes that were not UTF-8 (kept by Python as lone surrogates) become '?'."""
+    return _UNDECODABLE.sub("?", _CONTROLS.sub("?", str(text)))
 
 
 _CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f]")
+_UNDECODABLE = re.compile("[\ud800-\udfff]")
 
 
 def _format_ingest(report: dict) -> str:

@@ -249,8 +249,11 @@ class MainWindow(QMainWindow):
         self.setWindowTitle(f"{doc['title']} — Comma")
 
     def _show_pages(self, doc: dict) -> None:
-        self.viewer.show_document(doc, self.library.page_texts(doc["id"]),
-                                  ocr_cache.load(self.library.ocr_cache_path(doc["sha256"]), doc["sha256"]))
+        try:
+            kept_ocr = self.library.ocr_cache_path(doc["sha256"])
+        except CommaError:  # a hash library.db should not hold: the pages are shown without OCR lines
+            kept_ocr = None
+        self.viewer.show_document(doc, self.library.page_texts(doc["id"]), ocr_cache.load(kept_ocr, doc["sha256"]))
 
     def _fill_in_pages(self, doc: dict) -> None:
         """A document the library kept without its page text (an older library) gets it from its

@@ -10,16 +10,24 @@ search (what the window's viewer and search read), session ``updated`` times (th
 is newest first) and the time each answer took. Version 2 added each memory's recall store
 (path and size) and each answer's sources. Version 3 added sections; version 4 the sentence
 vectors of each page's passages (``engine.recall.page_search``), which documents read before get when
-they are next ingested.
+they are next ingested. Version 5 keeps memory and recall-store paths relative to the data folder
+(``memories/NAME``), so a library moved or copied whole keeps working.
+
+Every file the library names from a row is confined to its own folders: ids and hashes are
+checked for their shape, and a path that would lead out of ``memories/`` or ``ocr/`` (an absolute
+path, ``..``, a link) is treated as missing, never read or deleted, whatever ``library.db`` says.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import json
 import os
+import re
 import sqlite3
+import stat
 import time
 import uuid
 from datetime import UTC, datetime
@@ -33,8 +41,11 @@ import sqlite_utils
 from engine.errors import LibraryError
 
 DOC_ID_LENGTH = 12
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 BUSY_TIMEOUT_S = 30.0
+STALE_AGE_S = 86_400.0  # what an interrupted save leaves is this old before it is removed
+_DOC_ID = re.compile(f"[0-9a-f]{{{DOC_ID_LENGTH}}}")
+_SHA256 = re.compile("[0-9a-f]{64}")
 
 
 def data_folder() -> Path:
@@ -53,6 +64,15 @@ def document_id(document) -> str:
     return document.sha256[:DOC_ID_LENGTH]
 
 
+def is_document_id(value: object) -> bool:
+    """Whether ``value`` has the shape of a document id (what a file name may be made of)."""
+    return isinstance(value, str) and _DOC_ID.fullmatch(value) is not None
+
+
+def is_sha256(value: object) -> bool:
+    return isinstance(value, str) and _SHA256.fullmatch(value) is not None
+
+
 def _now() -> str:
     # Microseconds: conversations are ordered by these stamps, and two writes a millisecond apart
     # tied (a new conversation then passed the one just answered). A millisecond stamp of an older
@@ -67,10 +87,27 @@ def _read_only_failure(exc: Exception) -> bool:
     return isinstance(exc, sqlite3.OperationalError) and "readonly" in str(exc)
 
 
+def _stored_name(path: str | None) -> str | None:
+    """An absolute path of a file in a "memories" folder as the library keeps it now."""
+    if not path or not Path(path).is_absolute() or Path(path).parent.name != "memories":
+        return path
+    return f"memories/{Path(path).name}"
+
+
+def _directly_in(target: Path, folder: Path) -> bool:
+    """Whether ``target`` lies directly in ``folder`` once links are followed and is no link
+    itself. A link loop (RuntimeError on Python 3.11) or any other failure to resolve is a no."""
+    try:
+        return target.resolve().parent == folder.resolve() and not target.is_symlink()
+    except (OSError, RuntimeError):
+        return False
+
+
 class Library:
     """``read_only``: the data folder cannot be written (a read-only mount, a backup opened in
-    place); the library then lists, searches and answers, and every write is refused with a
-    LibraryError saying so, before any long work starts (``check_writable``)."""
+    place), or its owner made the database read-only; the library then lists, searches and
+    answers, and every write is refused with a LibraryError saying so, before any long work
+    starts (``check_writable``)."""
 
     def __init__(self, folder: Path | None = None):
         self.folder = Path(folder) if folder else data_folder()
@@ -111,13 +148,18 @@ class Library:
                             f"({exc.filename or self.folder}); choose another (COMMA_HOME)")
 
     def _open(self, database: Path) -> None:
+        if database.is_file() and not database.stat().st_mode & stat.S_IWUSR:
+            # Its owner made it read-only: so it is to Comma too (root could write it regardless).
+            raise PermissionError(errno.EACCES, "the library database is read-only", str(database))
         # Page text and conversations are private: the folders and the database are the user's alone.
         self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.memories_folder.mkdir(mode=0o700, exist_ok=True)
         database.touch(mode=0o600, exist_ok=True)
         for private, mode in ((self.folder, 0o700), (self.memories_folder, 0o700), (database, 0o600)):
             with contextlib.suppress(OSError):  # a folder on a file system without modes (FAT, a share)
-                private.chmod(mode)
+                current = stat.S_IMODE(private.stat().st_mode)
+                if current & ~mode:  # only ever taken away: a file made read-only stays so
+                    private.chmod(current & mode)
         # The window reads the library while its workers write it, each on its own connection:
         # write-ahead logging lets readers go on during a write, and a writer waits its turn.
         self.db = sqlite_utils.Database(sqlite3.connect(database, timeout=BUSY_TIMEOUT_S))
@@ -129,6 +171,7 @@ class Library:
         self._create_tables()
         self._migrate()
         self.remove_stale_temporaries()
+        self.remove_orphaned_stores()
 
     def _open_read_only(self, database: Path) -> None:
         # pathname2url, not as_uri(): a Windows share's path must become file:////server/..., which
@@ -171,26 +214,48 @@ class Library:
     def check_writable(self, wait_s: float = 2.0) -> None:
         """Raise LibraryError now, before a reading of minutes, if its result could not be saved:
         the library is read-only, or another program holds its write lock."""
+        failure = self._write_failure(wait_s)
+        if failure is not None:
+            raise self._write_refusal(failure) from failure
+
+    def why_not_writable(self, wait_s: float = 2.0) -> str | None:
+        """``check_writable`` in a few words ("the library is read-only", "the library is in use by
+        another program that is writing to it"), for work whose result is shown although it
+        cannot be kept; None when it can be."""
+        failure = self._write_failure(wait_s)
+        if failure is None:
+            return None
+        text = str(failure)
+        if self.read_only or "readonly" in text:
+            return "the library is read-only"
+        if "locked" in text or "busy" in text:
+            return "the library is in use by another program that is writing to it"
+        return f"the library cannot be written ({text})"
+
+    def _write_failure(self, wait_s: float) -> sqlite3.Error | None:
+        """What a write would fail with now, waiting up to ``wait_s`` for another writer; None if none."""
         if self.read_only:
-            raise self._write_refusal(sqlite3.OperationalError("readonly"))
+            return sqlite3.OperationalError("readonly")
         self.db.execute(f"PRAGMA busy_timeout = {int(wait_s * 1000)}")
         try:
             self.db.conn.execute("BEGIN IMMEDIATE")
             self.db.conn.rollback()
         except sqlite3.Error as exc:
-            raise self._write_refusal(exc) from exc
+            return exc
         finally:
             self.db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+        return None
 
     @property
     def schema_version(self) -> int:
         return self.db.execute("PRAGMA user_version").fetchone()[0]
 
     def _migrate(self) -> None:
-        """Bring the schema up to SCHEMA_VERSION one step at a time. Each step only adds (tables,
-        columns, an index) and checks what is already there, and the version is recorded after it
-        completes, so a step that was interrupted simply runs again on the next open."""
-        steps = {1: self._migrate_to_1, 2: self._migrate_to_2, 3: self._migrate_to_3, 4: self._migrate_to_4}
+        """Bring the schema up to SCHEMA_VERSION one step at a time. Each step adds (tables,
+        columns, an index) or rewrites values, checking what is already there, and the version is
+        recorded after it completes, so a step that was interrupted simply runs again on the next open."""
+        steps = {1: self._migrate_to_1, 2: self._migrate_to_2, 3: self._migrate_to_3, 4: self._migrate_to_4,
+                 5: self._migrate_to_5}
         for version in range(self.schema_version + 1, SCHEMA_VERSION + 1):
             with self.db.conn:
                 steps[version]()
@@ -232,6 +297,17 @@ class Library:
         self.db.table("passage_vectors").create({
             "doc_id": str, "idx": int, "encoder": str, "page": int, "start": int, "end": int, "vector": bytes,
         }, pk=("doc_id", "idx"), foreign_keys=[("doc_id", "documents")], if_not_exists=True)
+
+    def _migrate_to_5(self) -> None:
+        # Memories were named by absolute paths, which a moved or copied library no longer
+        # matches; every file the library wrote lies directly in a folder named "memories". Other
+        # paths are left as they are, and treated as missing.
+        rows = self.db.execute("select id, path, recall_path from memories").fetchall()
+        for memory_id, *paths in rows:
+            relative = [_stored_name(p) for p in paths]
+            if relative != paths:
+                self.db.execute("update memories set path = ?, recall_path = ? where id = ?",
+                                [*relative, memory_id])
 
     def _create_tables(self) -> None:
         db = self.db
@@ -400,7 +476,8 @@ class Library:
         return [(r[0], r[1]) for r in rows]
 
     def remove_document(self, doc_id: str) -> None:
-        """Forget a document: its pages, memories (and their files), notes, summaries, sessions."""
+        """Forget a document: its pages, memories (and their files), notes, summaries, sessions.
+        Files are deleted only where the rows name the library's own (the module says which)."""
         doc = self.document(doc_id)
         memories = self.memories(doc["id"])
         with self.transaction():
@@ -412,24 +489,41 @@ class Library:
             for table in ("sessions", "memories", "pages", "sections", "passage_vectors"):
                 self.db.table(table).delete_where("doc_id = ?", [doc["id"]])
             self.db.table("documents").delete_where("id = ?", [doc["id"]])
+        # The rows are gone for good now: what follows only tidies files, and never fails.
         for m in memories:
-            self._unlink_own(m["path"], ".mem")
-            if m.get("recall_path"):
-                self._unlink_own(m["recall_path"], ".recall")
-        for partial in self.memories_folder.glob(f"{doc['id']}-*.partial*"):  # a read stopped half-way
-            partial.unlink(missing_ok=True)
-        self.ocr_cache_path(doc["sha256"]).unlink(missing_ok=True)
+            self.delete_own_file(m["path"], ".mem")
+            self.delete_own_file(m.get("recall_path"), ".recall")
+        if is_document_id(doc["id"]):
+            for partial in self.memories_folder.glob(f"{doc['id']}-*.partial*"):  # a read stopped half-way
+                self._delete_in(partial, self.memories_folder)
+            self._remove_unreferenced_stores(f"{doc['id']}-*.recall")
+        if is_sha256(doc["sha256"]):
+            self._delete_in(self.ocr_cache_path(doc["sha256"]), self.folder / "ocr")
 
-    def _unlink_own(self, path: str, suffix: str) -> None:
-        """Delete a file the library names only when it is one of its own: a path in a damaged or
-        edited library.db must never delete a file outside the memories folder."""
-        target = Path(path)
-        try:
-            inside = target.resolve().parent == self.memories_folder.resolve()
-        except OSError:
-            return
-        if inside and target.suffix == suffix and not target.is_symlink():
-            target.unlink(missing_ok=True)
+    def own_file(self, path: str | None, suffix: str) -> Path | None:
+        """The file a memory row names (``path`` or ``recall_path``, as the library returns them),
+        when it is one of the library's own: directly in the memories folder once links are
+        followed, named ``*suffix``, not itself a link. None otherwise: a path in a damaged,
+        edited or moved library.db is then treated as missing, never read or deleted."""
+        if not path:
+            return None
+        target = self.folder / path  # an absolute path replaces the folder, and is checked alike
+        return target if target.suffix == suffix and _directly_in(target, self.memories_folder) else None
+
+    def delete_own_file(self, path: str | None, suffix: str) -> None:
+        """Delete the file a memory row names if it is one of the library's own (``own_file``)."""
+        target = self.own_file(path, suffix)
+        if target is not None:
+            self._delete_in(target, self.memories_folder)
+
+    @staticmethod
+    def _delete_in(target: Path, folder: Path) -> None:
+        """Delete ``target`` if it lies directly in ``folder`` (links followed) and is no link;
+        an error leaves it (the caller's transaction has committed: a traceback now would say
+        that what was done was not)."""
+        if _directly_in(target, folder):
+            with contextlib.suppress(OSError):
+                target.unlink(missing_ok=True)
 
     def document(self, doc_id: str) -> dict:
         # A literal prefix: LIKE would take "%" and "_" in a typed id as wildcards.
@@ -449,10 +543,16 @@ class Library:
     # memories --------------------------------------------------------------------------------
 
     def memory_path(self, doc_id: str, policy_key: str, model_fingerprint: str, backend: str) -> Path:
-        return self.memories_folder / f"{doc_id}-{backend}-{policy_key}-{model_fingerprint[:12]}.mem"
+        name = f"{doc_id}-{backend}-{policy_key}-{model_fingerprint[:12]}.mem"
+        if not is_document_id(doc_id) or Path(name).name != name or "\\" in name or ".." in name:
+            raise LibraryError(f"{name!r} cannot name a memory file in {self.memories_folder}")
+        return self.memories_folder / name
 
     def ocr_cache_path(self, sha256: str) -> Path:
         """Where the text OCR found on a document's scanned pages is kept (by its content)."""
+        if not is_sha256(sha256):
+            raise LibraryError(f"{sha256!r} is not a document's SHA-256; the library {self.database} may be "
+                               "damaged: remove the document and read it again")
         return self.folder / "ocr" / f"{sha256}.json"
 
     def recall_path(self, memory_path: Path) -> Path:
@@ -464,7 +564,7 @@ class Library:
         """Where a resumable reading into ``memory_path`` keeps how far it has got."""
         return memory_path.with_name(memory_path.name + ".partial")
 
-    def remove_stale_temporaries(self, older_than_s: float = 86_400) -> None:
+    def remove_stale_temporaries(self, older_than_s: float = STALE_AGE_S) -> None:
         """Delete what an interrupted save left in the memories folder (a crash mid-read leaves a
         partial recall store); a day's age keeps another process's save in progress safe."""
         cutoff = time.time() - older_than_s
@@ -474,9 +574,31 @@ class Library:
             for leftover in self.memories_folder.glob(pattern):
                 try:
                     if age(leftover.stat()) < cutoff:
-                        leftover.unlink()
+                        self._delete_in(leftover, self.memories_folder)
                 except OSError:
                     pass
+
+    def remove_orphaned_stores(self, older_than_s: float = STALE_AGE_S) -> None:
+        """Delete recall stores that no memory names (each as large as the document's KV): two
+        readings of one document at once each commit a store, and the row keeps only one. A
+        store is committed just before its row is written, so a day's age and no save of its
+        memory in progress leave another process's save alone."""
+        self._remove_unreferenced_stores("*.recall", time.time() - older_than_s)
+
+    def _remove_unreferenced_stores(self, pattern: str, cutoff: float | None = None) -> None:
+        """Delete the stores matching ``pattern`` in the memories folder that no row names and
+        whose memory is not being saved; with ``cutoff``, only those last written before it."""
+        named = {Path(p).name for (p,) in self.db.execute(
+            "select recall_path from memories where recall_path is not null").fetchall()}
+        for store in self.memories_folder.glob(pattern):
+            memory = store.name.rsplit(".", 2)[0] + ".mem"  # NAME.UNIQUE.recall beside NAME.mem
+            try:
+                if store.name in named or any(self.memories_folder.glob(f".{glob.escape(memory)}.*.tmp")) or \
+                        (cutoff is not None and store.stat().st_mtime >= cutoff):
+                    continue
+            except OSError:
+                continue
+            self._delete_in(store, self.memories_folder)
 
     def find_memory(self, doc_id: str, model_fingerprint: str, backend: str, policy_key: str | None = None):
         where = "doc_id = ? and model_fingerprint = ? and backend = ?"
@@ -485,7 +607,7 @@ class Library:
             where += " and policy_key = ?"
             args.append(policy_key)
         rows = list(self.db.table("memories").rows_where(where, args, order_by="created desc, id desc"))
-        return rows[0] if rows else None
+        return self._with_paths(rows[0]) if rows else None
 
     def reading_rate(self, model_fingerprint: str, backend: str) -> float | None:
         """Characters of document text this model has read per second here, over its last
@@ -498,11 +620,23 @@ class Library:
         return row[0] / row[1] if row and row[0] and row[1] else None
 
     def memories(self, doc_id: str) -> list[dict]:
-        return list(self.db.table("memories").rows_where("doc_id = ?", [doc_id], order_by="id"))
+        return [self._with_paths(row)
+                for row in self.db.table("memories").rows_where("doc_id = ?", [doc_id], order_by="id")]
+
+    def _with_paths(self, row: dict) -> dict:
+        """A memory row with its files as paths in this data folder (a row keeps them relative to it)."""
+        for key in ("path", "recall_path"):
+            if row.get(key):
+                row[key] = str(self.folder / row[key])
+        return row
 
     def save_memory(self, record: dict, notes: list) -> int:
-        """Insert or replace the memory row for its (document, model, backend, policy), with notes."""
+        """Insert or replace the memory row for its (document, model, backend, policy), with notes.
+        Its files are kept relative to the data folder when they lie in its memories folder."""
         row = {**record, "created": _now()}
+        for name in ("path", "recall_path"):
+            if row.get(name) and Path(row[name]).parent == self.memories_folder:
+                row[name] = f"memories/{Path(row[name]).name}"
         key = ("doc_id", "model_fingerprint", "backend", "policy_key")
         with self.transaction():
             # One statement inserts or replaces the row: a look-up first would race another

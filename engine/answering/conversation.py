@@ -20,7 +20,7 @@ import numpy as np
 from engine.errors import CommaError, MemoryFileError
 from engine.generate import Sampling, generate_text
 from engine.memory.memory import Memory
-from engine.prompts import ANSWER, PASSAGES, question_suffix, with_passages
+from engine.prompts import ANSWER, PASSAGES, question_layout, with_passages
 from engine.protocols import AttentionCache, Model, RecallCache
 from engine.recall.ranking import (
     DEFAULT_RANKING,
@@ -202,19 +202,23 @@ class Conversation:
             messages.append({"role": "assistant", "content": ANSWER if pair.tokens is not None else pair.answer})
         question = _plain(question)
         asked = with_passages(question) if pairs and passages else question
-        pieces = _MARKS.split(question_suffix(self.model, messages, asked))
-        if pieces.count(ANSWER) != len(answers):  # a template that drops or repeats turns: all text
+        # The marks are in the contents only (a person's own are taken out by _plain), and
+        # control tokens in the template's text only.
+        pieces = [(piece, template) for text, template in question_layout(self.model, messages, asked)
+                  for piece in ([text] if template else _MARKS.split(text))]
+        texts = [piece for piece, _ in pieces]
+        if texts.count(ANSWER) != len(answers):  # a template that drops or repeats turns: all text
             return self._render([replace(pair, tokens=None) for pair in pairs], question, passages)
         slots: list[Slot] = self._slots(passages) if not pairs else []
-        marks = pieces.count(PASSAGES)
+        marks = texts.count(PASSAGES)
         text = 0
-        for piece in pieces:
+        for piece, template in pieces:
             if piece == PASSAGES:
                 marks -= 1  # the marks of earlier turns are left empty; the last one is this question's
                 slots += self._slots(passages) if marks == 0 else []
                 continue
             tokens = answers.pop(0) if piece == ANSWER else \
-                self.model.tokenize(piece, special=True).tolist() if piece else []
+                self.model.tokenize(piece, special=template).tolist() if piece else []
             slots += tokens
             text += len(tokens)
         return slots, text

@@ -13,15 +13,15 @@ from collections.abc import Callable
 import numpy as np
 
 from engine.generate import Sampling, generate_text
-from engine.prompts import summary_prompt
+from engine.prompts import Segment, summary_prompt, tokenize_prompt
 from engine.protocols import Model
 
 SUMMARY_TOKENS = 320
 GROUP_PROMPT_TOKENS = 1536
 
 
-def _complete(model: Model, prompt: str, max_tokens: int) -> str:
-    tokens = model.tokenize(prompt, special=True, add_bos=True)
+def _complete(model: Model, prompt: list[Segment], max_tokens: int) -> str:
+    tokens = tokenize_prompt(model, prompt, add_bos=True)
     with model.new_cache(len(tokens) + max_tokens + 8) as cache:
         logits = cache.decode_main_tail(tokens)
         step = lambda t: cache.decode_main_tail(np.array([t], dtype=np.int32))

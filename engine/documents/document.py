@@ -9,6 +9,7 @@ cannot be read raises :class:`~engine.errors.DocumentError` with a sentence a pe
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import re
 from bisect import bisect_right
@@ -99,13 +100,7 @@ def read_document(path: str | Path, limits: Limits | None = None, ocr_cache_path
     recognised again.
     """
     limits = limits or Limits()
-    path = Path(path).expanduser().resolve()
-    if not path.exists():
-        raise DocumentError(f"Cannot open {path}: no such file.")
-    if path.is_dir():
-        raise DocumentError(f"{path} is a folder, not a document.")
-    if not path.is_file():
-        raise DocumentError(f"{path} is not a regular file.")
+    path = _found(Path(path))
     suffix = path.suffix.lower()
     if suffix not in _KINDS:
         raise DocumentError(
@@ -113,10 +108,10 @@ def read_document(path: str | Path, limits: Limits | None = None, ocr_cache_path
             f"Comma reads {', '.join(SUPPORTED_SUFFIXES)} files."
         )
     kind = _KINDS[suffix]
-    if kind == "txt" or kind == "md":
-        # No text encoding takes more than four bytes a character.
-        limits.check_chars(path, path.stat().st_size // 4)
     try:
+        if kind == "txt" or kind == "md":
+            # No text encoding takes more than four bytes a character.
+            limits.check_chars(path, path.stat().st_size // 4)
         data = path.read_bytes()
     except OSError as e:
         raise DocumentError(f"Cannot read {path}: {e.strerror or e}.") from e
@@ -150,6 +145,42 @@ def read_document(path: str | Path, limits: Limits | None = None, ocr_cache_path
         text=text, page_starts=starts, kind=kind, sections=sections,
         ocr_pages=pdf.ocr_pages if kind == "pdf" else (),
     )
+
+
+def _found(given: Path) -> Path:
+    """The regular file ``given`` names, with its full path, or a DocumentError that says why not
+    (whatever the operating system answers on the way: a symbolic link that leads round in a
+    loop, a folder that may not be read)."""
+    shown = _shown(str(given))
+    try:
+        path = given.expanduser().resolve()
+        shown = _shown(str(path))
+        if not path.exists():
+            raise DocumentError(f"Cannot open {shown}: no such file.")
+        if path.is_dir():
+            raise DocumentError(f"{shown} is a folder, not a document.")
+        if not path.is_file():
+            raise DocumentError(f"{shown} is not a regular file.")
+    # Python 3.11 and 3.12 report a symbolic link loop as a RuntimeError, later ones as ELOOP;
+    # expanduser() raises RuntimeError when it finds no home folder.
+    except (OSError, RuntimeError) as e:
+        loop = getattr(e, "errno", None) == errno.ELOOP or str(e).startswith("Symlink loop")
+        reason = "its symbolic links lead round in a loop" if loop else \
+            getattr(e, "strerror", None) or str(e) or type(e).__name__
+        raise DocumentError(f"Cannot open {shown}: {reason}.") from e
+    if shown != str(path):
+        # The library, the window and JSON output keep a document's path as text.
+        raise DocumentError(f"The file name {shown} is not valid UTF-8 text (shown with ? for the undecodable "
+                            "bytes), and Comma keeps file names as text: rename the file to read it.")
+    return path
+
+
+def _shown(text: str) -> str:
+    """``text`` with '?' for each byte that was not UTF-8 (Python keeps those as lone surrogates)."""
+    return _UNDECODABLE.sub("?", text)
+
+
+_UNDECODABLE = re.compile("[\ud800-\udfff]")
 
 
 def _title(candidates: list[str], text: str, fallback: str) -> str:

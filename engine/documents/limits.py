@@ -38,17 +38,19 @@ class Limits:
                 f"to read. {_RAISE_LIMIT} (--max-chars) to read it anyway."
             )
 
-    def check_expansion(self, path: Path, size: int, expanded: int, compressed: int) -> None:
+    def check_expansion(self, path: Path, size: int, expanded: int, compressed: int, finished: bool = True) -> None:
         """A zip container (DOCX) of ``size`` bytes whose parts take ``compressed`` bytes and
-        would take ``expanded`` unpacked."""
+        would take ``expanded`` unpacked (``finished``: False for the bytes unpacked so far)."""
+        more = "" if finished else "more than "
         if expanded > self.expanded_bytes:
+            amount = f"{expanded / 1e6:,.0f} MB, over" if finished else "more than"
             raise DocumentError(
-                f"{path} expands to {expanded / 1e6:,.0f} MB, over the {self.expanded_bytes / 1e6:,.0f} MB a Word "
+                f"{path} expands to {amount} the {self.expanded_bytes / 1e6:,.0f} MB a Word "
                 f"document may take. {_RAISE_LIMIT} (--max-expanded-mb) to read it anyway."
             )
         ratio = expanded / max(1, compressed)
         if expanded > _SMALL_ZIP_BYTES and ratio > self.compression_ratio:
             raise DocumentError(
-                f"{path} expands {ratio:,.0f} times ({size / 1e6:,.1f} MB to {expanded / 1e6:,.0f} MB), "
+                f"{path} expands {more}{ratio:,.0f} times ({size / 1e6:,.1f} MB to {more}{expanded / 1e6:,.0f} MB), "
                 f"far more than a real Word document (a zip bomb?). {_RAISE_LIMIT} to read it anyway."
             )

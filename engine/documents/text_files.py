@@ -11,6 +11,7 @@ import io
 import locale
 import re
 import zipfile
+import zlib
 from pathlib import Path
 
 import charset_normalizer
@@ -121,9 +122,9 @@ def read_docx(path: Path, data: bytes, limits: Limits) -> tuple[str, str, list[t
         ) from None
     if data.startswith(_OLE_MAGIC):
         raise DocumentError(f"{path} is password-protected or an old .doc file, which Comma cannot read.")
-    _check_expansion(path, data, limits)
+    unpacked = _unpacked_docx(path, data, limits)
     try:
-        word = docx.Document(io.BytesIO(data))
+        word = docx.Document(unpacked)
     except Exception as e:  # a broken zip, a missing part or bad XML: all mean the same to a reader
         raise DocumentError(f"{path} is not a valid Word document or is damaged.") from e
     blocks, headings, styled_title = [], [], ""
@@ -143,15 +144,49 @@ def read_docx(path: Path, data: bytes, limits: Limits) -> tuple[str, str, list[t
     return word.core_properties.title or styled_title, "\n\n".join(blocks), headings
 
 
-def _check_expansion(path: Path, data: bytes, limits: Limits) -> None:
-    """Refuse a DOCX whose parts would expand past the limits, from the sizes its zip directory
-    declares (Python's zip reader never returns more than those)."""
+_INFLATE_CHUNK = 1 << 20  # bytes of a part unpacked at a time
+_WORD_COMPRESSION = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)  # all Word writes; bzip2 and LZMA inflate unbounded
+
+
+def _unpacked_docx(path: Path, data: bytes, limits: Limits) -> io.BytesIO:
+    """The DOCX's parts, unpacked within the limits into a zip that stores them as they are.
+
+    A zip's directory says how large each part is, but a crafted one can lie: python-docx reads a
+    part in one call, which inflates up to 2 GB of it before the reader cuts it to the size the
+    directory claims. So the parts are inflated here a chunk at a time, counting every byte
+    against the limits, and python-docx is given only what was counted, with nothing left to
+    inflate."""
+    damaged = DocumentError(f"{path} is not a valid Word document or is damaged.")
     try:
-        parts = zipfile.ZipFile(io.BytesIO(data)).infolist()
-    except (zipfile.BadZipFile, OSError, ValueError):
-        return  # python-docx says what is wrong with it
-    limits.check_expansion(path, len(data), sum(part.file_size for part in parts),
-                           sum(part.compress_size for part in parts))
+        source = zipfile.ZipFile(io.BytesIO(data))
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+        raise damaged from e
+    unpacked, expanded = io.BytesIO(), 0
+    with source:
+        parts = source.infolist()
+        # What the directory claims, for a clear refusal before anything is inflated; a file holds
+        # its parts' compressed bytes, so it bounds them even where the directory lies.
+        compressed = min(len(data), sum(part.compress_size for part in parts))
+        limits.check_expansion(path, len(data), sum(part.file_size for part in parts), compressed)
+        if any(part.compress_type not in _WORD_COMPRESSION for part in parts):
+            raise DocumentError(f"{path} packs its parts in a way Word never does (not a Word document, or damaged).")
+        if len({part.filename for part in parts}) != len(parts):
+            raise damaged  # two parts of one name: readers disagree on which one counts
+        try:
+            with zipfile.ZipFile(unpacked, "w", zipfile.ZIP_STORED) as out:
+                for part in parts:
+                    with source.open(part) as inflating, out.open(part.filename, "w", force_zip64=True) as stored:
+                        while chunk := inflating.read(_INFLATE_CHUNK):
+                            expanded += len(chunk)
+                            limits.check_expansion(path, len(data), expanded, compressed, finished=False)
+                            stored.write(chunk)
+        # A bad checksum or header, a part whose data runs past the file's end, an encrypted part:
+        # zipfile's errors share no base class.
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError, RuntimeError, zlib.error) as e:
+            raise damaged from e
+    limits.check_expansion(path, len(data), expanded, compressed)
+    unpacked.seek(0)
+    return unpacked
 
 
 def clean_text(text: str) -> str:

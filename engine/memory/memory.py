@@ -62,16 +62,17 @@ class Memory:
     def load_for(cls, model, path: Path) -> Memory:
         """``load`` for ``model``, whose backend also checks that the KV state holds the slots
         the header claims: what a cache is then sized from."""
-        memory = cls.load(path, model_fingerprint=model.fingerprint, backend=model.backend)
+        memory = cls.load(path, model_fingerprint=model.fingerprint, backend=model.backend, n_vocab=model.n_vocab)
         model.check_state(memory.state, memory.kept_tokens)
         return memory
 
     @classmethod
-    def load(cls, path: Path, *, model_fingerprint: str, backend: str) -> Memory:
+    def load(cls, path: Path, *, model_fingerprint: str, backend: str, n_vocab: int | None = None) -> Memory:
         """A verified memory file whose header and sections say what a memory must (see
-        ``engine.memory.schema``); its KV state is checked by the cache it is restored into."""
+        ``engine.memory.schema``; ``n_vocab``: the model's vocabulary, which holds every token id);
+        its KV state is checked by the cache it is restored into."""
         f = read_memory(path, model_fingerprint=model_fingerprint, backend=backend)
-        check_memory(path, f.header, f.sections)
+        check_memory(path, f.header, f.sections, n_vocab)
         s = f.sections
         return cls(
             header=f.header,

@@ -9,6 +9,7 @@ by type and bound, field by field, before a cache is sized from it or a page is 
 - one slot count for all the slot sections (``token_ids``, ``offsets``, ``separators``) and
   ``kept_tokens``, within what the policy that made the memory can keep;
 - offsets strictly increasing, below the read's length; pages' first tokens in order, inside it;
+- token ids from 0 up to the vocabulary of the model that loads the memory;
 - ``chunks`` (a parallel read's slots per chunk) only from the torch backend, adding up to the
   slot count.
 
@@ -128,7 +129,7 @@ def _check_chunks(header: dict, n: int) -> None:
         raise _Unusable("its chunks are of lengths no parallel read makes")
 
 
-def _check_slots(header: dict, sections: dict[str, bytes], n: int) -> None:
+def _check_slots(header: dict, sections: dict[str, bytes], n: int, n_vocab: int | None) -> None:
     if header["kept_tokens"] != n:
         raise _Unusable(f"its header says {header['kept_tokens']} kept tokens, but its sections hold {n}")
     capacity = _capacity(header)
@@ -137,8 +138,11 @@ def _check_slots(header: dict, sections: dict[str, bytes], n: int) -> None:
     offsets = np.frombuffer(sections["offsets"], dtype="<i8")
     if n and (offsets[0] < 0 or np.any(np.diff(offsets) <= 0)):
         raise _Unusable("its token offsets are not strictly increasing from 0")
-    if np.any(np.frombuffer(sections["token_ids"], dtype="<i4") < 0):
+    token_ids = np.frombuffer(sections["token_ids"], dtype="<i4")
+    if np.any(token_ids < 0):
         raise _Unusable("it holds negative token ids")
+    if n_vocab is not None and np.any(token_ids >= n_vocab):
+        raise _Unusable(f"it holds token ids past the model's vocabulary of {n_vocab} tokens")
     if "document_tokens" in header:
         length = header["prompt_tokens"] + header["document_tokens"]
         if n and offsets[-1] >= length:
@@ -149,12 +153,13 @@ def _check_slots(header: dict, sections: dict[str, bytes], n: int) -> None:
             raise _Unusable("its pages' first tokens are out of order or outside the read")
 
 
-def check_memory(path: Path, header: dict, sections: dict[str, bytes]) -> None:
-    """Raise ``MemoryFileError`` unless the header and sections are a memory Comma can use."""
+def check_memory(path: Path, header: dict, sections: dict[str, bytes], n_vocab: int | None = None) -> None:
+    """Raise ``MemoryFileError`` unless the header and sections are a memory Comma can use
+    (with ``n_vocab``, the model's vocabulary size, by a model that has every token id it holds)."""
     try:
         _check_header(header)
         n = _slot_count(sections)
-        _check_slots(header, sections, n)
+        _check_slots(header, sections, n, n_vocab)
         _check_chunks(header, n)
     except _Unusable as exc:
         raise MemoryFileError(f"memory file {path} cannot be used: {exc}; read the document again "

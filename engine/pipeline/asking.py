@@ -27,6 +27,10 @@ from storage.library import Library
 # passage nearest the question})``, given the document id and the question.
 FindPages = Callable[[str, str], tuple[list[tuple[int, float]], dict[int, tuple[int, int]]]]
 
+# How long a question waits for another program's write to the library to end before its answer
+# is given as not kept (the answer itself does not wait).
+LOCK_WAIT_S = 2.0
+
 
 def citation(page: int, section: str | None) -> str:
     """How a cited page reads to a person: "§ 8 Termination, p. 12", "Preface, p. 3" or "p. 12"."""
@@ -57,6 +61,12 @@ class AskResult:
 
 def read_again(doc: dict) -> str:
     return f"read it again to find answers on every page: comma ingest --force {doc['path']}"
+
+
+def check_question(question: str) -> None:
+    """Refuse a question with nothing to ask, before anything is loaded or kept."""
+    if not question.strip():
+        raise CommaError("the question is empty; ask something about the document")
 
 
 class DocumentConversation:
@@ -113,19 +123,23 @@ class DocumentConversation:
             should_stop: Callable[[], bool] = lambda: False, started: float | None = None,
             on_status: Callable[[str], None] | None = None, sampling: Sampling = Sampling()) -> AskResult:
         started = started if started is not None else time.perf_counter()
+        check_question(question)
         library, doc = self.library, self.doc
-        # A read-only library answers; the conversation is only not kept (session "" then).
-        if session_id is None:
-            session_id = "" if library.read_only else library.new_session(doc["id"], question)
-        elif library.session(session_id)["doc_id"] != doc["id"]:
+        if session_id is not None and library.session(session_id)["doc_id"] != doc["id"]:
             raise LibraryError(f"session {session_id} belongs to another document")
-        history = [{"role": m["role"], "content": m["content"]} for m in library.messages(session_id)]
+        # A library that is read-only, or that another program is writing to, is found now: it
+        # still answers, and the answer says it is not kept, rather than being thrown away
+        # after a wait for the lock.
+        blocked = library.why_not_writable(LOCK_WAIT_S)
+        not_saved = f"{blocked}; this conversation is not kept" if blocked else None
+        history = [{"role": m["role"], "content": m["content"]}
+                   for m in (library.messages(session_id) if session_id else [])]
         spot: list[int] = []
         if self.record is None:
             try:
                 conversation, spot = self._read_on_the_spot(question, on_status, should_stop)
             except Cancelled:
-                return AskResult("", session_id, [], 0.0, round(time.perf_counter() - started, 3),
+                return AskResult("", session_id or "", [], 0.0, round(time.perf_counter() - started, 3),
                                  model=self.role, model_name=self.model.name)
             candidates: list[tuple[int, float]] = []
         else:
@@ -146,17 +160,23 @@ class DocumentConversation:
             text = library.page_text(doc["id"], source["page"])
             source["section"] = library.section_at(doc["id"], source["page"], max(0, text.find(source["text"][:40])))
         answer = "".join(parts).strip()
-        if not library.read_only:
-            with library.transaction():
-                library.add_message(session_id, "user", question)
-                library.add_message(session_id, "assistant", answer, pages, sources=sources)
+        kept_in = session_id or ""  # a conversation that is not kept has no session ("")
+        if not_saved is None:
+            try:
+                # A new conversation is made with its first answer, so that nothing is left of
+                # one whose answer could not be kept.
+                with library.transaction():
+                    kept_in = session_id or library.new_session(doc["id"], question)
+                    library.add_message(kept_in, "user", question)
+                    library.add_message(kept_in, "assistant", answer, pages, sources=sources)
+            except LibraryError as exc:  # the lock was taken meanwhile, or the disk is full: shown, not kept
+                kept_in, not_saved = session_id or "", str(exc)
         seconds = time.perf_counter() - started
         reason = self.reason or (f"{conversation.recall_error}; {read_again(doc)}" if conversation.recall_error else None)
-        return AskResult(answer, session_id, pages, round(ttft if ttft is not None else seconds, 3), round(seconds, 3),
+        return AskResult(answer, kept_in, pages, round(ttft if ttft is not None else seconds, 3), round(seconds, 3),
                          sources, conversation.recall is not None or bool(spot), None if spot else reason,
                          self.role, self.model.name, self.model_reason if self.role == "reading" else None,
-                         spot, [library.section_at(doc["id"], page) for page in pages],
-                         "the library is read-only; this conversation is not kept" if library.read_only else None)
+                         spot, [library.section_at(doc["id"], page) for page in pages], not_saved)
 
     def close(self) -> None:
         if self._live is not None:

@@ -27,7 +27,7 @@ from engine.generate import Sampling
 from engine.memory import checkpoint as read_checkpoint
 from engine.memory.file_format import open_store, read_header
 from engine.memory.memory import Memory
-from engine.pipeline.asking import AskResult, DocumentConversation, read_again
+from engine.pipeline.asking import AskResult, DocumentConversation, check_question, read_again
 from engine.pipeline.models import LoadedModels
 from engine.policy import Full, make_policy, policy_key
 from engine.protocols import Available, Model, Progress
@@ -161,7 +161,7 @@ class Comma:
         model = self.model
         existing = self.library.find_memory(document_id(document), model.fingerprint, model.backend,
                                             policy_key(make_policy(policy, cache)))
-        return bool(existing) and Path(existing["path"]).is_file()
+        return self._memory_there(existing)
 
     def reading_estimate(self, document: Document) -> float:
         """Seconds the fast read of ``document`` should take, from this model's past readings on
@@ -204,7 +204,7 @@ class Comma:
         answerer = self.answerer
         key = policy_key(make_policy(policy, cache))
         existing = self.library.find_memory(doc["id"], answerer.fingerprint, answerer.backend, key)
-        if existing and not force and Path(existing["path"]).is_file() and self._store_matches(existing):
+        if not force and self._memory_there(existing) and self._store_matches(existing):
             # Done before: the file itself is not even opened (it may have moved since).
             return self._ingest_report(doc["id"], doc["title"], doc["pages"], existing, 0.0, reused=True)
         document = self.read_file(doc["path"])
@@ -228,7 +228,7 @@ class Comma:
         existing = self.library.find_memory(doc_id, model.fingerprint, model.backend, key)
         # A full-attention memory already holds every passage.
         wants_store = recall and model.capabilities.recall and not parallel and not isinstance(chosen, Full)
-        if existing and not force and Path(existing["path"]).is_file() and \
+        if existing and not force and self._memory_there(existing) and \
                 (self._store_matches(existing) or not wants_store):
             if not self.library.read_only:
                 self.library.add_document(document)  # the file may have moved since
@@ -264,7 +264,7 @@ class Comma:
                 previous.unlink(missing_ok=True)
         old_store = existing.get("recall_path") if existing else None
         if old_store and old_store != (str(store_path) if store_path else None):
-            Path(old_store).unlink(missing_ok=True)
+            self.library.delete_own_file(old_store, ".recall")
         if checkpoint is not None:
             read_checkpoint.remove(checkpoint)
         saved = self.library.find_memory(doc_id, model.fingerprint, model.backend, key)
@@ -316,31 +316,45 @@ class Comma:
                 f"document {doc['id']} ({doc['title']}) has no memory for the model {model.name}; "
                 f"read it first: comma ingest {doc['path']}"
             )
-        if not Path(record["path"]).is_file():
-            raise LibraryError(
-                f"the memory of document {doc['id']} ({doc['title']}) is missing: {record['path']} is gone "
-                f"(deleted, or the data folder was copied without it); read it again: comma ingest {doc['path']}"
-            )
+        if not self._memory_there(record):
+            raise _missing(doc, record, self.library)
         return doc, record
+
+    def _memory_there(self, record: dict | None) -> bool:
+        """Whether a memory row's file is there, and one of the library's own (a row naming a
+        file elsewhere is taken as missing)."""
+        path = self.library.own_file(record["path"], ".mem") if record else None
+        return path is not None and path.is_file()
 
     def load_memory(self, doc: dict, record: dict, model=None) -> Memory:
         """A document's memory, checked to be of that very document (a memory file copied over
-        another's would otherwise answer, and cite pages, for the wrong document)."""
-        memory = Memory.load_for(model or self.model, Path(record["path"]))
+        another's would otherwise answer, and cite pages, for the wrong document) and to map
+        its pages (a crafted page map would cite pages it does not have)."""
+        path = self.library.own_file(record["path"], ".mem")
+        if path is None or not path.is_file():
+            raise _missing(doc, record, self.library)
+        memory = Memory.load_for(model or self.model, path)
         if memory.header["document_sha256"] != doc["sha256"]:
             raise MemoryFileError(
-                f"memory file {record['path']} was made from another document than {doc['title']} "
+                f"memory file {path} was made from another document than {doc['title']} "
                 f"({doc['id']}); {read_again(doc)}")
+        starts = memory.header["page_token_starts"]
+        if len(starts) != doc["pages"]:
+            raise MemoryFileError(f"memory file {path} maps {len(starts)} pages, but {doc['title']} ({doc['id']}) "
+                                  f"has {doc['pages']}; {read_again(doc)}")
+        if any(b < a for a, b in zip(starts, starts[1:], strict=False)):
+            raise MemoryFileError(f"memory file {path} has its pages out of order; {read_again(doc)}")
         return memory
 
     def _store_matches(self, record: dict) -> bool:
         """Whether a memory row's recall store is there and belongs to that very reading."""
-        if not record.get("recall_path"):
+        store_path = self.library.own_file(record.get("recall_path"), ".recall")
+        memory_path = self.library.own_file(record["path"], ".mem")
+        if store_path is None or memory_path is None:
             return False
         try:
-            store = open_store(record["recall_path"], model_fingerprint=record["model_fingerprint"],
-                               backend=record["backend"])
-            return store.header.get("read_id") == read_header(record["path"]).get("read_id")
+            store = open_store(store_path, model_fingerprint=record["model_fingerprint"], backend=record["backend"])
+            return store.header.get("read_id") == read_header(memory_path).get("read_id")
         except MemoryFileError:
             return False
 
@@ -355,10 +369,18 @@ class Comma:
             return Available(None, "a memory read in parallel chunks has no recall store")
         if not record.get("recall_path"):
             return Available(None, f"this memory was read without a recall store; {again}")
+        path = self.library.own_file(record["recall_path"], ".recall")
+        if path is None:
+            return Available(None, f"its recall store {record['recall_path']} is missing; {again}")
         try:
-            return Available(RecallStore.open(Path(record["recall_path"]), model, memory.header))
+            store = RecallStore.open(path, model, memory.header)
         except MemoryFileError as exc:
             return Available(None, f"{exc}; {again}")
+        outside = next((p.page for p in store.passages if not 1 <= p.page <= doc["pages"]), None)
+        if outside is not None:
+            return Available(None, f"recall store {path} holds a passage of page {outside}, but {doc['title']} "
+                                   f"has {doc['pages']} pages; {again}")
+        return Available(store)
 
     def _answering_plan(self, doc_id: str) -> AnsweringPlan:
         """Which model answers questions about a document now, and from what."""
@@ -394,6 +416,7 @@ class Comma:
         document (the window does; a one-shot command does not). ``on_status`` hears what is
         done before the answer starts (pages read on the spot)."""
         started = time.perf_counter()
+        check_question(question)
         conversation = self._live_conversation(doc_id, ranking) if live else self.conversation(doc_id, ranking)
         try:
             return conversation.ask(question, session_id, on_text, should_stop, started=started, on_status=on_status,
@@ -442,8 +465,15 @@ class Comma:
         docs = self.library.documents()
         for doc in docs:
             for memory in doc["memories"]:
-                memory["missing"] = not Path(memory["path"]).is_file()
+                memory["missing"] = not self._memory_there(memory)
         return docs
+
+
+def _missing(doc: dict, record: dict, library: Library) -> LibraryError:
+    why = "is gone (deleted, or the data folder was copied without it)" \
+        if library.own_file(record["path"], ".mem") else f"is not in {library.memories_folder} (library.db was edited)"
+    return LibraryError(f"the memory of document {doc['id']} ({doc['title']}) is missing: {record['path']} {why}; "
+                        f"read it again: comma ingest {doc['path']}")
 
 
 def _keep_previous(target: Path) -> Path | None:

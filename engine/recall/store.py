@@ -20,6 +20,7 @@ import numpy as np
 
 from engine.errors import MemoryFileError
 from engine.memory.file_format import StoreFile, StoreWriter, open_store
+from engine.memory.memory import page_of_token
 from engine.protocols import Model, RecallCache
 
 PASSAGE_TOKENS = 1024
@@ -90,9 +91,13 @@ class RecallWriter:
 
 
 class RecallStore:
-    """A recall store opened for the memory it belongs to; passages are read only when asked for."""
+    """A recall store opened for the memory it belongs to; passages are read only when asked for.
 
-    def __init__(self, file: StoreFile, memory_header: dict):
+    A store's header checksum catches accidents, not intent, so everything a question will trust
+    is checked here first: its passage table tiles the memory's read in order, each piece on the
+    page the memory says its tokens are on, and every stored token id is one the model has."""
+
+    def __init__(self, file: StoreFile, memory_header: dict, n_vocab: int):
         header = file.header
         if header.get("read_id") != memory_header.get("read_id") or \
                 header.get("document_sha256") != memory_header.get("document_sha256"):
@@ -108,18 +113,30 @@ class RecallStore:
         names = {f"piece{i}" for i in range(len(pieces))} | {"tokens"}
         if set(file.sections) != names:
             raise damaged
+        # The store holds the very tokens its memory read after the prompt, no more, no fewer.
+        document_tokens = memory_header["document_tokens"]
+        if self.prompt_tokens != memory_header["prompt_tokens"] or file.sections["tokens"][1] != 4 * document_tokens:
+            raise damaged
         ids = [p[3] for p in pieces]
         # Pieces tile the document's tokens in order, so none can claim more tokens (and the
         # arrays sized from them) than the store's token section holds.
-        end = self.prompt_tokens + file.sections["tokens"][1] // 4
+        end = self.prompt_tokens + document_tokens
         starts = [first for first, _, _, _ in pieces] + [end]
         if ids != sorted(ids) or (ids and (ids[0] != 0 or ids[-1] != len(set(ids)) - 1)) \
                 or any(first < self.prompt_tokens or n <= 0 or first + n > nxt or page < 1
                        for (first, n, page, _), nxt in zip(pieces, starts[1:], strict=True)):
             raise damaged
+        # A piece is cut at page starts, so its first and last tokens lie on the page it names:
+        # the page a source cites.
+        page_starts = memory_header["page_token_starts"]
+        if any(page_of_token(page_starts, self.prompt_tokens, first) != page or
+               page_of_token(page_starts, self.prompt_tokens, first + n - 1) != page for first, n, page, _ in pieces):
+            raise damaged
         grouped: dict[int, list[int]] = {}
         for i, piece in enumerate(pieces):
             grouped.setdefault(piece[3], []).append(i)
+        if any(pieces[i][2] != pieces[members[0]][2] for members in grouped.values() for i in members):
+            raise damaged  # a passage lies on one page
         self.pieces = pieces
         # Passage ids run 0..n-1 (checked above), so a passage's index is its place in this list.
         self.passages = [
@@ -127,11 +144,15 @@ class RecallStore:
                     tuple(members))
             for index, members in sorted(grouped.items())
         ]
-        self._tokens: np.ndarray | None = None
+        self._tokens = np.frombuffer(file.read(["tokens"])["tokens"], dtype="<i4")
+        if self._tokens.size and (self._tokens.min() < 0 or self._tokens.max() >= n_vocab):
+            raise MemoryFileError(f"recall store {file.path} is damaged (token ids outside the model's "
+                                  f"vocabulary of {n_vocab} tokens)")
 
     @classmethod
     def open(cls, path: Path, model: Model, memory_header: dict) -> RecallStore:
-        return cls(open_store(path, model_fingerprint=model.fingerprint, backend=model.backend), memory_header)
+        return cls(open_store(path, model_fingerprint=model.fingerprint, backend=model.backend), memory_header,
+                   model.n_vocab)
 
     def on_pages(self, pages: list[int]) -> list[Passage]:
         wanted = set(pages)
@@ -149,8 +170,6 @@ class RecallStore:
 
     def text(self, passage: Passage, model: Model, words: int = SNIPPET_WORDS) -> str:
         """The passage's opening words, as the reader saw them."""
-        if self._tokens is None:
-            self._tokens = np.frombuffer(self.file.read(["tokens"])["tokens"], dtype="<i4")
         start = passage.first - self.prompt_tokens
         ids = self._tokens[start:start + min(passage.tokens, 8 * words)]
         return snippet(model.detokenize(ids).decode("utf-8", errors="replace"), words)

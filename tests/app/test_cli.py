@@ -164,6 +164,66 @@ def test_a_damaged_library_is_an_error_line_in_the_cli_and_the_window(tmp_path, 
     assert (home / "library.db").read_bytes() == b"\x00garbage" * 500
 
 
+def test_a_symbolic_link_loop_is_one_error_line(tmp_path, home, capsys, monkeypatch):
+    from tests.fakes import use_fake_model
+
+    use_fake_model(monkeypatch, token_seconds=0)
+    loop = tmp_path / "loop.txt"
+    loop.symlink_to(loop)
+    (tmp_path / "a.txt").symlink_to(tmp_path / "b.txt")
+    (tmp_path / "b.txt").symlink_to(tmp_path / "a.txt")
+    for path in (loop, tmp_path / "a.txt", tmp_path / "a.txt" / "inside.txt"):
+        code, out, err = cli(capsys, "ingest", path)
+        assert_user_error(code, err, "Cannot open", "symbolic links lead round in a loop")
+        assert out == "" and library_rows(home).get("documents", []) == []
+
+
+@pytest.mark.parametrize("failure", [PermissionError(errno.EACCES, "Permission denied"), RuntimeError("no home folder"),
+                                     OSError(errno.EIO, "Input/output error")])
+def test_an_unforeseen_os_or_runtime_error_is_one_line_naming_its_type(tmp_path, home, capsys, monkeypatch, failure):
+    from tests.fakes import use_fake_model
+
+    use_fake_model(monkeypatch, token_seconds=0)
+
+    def fails(*args, **kwargs):
+        raise failure
+
+    monkeypatch.setattr("engine.pipeline.comma.read_document", fails)
+    doc = tmp_path / "a.txt"
+    doc.write_text("A short note.")
+    code, _, err = cli(capsys, "ingest", doc)
+    assert_user_error(code, err, type(failure).__name__, str(failure))
+
+
+def test_text_that_is_not_utf8_is_named_and_refused(tmp_path, home, capsys, monkeypatch):
+    """On Linux a file name or an argument is bytes; those that are not UTF-8 reach Python as
+    lone surrogates."""
+    import os
+
+    from tests.fakes import use_fake_model
+
+    use_fake_model(monkeypatch, token_seconds=0)
+    name = os.fsdecode(b"caf\xe9.txt")
+    (tmp_path / name).write_text("A short note about the café.")
+    code, out, err = cli(capsys, "ingest", tmp_path / name)
+    assert_user_error(code, err, "caf?.txt", "not valid UTF-8", "shown with ? for the undecodable bytes")
+    assert out == "" and library_rows(home).get("documents", []) == []
+    code, _, err = cli(capsys, "ingest", tmp_path / os.fsdecode(b"gone\xff.txt"))
+    assert_user_error(code, err, "gone?.txt", "no such file")
+    doc = tmp_path / "note.txt"
+    doc.write_text("A short note about the harbour and its boats. " * 20)
+    code, out, _ = cli(capsys, "ingest", doc, "--fast-only", "--no-notes", "--json")
+    doc_id = json.loads(out)["doc_id"]
+    messages = library_rows(home)["messages"]
+    code, out, err = cli(capsys, "ask", doc_id, "Where do the boats \udce9 moor?")
+    assert_user_error(code, err, "the question is not valid UTF-8 text")
+    code, _, err = cli(capsys, "ask", doc_id, "Where?", "--session", "\udcff")
+    assert_user_error(code, err, "the session id is not valid UTF-8 text")
+    code, _, err = cli(capsys, "ingest", doc, "--model", tmp_path / os.fsdecode(b"m\xe9.gguf"))
+    assert_user_error(code, err, "--model", "m?.gguf", "not valid UTF-8")
+    assert out == "" and library_rows(home)["messages"] == messages
+
+
 def test_unknown_doc_id(home, capsys):
     code, _, err = cli(capsys, "ask", "0123abcd", "why?")
     assert_user_error(code, err, "0123abcd", "not in the library")

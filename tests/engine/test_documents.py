@@ -378,6 +378,99 @@ def test_docx_that_expands_too_far_is_refused_before_it_is_parsed(tmp_path, monk
     assert read_document(fine).text == "A short letter."
 
 
+def _lying_docx(path, claimed: int, expanded: int, crc_of_claimed: bool):
+    """A Word file whose main part inflates to ``expanded`` bytes while its zip directory and its
+    local header both claim ``claimed``; its CRC is that of the whole part, or of the claimed
+    bytes alone (then the part checks out as the truncated bytes the reader would return)."""
+    import struct
+    import zipfile
+    import zlib
+
+    _docx_with_part(path, "word/media/empty.bin", b"")
+    with zipfile.ZipFile(path) as zipped:
+        parts = {info.filename: zipped.read(info) for info in zipped.infolist()}
+    body = b'<?xml version="1.0"?>' + b" " * 1000
+    deflate = zlib.compressobj(9, zlib.DEFLATED, -15)
+    stream, crc, done = [deflate.compress(body)], zlib.crc32(body), len(body)
+    zeros = bytes(1 << 20)
+    while done < expanded:
+        stream.append(deflate.compress(zeros))
+        crc, done = zlib.crc32(zeros, crc), done + len(zeros)
+    stream.append(deflate.flush())
+    data = b"".join(stream)
+    if crc_of_claimed:
+        crc = zlib.crc32(body[:claimed])
+    out, central = bytearray(), bytearray()
+    for name, blob in parts.items():
+        raw, method, size, checksum = zlib.compress(blob, 9)[2:-4], 8, len(blob), zlib.crc32(blob)
+        if name == "word/document.xml":
+            raw, size, checksum = data, claimed, crc
+        fields = struct.pack("<HHHHHIIIHH", 20, 0, method, 0, 0x21, checksum, len(raw), size, len(name), 0)
+        central += b"PK\x01\x02" + struct.pack("<H", 20) + fields + struct.pack("<HHHII", 0, 0, 0, 0, len(out)) \
+            + name.encode()
+        out += b"PK\x03\x04" + fields + name.encode() + raw
+    end = struct.pack("<4sHHHHIIH", b"PK\x05\x06", 0, 0, len(parts), len(parts), len(central), len(out), 0)
+    path.write_bytes(bytes(out + central + end))
+    return path
+
+
+@pytest.mark.parametrize("crc_of_claimed", [False, True], ids=["the whole part's CRC", "the claimed bytes' CRC"])
+def test_docx_whose_zip_directory_lies_about_sizes_is_refused_in_little_memory(tmp_path, crc_of_claimed):
+    """Python's zip reader trusts the directory's sizes and inflates up to 2 GB in one call:
+    parts are inflated a chunk at a time, within the limits, and python-docx reads only those."""
+    import tracemalloc
+
+    bomb = _lying_docx(tmp_path / "bomb.docx", 500, 400_000_000, crc_of_claimed)
+    assert bomb.stat().st_size < 1_000_000
+    tracemalloc.start()
+    try:
+        message = refused(bomb)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert "not a valid Word document or is damaged" in message
+    assert peak < 100_000_000, f"refusing it took {peak / 1e6:.0f} MB"
+
+
+def test_docx_parts_are_counted_as_they_are_inflated(tmp_path, monkeypatch):
+    """Were the zip reader to return more than the directory claims, the count of what it
+    returned stops it at the limit."""
+    import copy
+    import zipfile
+
+    big = _docx_with_part(tmp_path / "big.docx", "word/media/photo.bin", bytes(3_000_000))
+    listed, opened = zipfile.ZipFile.infolist, zipfile.ZipFile.open
+
+    def claimed(self):
+        infos = [copy.copy(info) for info in listed(self)]
+        for info in infos:
+            info.file_size = min(info.file_size, 10)
+        return infos
+
+    monkeypatch.setattr(zipfile.ZipFile, "infolist", claimed)
+    monkeypatch.setattr(zipfile.ZipFile, "open", lambda self, part, mode="r", **kw: opened(
+        self, part.filename if mode == "r" and isinstance(part, zipfile.ZipInfo) else part, mode, **kw))
+    message = str(pytest.raises(DocumentError, read_document, big, Limits(expanded_bytes=2_000_000)).value)
+    assert "expands to more than the 2 MB a Word document may take" in message
+
+
+def test_docx_parts_packed_as_word_never_packs_them_are_refused(tmp_path):
+    """bzip2 and LZMA parts inflate without bound in one read of Python's zip reader; two parts
+    of one name leave readers disagreeing on which is the document."""
+    import warnings
+    import zipfile
+
+    packed = _docx_with_part(tmp_path / "bzip2.docx", "word/media/empty.bin", b"")
+    with zipfile.ZipFile(packed, "a", compression=zipfile.ZIP_BZIP2) as zipped:
+        zipped.writestr("word/media/zeros.bin", bytes(1000))
+    assert "packs its parts in a way Word never does" in refused(packed)
+    twice = _docx_with_part(tmp_path / "twice.docx", "word/media/empty.bin", b"")
+    with zipfile.ZipFile(twice, "a") as zipped, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zipfile warns of the second name, as it should
+        zipped.writestr("word/document.xml", zipped.read("word/document.xml"))
+    assert "not a valid Word document or is damaged" in refused(twice)
+
+
 def test_pdf_outline_gives_each_page_its_section(tmp_path):
     pdf = pymupdf.open()
     for lines in (["1 Scope", "This agreement covers services."], ["2 Fees", "Fees are due monthly."],

@@ -1,6 +1,7 @@
 """A memory file with a valid checksum around a header or sections its writer would never make
 is refused with a MemoryFileError that says what is wrong, before anything is sized from it;
-and any mutation of a real memory either loads exactly what the file holds or is refused."""
+any mutation of a real memory either loads exactly what the file holds or is refused; and any
+mutation of a real recall store, checksummed again, is refused or answers questions."""
 
 import hashlib
 import json
@@ -14,12 +15,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from engine.answering.conversation import Conversation
 from engine.documents.document import read_document
 from engine.errors import MemoryFileError
-from engine.memory.file_format import FORMAT_VERSION, MAGIC, read_memory, write_memory
+from engine.memory.file_format import FORMAT_VERSION, MAGIC, StoreWriter, open_store, read_memory, write_memory
 from engine.memory.memory import Memory
 from engine.policy import make_policy
 from engine.reading.reader import read
+from engine.recall.store import RecallStore
 from tests.fakes import FakeModel
 
 TEXT = "\n\n".join(f"Page {p} of the harbour rules. Boats moor at berth {p}, and pay {p} coins a night. " * 10
@@ -85,6 +88,9 @@ CASES = {
                                 "past the end of its read"),
     "a negative token id": (lambda h, s: s.update(token_ids=np.full(h["kept_tokens"], -3, "<i4").tobytes()),
                             "negative token ids"),
+    "a token id past the vocabulary": (
+        lambda h, s: s.update(token_ids=np.full(h["kept_tokens"], 2**31 - 1, "<i4").tobytes()),
+        "token ids past the model's vocabulary of 258 tokens"),
     "chunks on another backend": (lambda h, s: h.update(chunks=[70, 10**12], parallel_chunk_tokens=70),
                                   "only the torch backend"),
 }
@@ -258,3 +264,177 @@ def test_any_raw_header_is_refused_without_a_traceback(real, tmp_path, header_te
     path = tmp_path / "raw.mem"
     _write_raw(path, header_text, sections)
     _check_one(model, path)
+
+
+# -- property: every mutation of a real recall store is refused or answers ------------------------
+
+QUESTION = "Where do boats moor on page 7?"
+
+
+@pytest.fixture(scope="module")
+def real_store(tmp_path_factory):
+    """A memory and the recall store the same read wrote, as their files hold them."""
+    folder = tmp_path_factory.mktemp("store")
+    doc = folder / "harbour.txt"
+    doc.write_text(TEXT)
+    model = FakeModel()
+    result = read(model, read_document(doc), make_policy("sepllm", 160), notes=False, chunk=32,
+                  recall=folder / "real.recall")
+    result.memory.save(folder / "real.mem")
+    assert result.recall is not None
+    result.recall.commit()
+    memory = Memory.load_for(model, folder / "real.mem")
+    f = open_store(folder / "real.recall", model_fingerprint=model.fingerprint, backend=model.backend)
+    header = {k: v for k, v in f.header.items() if k not in ("sections", "format_version")}
+    return model, memory, header, f.read(list(f.sections))
+
+
+def _write_store(path: Path, header: dict, sections: dict[str, bytes]) -> None:
+    """A store with these sections and header, every checksum in it valid."""
+    with StoreWriter(path) as writer:
+        for name, blob in sections.items():
+            writer.add(name, blob)
+        writer.seal(header)
+        writer.commit()
+
+
+def test_the_real_store_answers(real_store, tmp_path):
+    model, memory, header, sections = real_store
+    _write_store(tmp_path / "s.recall", header, sections)
+    _check_store(model, memory, tmp_path / "s.recall", recalled=True)
+
+
+def _tokens(data) -> np.ndarray:
+    blob = data["sections"].get("tokens", b"")
+    return np.frombuffer(blob[:len(blob) // 4 * 4], "<i4").copy()
+
+
+def _set_token(data, index, value):
+    tokens = _tokens(data)
+    if tokens.size:
+        tokens[index % tokens.size] = value
+        data["sections"]["tokens"] = tokens.astype("<i4").tobytes()
+
+
+def _set_all_tokens(data, value):
+    data["sections"]["tokens"] = np.full(_tokens(data).size, value, "<i4").tobytes()
+
+
+def _pieces(data) -> list:
+    pieces = data["header"].get("pieces")
+    return pieces if isinstance(pieces, list) and pieces else []
+
+
+def _set_in_piece(data, index, column, value):
+    """A piece's first offset, token count, page or passage (columns 0 to 3)."""
+    pieces = _pieces(data)
+    if pieces and isinstance(pieces[index % len(pieces)], list) and pieces[index % len(pieces)]:
+        piece = pieces[index % len(pieces)]
+        piece[column % len(piece)] = value
+
+
+def _shift_in_piece(data, index, column, delta):
+    pieces = _pieces(data)
+    piece = pieces[index % len(pieces)] if pieces else None
+    if isinstance(piece, list) and len(piece) == 4 and type(piece[column % 4]) is int:
+        piece[column % 4] += delta
+
+
+def _drop_piece(data, index):
+    pieces = _pieces(data)
+    if pieces:
+        del pieces[index % len(pieces)]
+
+
+def _repeat_piece(data, index, to):
+    pieces = _pieces(data)
+    if pieces:
+        pieces.insert(to % len(pieces), json.loads(json.dumps(pieces[index % len(pieces)])))
+
+
+def _swap_pieces(data, a, b):
+    pieces = _pieces(data)
+    if pieces:
+        a, b = a % len(pieces), b % len(pieces)
+        pieces[a], pieces[b] = pieces[b], pieces[a]
+
+
+def _drop_store_section(data, index):
+    names = sorted(data["sections"])
+    if names:
+        data["sections"].pop(names[index % len(names)])
+
+
+INT32 = st.integers(-(2**31), 2**31 - 1) | st.sampled_from([-1, 0, 255, 257, 258, 2**31 - 1])
+NUMBER = st.integers(-(2**40), 2**40) | st.integers(-3, 40) | JSON
+STORE_FIELDS = st.sampled_from(["pieces", "prompt_tokens", "read_id", "document_sha256", "kind"])
+STORE_MUTATIONS = st.one_of(
+    st.tuples(st.just(_set_token), st.integers(0, 10**6), INT32),
+    st.tuples(st.just(_set_all_tokens), INT32),
+    st.tuples(st.just(_resize_section), st.just("tokens"), st.integers(0, 20_000)),
+    st.tuples(st.just(_set_in_piece), st.integers(0, 500), st.integers(0, 3), NUMBER),
+    st.tuples(st.just(_shift_in_piece), st.integers(0, 500), st.integers(0, 3), st.integers(-40, 40)),
+    st.tuples(st.just(_drop_piece), st.integers(0, 500)),
+    st.tuples(st.just(_repeat_piece), st.integers(0, 500), st.integers(0, 500)),
+    st.tuples(st.just(_swap_pieces), st.integers(0, 500), st.integers(0, 500)),
+    st.tuples(st.just(_drop_store_section), st.integers(0, 500)),
+    st.tuples(st.just(_set_field), STORE_FIELDS, NUMBER),
+    st.tuples(st.just(_drop_field), STORE_FIELDS),
+)
+
+
+def _check_store(model, memory: Memory, path: Path, recalled: bool = False) -> None:
+    """Open ``path`` for ``memory``: a MemoryFileError, or a store whose every passage is on a page
+    of the document, reads back and answers a question."""
+    try:
+        store = RecallStore.open(path, model, memory.header)
+    except MemoryFileError:
+        return
+    pages = len(memory.header["page_token_starts"])
+    prompt, length = memory.header["prompt_tokens"], memory.header["prompt_tokens"] + memory.header["document_tokens"]
+    for passage in store.passages:
+        assert 1 <= passage.page <= pages
+        assert all(prompt <= o.min() and o.max() < length for o in store.piece_offsets(passage))
+        assert isinstance(store.text(passage, model), str)
+    with Conversation(model, memory, recall=store) as conversation:
+        answer = "".join(conversation.ask(QUESTION, candidate_pages=[(p, 1.0) for p in range(1, pages + 1)]))
+        assert answer
+        assert all(1 <= source.page <= pages for source in conversation.sources)
+        # A passage whose KV state is not its claimed tokens is the backend's to refuse when it
+        # loads it: the answer then comes from the memory alone, citing none.
+        assert conversation.recall_error is None or conversation.sources == []
+        if recalled:
+            assert conversation.sources and conversation.recall_error is None
+
+
+@settings(max_examples=400, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(mutations=st.lists(STORE_MUTATIONS, min_size=1, max_size=3))
+def test_any_mutation_of_a_real_store_is_refused_or_answers(real_store, tmp_path, mutations):
+    model, memory, header, sections = real_store
+    data = {"header": json.loads(json.dumps(header)), "sections": dict(sections)}
+    for mutate, *args in mutations:
+        mutate(data, *args)
+    path = tmp_path / "mutated.recall"
+    try:
+        _write_store(path, data["header"], data["sections"])
+    except (TypeError, ValueError):  # a mutation json itself cannot write
+        return
+    _check_store(model, memory, path)
+
+
+@pytest.mark.parametrize("change, words", [
+    (lambda data: _set_token(data, 5, 2**31 - 1), "outside the model's vocabulary of 258 tokens"),
+    (lambda data: _set_token(data, 5, -1), "outside the model's vocabulary"),
+    (lambda data: _set_in_piece(data, 3, 2, data["header"]["pieces"][3][2] + 1), "unreadable passage table"),
+    (lambda data: _shift_in_piece(data, 0, 0, -1), "unreadable passage table"),
+    (lambda data: data["header"].update(prompt_tokens=data["header"]["prompt_tokens"] + 1), "unreadable passage"),
+    (lambda data: _resize_section(data, "tokens", len(data["sections"]["tokens"]) - 4), "unreadable passage"),
+], ids=["an id past the vocabulary", "a negative id", "a piece on another page", "a piece in the prompt",
+        "another prompt", "a token fewer"])
+def test_a_crafted_store_is_refused_with_what_is_wrong(real_store, tmp_path, change, words):
+    model, memory, header, sections = real_store
+    data = {"header": json.loads(json.dumps(header)), "sections": dict(sections)}
+    change(data)
+    _write_store(tmp_path / "s.recall", data["header"], data["sections"])
+    with pytest.raises(MemoryFileError, match=r"recall store .*s\.recall is damaged \(.*" + re.escape(words)):
+        RecallStore.open(tmp_path / "s.recall", model, memory.header)

@@ -396,12 +396,13 @@ def test_sources_and_pages_name_their_section(comma, tmp_path, capsys, monkeypat
     assert f"§ 3 Gates, p. {result.sources[0]['page']}:" in capsys.readouterr().out
 
 
-def _rewrite_pieces(path: Path, change) -> None:
-    """The store again, with a valid header checksum around a passage table its writer never makes."""
+def _rewrite_pieces(path: Path, change, change_tokens=lambda tokens: tokens) -> None:
+    """The store again, with valid checksums around a passage table or token ids its writer never makes."""
     f = open_store(path, model_fingerprint="f" * 64, backend="fake")
     header = {k: v for k, v in f.header.items() if k not in ("sections", "format_version")}
     header["pieces"] = change([list(p) for p in header["pieces"]])
     blobs = f.read(list(f.sections))
+    blobs["tokens"] = change_tokens(np.frombuffer(blobs["tokens"], "<i4").copy()).astype("<i4").tobytes()
     with StoreWriter(path) as writer:
         for name, blob in blobs.items():
             writer.add(name, blob)
@@ -414,6 +415,7 @@ def _rewrite_pieces(path: Path, change) -> None:
     pytest.param(lambda p: [[p[0][0], float("inf"), p[0][2], 0], *p[1:]], id="Infinity tokens"),
     pytest.param(lambda p: [p[0], [p[0][0], *p[1][1:]], *p[2:]], id="two pieces at one place"),
     pytest.param(lambda p: [[p[0][0], p[0][1], 0, 0], *p[1:]], id="page 0"),
+    pytest.param(lambda p: [[*p[0][:2], p[0][2] + 1, 0], *p[1:]], id="a piece on a page its tokens are not on"),
 ])
 def test_a_crafted_passage_table_is_damage_and_the_answer_comes_from_the_memory(comma, read_doc, change):
     store = Path(read_doc["recall_path"])
@@ -421,4 +423,22 @@ def test_a_crafted_passage_table_is_damage_and_the_answer_comes_from_the_memory(
     crafted = store.read_bytes()
     result = comma.ask(read_doc["doc_id"], QUESTION)
     assert result.answer and result.recall is False and "unreadable passage table" in result.recall_reason
+    assert store.read_bytes() == crafted
+
+
+@pytest.mark.parametrize("token", [2**31 - 1, 258, -1])
+def test_a_stored_token_id_the_model_lacks_is_damage_and_the_answer_comes_from_the_memory(comma, read_doc, token):
+    """Token ids past the vocabulary would fail detokenizing the sources' snippets, and negative
+    ones would show other words: the store is refused when it is opened, saying why."""
+    store = Path(read_doc["recall_path"])
+
+    def change(tokens):
+        tokens[len(tokens) // 2] = token
+        return tokens
+
+    _rewrite_pieces(store, lambda pieces: pieces, change)
+    crafted = store.read_bytes()
+    result = comma.ask(read_doc["doc_id"], QUESTION)
+    assert result.answer and result.recall is False and result.sources == []
+    assert "token ids outside the model's vocabulary" in result.recall_reason
     assert store.read_bytes() == crafted

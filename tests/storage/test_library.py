@@ -182,7 +182,7 @@ def test_a_schema_0_library_opens_migrated_with_its_data(tmp_path):
     with sqlite3.connect(tmp_path / "library.db") as conn:
         conn.executescript(SCHEMA_0.format(sha=sha, path=source))
     lib = Library(tmp_path)
-    assert lib.schema_version == 4
+    assert lib.schema_version == 5
     assert [d["title"] for d in lib.documents()] == ["Old doc"]
     assert lib.documents()[0]["memories"][0]["kept_tokens"] == 50
     # a memory read before recall stores has none; an old answer has no sources
@@ -200,7 +200,7 @@ def test_a_schema_0_library_opens_migrated_with_its_data(tmp_path):
     assert [s["id"] for s in Library(tmp_path).sessions("abababababab")] == ["s1", "s2"]
     assert lib.section_at("abababababab", 1) is None and lib.sections("abababababab") == []
     assert lib.passage_vectors("abababababab", "any")[0].size == 0  # read before: no meaning index yet
-    assert Library(tmp_path).schema_version == 4  # opening again changes nothing
+    assert Library(tmp_path).schema_version == 5  # opening again changes nothing
 
 
 def test_pages_of_a_changed_file_are_not_taken(tmp_path):
