@@ -20,6 +20,7 @@ row is printed to stderr as it is measured; the summary gives, per condition, th
 kind (answerable by style, unanswerable, follow-ups).
 
     python bench/heldout.py --part dev [--conditions spot,deep] [--documents A.txt,B.pdf] [--home DIR]
+    python bench/heldout.py --part dev --from-log RUN.txt   # the report of a run stopped before its end
 """
 
 from __future__ import annotations
@@ -154,6 +155,20 @@ def run(args) -> tuple[dict, object]:
     return {"part": args.part, "documents": reads, "rows": rows, "summary": summarize(rows)}, model
 
 
+def from_log(log: Path, part: str) -> dict:
+    """The rows a run printed to stderr, summarised as the whole run would have been."""
+    rows = []
+    for line in log.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue  # llama.cpp's own messages
+        if isinstance(row, dict) and row.get("condition") in CONDITIONS and row.get("part") == part:
+            rows.append(row)
+    documents = sorted({r["document"] for r in rows})
+    return {"part": part, "from_log": str(log), "documents": documents, "rows": rows, "summary": summarize(rows)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--part", choices=("dev", "test"), required=True)
@@ -162,11 +177,17 @@ def main() -> None:
                         help="only these documents of the part (default: all of it)")
     parser.add_argument("--home", type=Path, help="keep the library there")
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--from-log", type=Path, help="summarise the stderr of a run stopped before its end")
     args = parser.parse_args()
     unknown = set(args.conditions) - set(CONDITIONS)
     if unknown:
         parser.error(f"unknown condition(s) {', '.join(sorted(unknown))}; choose from {', '.join(CONDITIONS)}")
     out = args.out or ROOT / "bench" / "results" / f"heldout_{args.part}_cpu.json"
+    if args.from_log:
+        from engine.models.answering import FILE_NAME
+
+        emit("heldout", __doc__.split("Method:", 1)[1], FILE_NAME, from_log(args.from_log, args.part), out)
+        return
     result, model = run(args)
     emit("heldout", __doc__.split("Method:", 1)[1], model, result, out)
 
