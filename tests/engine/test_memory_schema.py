@@ -242,13 +242,19 @@ def _check_one(model, path: Path) -> None:
     assert all(1 <= p <= len(memory.header["page_token_starts"]) for p in memory.pages())
 
 
+def _mutated(header: dict, sections: dict, mutations: list) -> dict:
+    """A copy of a real file's header and sections with ``mutations`` applied in turn."""
+    data = {"header": json.loads(json.dumps(header)), "sections": dict(sections)}
+    for mutate, *args in mutations:
+        mutate(data, *args)
+    return data
+
+
 @settings(max_examples=300, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(mutations=st.lists(MUTATIONS, min_size=1, max_size=3))
 def test_any_mutation_of_a_real_memory_loads_exactly_or_is_refused(real, tmp_path, mutations):
     model, _, header, sections = real
-    data = {"header": json.loads(json.dumps(header)), "sections": dict(sections)}
-    for mutate, *args in mutations:
-        mutate(data, *args)
+    data = _mutated(header, sections, mutations)
     path = tmp_path / "mutated.mem"
     try:
         write_memory(path, data["header"], data["sections"])
@@ -411,9 +417,7 @@ def _check_store(model, memory: Memory, path: Path, recalled: bool = False) -> N
 @given(mutations=st.lists(STORE_MUTATIONS, min_size=1, max_size=3))
 def test_any_mutation_of_a_real_store_is_refused_or_answers(real_store, tmp_path, mutations):
     model, memory, header, sections = real_store
-    data = {"header": json.loads(json.dumps(header)), "sections": dict(sections)}
-    for mutate, *args in mutations:
-        mutate(data, *args)
+    data = _mutated(header, sections, mutations)
     path = tmp_path / "mutated.recall"
     try:
         _write_store(path, data["header"], data["sections"])

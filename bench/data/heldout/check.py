@@ -90,6 +90,16 @@ class Checker:
     def fail(self, message: str) -> None:
         self.failures.append(message)
 
+    def known_document(self, entry: dict, documents: dict) -> bool:
+        """Whether a question's or follow-up's document is listed, and in the part it claims."""
+        eid, name = entry.get("id"), entry.get("document")
+        if name not in documents:
+            self.fail(f"{eid}: document {name!r} is not listed under 'documents'")
+            return False
+        if entry.get("part") != documents[name].get("part"):
+            self.fail(f"{eid}: part {entry.get('part')!r} but {name} is in {documents[name].get('part')!r}")
+        return True
+
     # -- documents -------------------------------------------------------------------------------
     def check_documents(self) -> None:
         documents: dict = self.data.get("documents", {})
@@ -163,11 +173,8 @@ class Checker:
         self.overlaps: dict[tuple[str, str], list[float]] = defaultdict(list)
         for q in questions:
             qid, name = q.get("id"), q.get("document")
-            if name not in documents:
-                self.fail(f"{qid}: document {name!r} is not listed under 'documents'")
+            if not self.known_document(q, documents):
                 continue
-            if q.get("part") != documents[name].get("part"):
-                self.fail(f"{qid}: part {q.get('part')!r} but {name} is in {documents[name].get('part')!r}")
             if q.get("style") not in STYLES:
                 self.fail(f"{qid}: style {q.get('style')!r} is not one of {STYLES}")
             if not str(q.get("question", "")).strip():
@@ -193,11 +200,8 @@ class Checker:
 
         for f in followups:
             fid, name = f.get("id"), f.get("document")
-            if name not in documents:
-                self.fail(f"{fid}: document {name!r} is not listed under 'documents'")
+            if not self.known_document(f, documents):
                 continue
-            if f.get("part") != documents[name].get("part"):
-                self.fail(f"{fid}: part {f.get('part')!r} but {name} is in {documents[name].get('part')!r}")
             turns = f.get("turns") or []
             if len(turns) != 2:
                 self.fail(f"{fid}: has {len(turns)} turns, needs exactly 2")
