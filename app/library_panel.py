@@ -104,7 +104,7 @@ class ReadingProgress(QWidget):
             self._t0, self._done0 = now, done
         self.bar.setRange(0, max(total, 1))
         self.bar.setValue(done)
-        elapsed = now - (self._t0 or now)
+        elapsed = now - self._t0
         rate = (done - self._done0) / elapsed if elapsed > 0.5 else 0.0
         parts = []
         if self.pages:
