@@ -12,7 +12,7 @@ Method (bundled model, Comma's real ingest and ask paths, greedy answers):
   page is first in ``pages`` (``page_cited``: among them; before commit 7f60681 pages read on
   the spot were cited in page order, since then in the order they were found). Methods, on the
   same reading: ``memory`` (the separator memory alone), ``words`` (the full-text index's best
-  pages, in its order), ``merged`` (those and the pages nearest in meaning, in turn), ``rerank``
+  pages, in its order), ``merged`` (those and the pages nearest in meaning, fused), ``rerank``
   (the merged pages choose the passages and the question's log-likelihood after each chosen one
   orders them: what the app asks with),
   ``likelihood`` (the words pages' passages ranked by the question's log-likelihood after each,
@@ -30,11 +30,11 @@ Method (bundled model, Comma's real ingest and ask paths, greedy answers):
   the chosen passages and first (the likelihood of every merged candidate is computed once).
 - pages: no answers, so a few minutes: for each question of qa, the place of the gold page in
   the full-text index's ranking (``words``), the meaning index's (``meaning``, the nearest
-  passage's cosine; engine/recall/page_search.py) and the two taken in turn (``merged``, what Comma
+  passage's cosine; engine/recall/page_search.py) and the two fused (``merged``, what Comma
   uses), top 1 / 2 / 5; and whether the text the answering model reads on the spot
-  (engine/recall/spot_reading.py; its tokenizer sizes it) holds an accepted answer string, from the
-  words ranking, from the merged one, and from the merged one with each page's stretch around
-  its nearest passage (``merged_focus``, what Comma does).
+  (engine/recall/spot_reading.py; its tokenizer sizes it) holds an accepted answer string: the
+  passages of the words ranking's pages (``words``) and the fused passages (``merged``, what
+  Comma reads).
 - store: what compacting the store's passages costs (engine/backends/gguf/compact_state.py): passages
   of 500 tokens of GPL-3, the Apache licence (Debian common-licenses) and R-intro.pdf, each
   read after the text before it and stored as the read stores them, then loaded after a
@@ -292,17 +292,18 @@ def page_places(comma: Comma, args) -> dict:
         pages, _, vectors = comma.library.passage_vectors(doc_id, sentence_encoder.NAME)
         for q in (q for q in spec["questions"] if q["document"] == name):
             words = page_search.word_pages(comma.library, doc_id, q["question"], CANDIDATE_PAGES)
-            merged, nearest = comma.find_pages(doc_id, q["question"])
+            found = comma.find_pages(doc_id, q["question"])
             meaning = page_search.meaning_ranking(comma.encoder.encode([q["question"]])[0], pages, vectors,
                                                   CANDIDATE_PAGES)
             row = {"id": q["id"], "style": q["style"], "page": q["page"]}
-            for method, ranked in {"words": words, "meaning": meaning, "merged": merged}.items():
+            for method, ranked in {"words": words, "meaning": meaning, "merged": found.pages}.items():
                 order = [r[0] for r in ranked]
                 row[method] = order.index(q["page"]) + 1 if q["page"] in order else None
-            for method, (ranked, focus) in {"words": (words, {}), "merged": (merged, {}),
-                                            "merged_focus": (merged, nearest)}.items():
-                spot = spot_reading.spot_pages(ranked, document.page_text,
-                                               lambda text: len(reader.tokenize(text)), q["question"], focus)
+            by_words = page_search.passages((page, document.page_text(page)) for page, _ in words)
+            for method, chosen in {"words": page_search.Found(words, page_search.fuse(
+                    [page_search.word_ranking(q["question"], by_words)], page_search.PASSAGE_FUSION, by_words)),
+                                   "merged": found}.items():
+                spot = spot_reading.spot_pages(chosen, document.page_text, lambda text: len(reader.tokenize(text)))
                 text = " ".join(spot.values()).lower()
                 row["spot_" + method] = any(a.lower() in text for a in q["answers"])
             print(json.dumps(row), file=sys.stderr)
@@ -315,7 +316,7 @@ def page_places(comma: Comma, args) -> dict:
             places = [r[method] for r in chosen]
             out[method] = {f"top{k}": round(sum(p is not None and p <= k for p in places) / len(chosen), 3)
                            for k in (1, 2, 5)}
-        for method in ("words", "merged", "merged_focus"):
+        for method in ("words", "merged"):
             out["spot_holds_answer_" + method] = round(sum(r["spot_" + method] for r in chosen) / len(chosen), 3)
     return {"questions": rows, "summary": summary}
 

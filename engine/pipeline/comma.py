@@ -121,13 +121,11 @@ class Comma:
 
     def candidate_pages(self, doc_id: str, question: str, limit: int = CANDIDATE_PAGES) -> list[tuple[int, float]]:
         """The pages to answer ``question`` from, best first: the full-text index's and, where
-        the document has its meaning index, the nearest in meaning, in turn (engine.recall.page_search)."""
-        return self.find_pages(doc_id, question, limit)[0]
+        the document has its meaning index, the nearest in meaning, fused (engine.recall.page_search)."""
+        return self.find_pages(doc_id, question, limit).pages
 
-    def find_pages(self, doc_id: str, question: str,
-                   limit: int = CANDIDATE_PAGES) -> tuple[list[tuple[int, float]], dict[int, tuple[int, int]]]:
-        """``candidate_pages``, and for each page with a meaning index the ``(start, end)``
-        characters of its passage nearest the question."""
+    def find_pages(self, doc_id: str, question: str, limit: int = CANDIDATE_PAGES) -> page_search.Found:
+        """``candidate_pages``, and the document's passages best first for the question."""
         return page_search.find_pages(self.library, self.encoder, sentence_encoder.NAME, doc_id, question, limit)
 
     def ensure_pages(self, doc_id: str) -> bool:

@@ -1,13 +1,20 @@
-"""Finding the pages a question needs, by its words and by its meaning: the one place that does.
+"""Finding what a question needs, by its words and by its meaning: the one place that does.
 
 The full-text index finds a page that shares the question's words; a question in a reader's own
-words often shares none with the page that answers it (docs/design.md). So
-every page is also cut into overlapping passages of ``PASSAGE_WORDS`` words whose sentence
-vectors (``engine.recall.sentence_encoder``) the library keeps, and a page's meaning score is its best
-passage's cosine with the question. The two rankings are merged by taking their pages in turn,
-the full-text index's first: on bench/data/questions.json the gold page was among the first two
-so merged for 52 of 52 questions, against 47 for the full-text index alone and 44 for meaning
-alone (measured with the chunking below; 160 or 200 words, or no overlap, did worse).
+words often shares none with the page that answers it (docs/design.md). So every page is also
+cut into overlapping passages of ``PASSAGE_WORDS`` words whose sentence vectors
+(``engine.recall.sentence_encoder``) the library keeps.
+
+Two answers come out, both fusing the two kinds of evidence by reciprocal rank (RRF: a sum of
+``1 / (k + place)`` over the rankings, which needs no common scale):
+- the **pages**, best first: the full-text index's BM25 ranking fused with the pages' ranking by
+  their best passage's cosine; they order an answer's citations and, after the deep read, name
+  the recall store's candidates;
+- the **passages**, best first: every passage ranked by its cosine, fused with its ranking by the
+  question's words it holds (each weighed by how rare it is among the document's passages); the
+  spot reading spends its budget on them (``engine.recall.spot_reading``).
+The constants were chosen on the dev part of bench/data/heldout (bench/heldout.py, condition
+``pages``; bench/README.md has the figures), and checked on bench/data/questions.json.
 """
 
 from __future__ import annotations
@@ -31,10 +38,21 @@ _WORD = re.compile(r"\S+")
 NEAR_TOKENS = 8
 
 
+# RRF's constants, chosen on the dev part (bench/heldout.py --conditions pages): for pages, 1 put
+# the gold page first for 88% of the questions in the document's words where 5 did for 83% (the
+# rankings are short); for passages, 5 and 1 read an answer for as many questions, 60 for fewer.
+PAGE_FUSION = 1
+PASSAGE_FUSION = 5
+# Words match by their first letters, so that "sorted" finds "sort" and "vectors" "vector".
+PREFIX = 5
+
+
 class PageIndex(Protocol):
-    """What the library offers to search: its full-text index and its passage vectors."""
+    """What the library offers to search: its full-text index, its page text and its passage vectors."""
 
     def match_pages(self, doc_id: str, match: str, limit: int) -> list[tuple[int, float]]: ...
+
+    def page_texts(self, doc_id: str) -> list[str]: ...
 
     def passage_vectors(self, doc_id: str, encoder: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
 
@@ -61,21 +79,66 @@ def word_pages(index: PageIndex, doc_id: str, question: str, limit: int) -> list
     return index.match_pages(doc_id, match, limit) if match else []
 
 
-def find_pages(index: PageIndex, encoder, encoder_name: str, doc_id: str, question: str,
-               limit: int) -> tuple[list[tuple[int, float]], dict[int, tuple[int, int]]]:
-    """The pages to answer ``question`` from, best first: the full-text index's and, where the
-    document has its meaning index (and ``encoder`` is not None), the nearest in meaning, in
-    turn; and for each page with a meaning index the ``(start, end)`` characters of its
-    passage nearest the question."""
+@dataclass(frozen=True)
+class Found:
+    """What a question needs from one document, best first: pages ``(page, fused score)`` and
+    passages ``(passage, fused score)``."""
+
+    pages: list[tuple[int, float]]
+    passages: list[tuple[PagePassage, float]]
+
+
+def find_pages(index: PageIndex, encoder, encoder_name: str, doc_id: str, question: str, limit: int) -> Found:
+    """The pages and passages to answer ``question`` from. Without the document's meaning index
+    (or without ``encoder``), the pages are the full-text index's and the passages are those
+    of its pages, ranked by the question's words they hold."""
     words = word_pages(index, doc_id, question, limit)
-    if encoder is None:
-        return words, {}
-    pages, spans, vectors = index.passage_vectors(doc_id, encoder_name)
-    if not len(pages):
-        return words, {}
-    meaning = meaning_ranking(encoder.encode([question])[0], pages, vectors, len(pages))
-    nearest = {page: (int(spans[row][0]), int(spans[row][1])) for page, _, row in meaning}
-    return merge(words, meaning[:limit], limit), nearest
+    texts = index.page_texts(doc_id)
+    if encoder is not None:
+        pages, spans, vectors = index.passage_vectors(doc_id, encoder_name)
+    if encoder is None or not len(pages):
+        found = passages((page, texts[page - 1]) for page, _ in words if 0 < page <= len(texts))
+        return Found(words, fuse([word_ranking(question, found)], PASSAGE_FUSION, found))
+    question_vector = encoder.encode([question])[0]
+    meaning = meaning_ranking(question_vector, pages, vectors, len(pages))
+    by_page = fuse([[page for page, _ in words], [page for page, _, _ in meaning[:limit]]], PAGE_FUSION)[:limit]
+    every = [PagePassage(page, start, end, texts[page - 1][start:end] if 0 < page <= len(texts) else "")
+             for page, (start, end) in zip(pages.tolist(), spans.tolist(), strict=True)]
+    cosine = np.argsort(-(vectors @ question_vector), kind="stable").tolist()
+    return Found(by_page, fuse([cosine, word_ranking(question, every)], PASSAGE_FUSION, every))
+
+
+def combine(searches: list[Found]) -> Found:
+    """Several searches' findings as one, each ranking fused by reciprocal rank; on a tie the
+    earlier search's comes first."""
+    pages = fuse([[page for page, _ in found.pages] for found in searches], PAGE_FUSION)
+    passages = fuse([[passage for passage, _ in found.passages] for found in searches], PASSAGE_FUSION)
+    return Found(pages, passages)
+
+
+def word_ranking(question: str, found: list[PagePassage]) -> list[int]:
+    """Indexes of the passages that hold any of the question's content words, best first: by the
+    sum of each such word's inverse document frequency among ``found`` (a rare word says more)."""
+    wanted = {w[:PREFIX] for w in content_words(question)}
+    held = [wanted & {w[:PREFIX] for w in content_words(p.text)} for p in found]
+    counts: dict[str, int] = {}
+    for words in held:
+        for word in words:
+            counts[word] = counts.get(word, 0) + 1
+    weight = {word: np.log((len(found) + 1) / (n + 0.5)) for word, n in counts.items()}
+    scores = [sum(weight[w] for w in words) for words in held]
+    return sorted((i for i, score in enumerate(scores) if score > 0), key=lambda i: (-scores[i], i))
+
+
+def fuse(rankings: list[list], k: int, items: list | None = None) -> list[tuple]:
+    """Reciprocal-rank fusion of ``rankings`` (each best first): ``(item, score)`` best first,
+    ties in first-seen order; with ``items``, the rankings hold indexes into it."""
+    scores: dict = {}
+    for ranking in rankings:
+        for place, key in enumerate(ranking):
+            scores[key] = scores.get(key, 0.0) + 1.0 / (k + 1 + place)
+    order = sorted(scores, key=lambda key: -scores[key])  # sorted() is stable: ties keep first-seen order
+    return [(items[key] if items is not None else key, scores[key]) for key in order]
 
 
 @dataclass(frozen=True)
@@ -116,18 +179,6 @@ def meaning_ranking(question: np.ndarray, pages: np.ndarray, vectors: np.ndarray
             best[page] = (score, row)
     ranked = sorted(best.items(), key=lambda item: (-item[1][0], item[0]))[:limit]
     return [(page, score, row) for page, (score, row) in ranked]
-
-
-def merge(words: list[tuple[int, float]], meaning: list[tuple[int, float, int]],
-          limit: int) -> list[tuple[int, float]]:
-    """Pages from the two rankings in turn (words first), each once, with its place's score
-    ``1 / (1 + place)``: the two rankings' own scores are not on one scale."""
-    order: list[int] = []
-    for i in range(max(len(words), len(meaning))):
-        for ranking in (words, meaning):
-            if i < len(ranking) and ranking[i][0] not in order:
-                order.append(ranking[i][0])
-    return [(page, 1.0 / (1 + place)) for place, page in enumerate(order[:limit])]
 
 
 INDEX_BATCH = 64  # passages between two progress reports (a few seconds on 2 cores)

@@ -304,7 +304,8 @@ def test_ask_follow_up_and_summary_leave_the_memory_untouched(lib, capsys):
     assert code == 0, err
     first = json.loads(out)
     assert set(first) == {"answer", "session_id", "pages", "ttft_s", "seconds", "sources", "recall", "recall_reason",
-                          "model", "model_name", "model_reason", "read_on_the_spot", "sections", "not_saved"}
+                          "model", "model_name", "model_reason", "read_on_the_spot", "sections", "not_saved",
+                          "unsupported"}
     # The tests run the small model alone (COMMA_ANSWERING=off): it answers, and that is no failure.
     assert first["model"] == "reading" and first["model_reason"] is None and first["read_on_the_spot"] == []
     assert first["answer"] and first["pages"] and 0 < first["ttft_s"] <= first["seconds"]

@@ -35,13 +35,22 @@ def test_a_page_ranks_by_its_best_passage_and_the_row_is_that_passage():
     assert page_search.meaning_ranking(np.ones(2, np.float32), np.zeros(0, np.int64), np.zeros((0, 2)), 5) == []
 
 
-def test_the_rankings_are_taken_in_turn_words_first_each_page_once():
-    words = [(4, 9.0), (7, 5.0), (2, 1.0)]
-    meaning = [(7, 0.9, 0), (5, 0.8, 1), (4, 0.7, 2)]
-    merged = page_search.merge(words, meaning, limit=4)
-    assert [page for page, _ in merged] == [4, 7, 5, 2]
-    assert [score for _, score in merged] == [1.0, 0.5, pytest.approx(1 / 3), 0.25]
-    assert [page for page, _ in page_search.merge([], meaning, 5)] == [7, 5, 4]
+def test_rankings_fuse_by_reciprocal_rank_each_item_once():
+    fused = page_search.fuse([[4, 7, 2], [7, 5, 4]], k=1)
+    # 7: 1/3 + 1/2, 4: 1/2 + 1/4, 5: 1/3, 2: 1/4 (ties keep the order first seen)
+    assert [page for page, _ in fused] == [7, 4, 5, 2]
+    assert [score for _, score in fused] == pytest.approx([5 / 6, 3 / 4, 1 / 3, 1 / 4])
+    assert page_search.fuse([[], [7, 5]], k=1) == [(7, 0.5), (5, pytest.approx(1 / 3))]
+    assert page_search.fuse([[1, 0]], k=5, items=["a", "b"]) == [("b", 1 / 6), ("a", 1 / 7)]
+
+
+def test_passages_rank_by_the_rare_question_words_they_hold():
+    found = [page_search.PagePassage(1, 0, 30, "the licence and the software"),
+             page_search.PagePassage(1, 30, 60, "the licence may be terminated"),
+             page_search.PagePassage(2, 0, 30, "the licence covers software")]
+    # "terminated" is on one passage, "licence" on all three: the rare word decides.
+    assert page_search.word_ranking("When is the licence terminated?", found) == [1, 0, 2]
+    assert page_search.word_ranking("What about payment?", found) == []
 
 
 class CountingEncoder:
@@ -94,10 +103,11 @@ def test_ingest_keeps_the_meaning_index_once_and_a_reader_s_words_find_the_page(
     page = next(p for p in range(1, 20) if "forty-five days" in comma.library.page_text(doc_id, p))
     question = "How long before I can get out of the deal?"
     assert page_search.word_pages(comma.library, doc_id, question, 8) == []  # no word of it is on any page
-    pages, nearest = comma.find_pages(doc_id, question)
-    assert pages[0][0] == page
-    start, end = nearest[page]
-    assert "forty-five days" in comma.library.page_text(doc_id, page)[start:end]
+    found = comma.find_pages(doc_id, question)
+    assert found.pages[0][0] == page
+    best = found.passages[0][0]
+    assert best.page == page and "forty-five days" in best.text
+    assert comma.library.page_text(doc_id, page)[best.start:best.end] == best.text
     again = comma.ingest(path, notes=False)
     assert again["meaning"]["reused"] is True and again["meaning"]["passages"] == report["meaning"]["passages"]
 
@@ -110,4 +120,6 @@ def test_without_the_encoder_pages_come_from_words_and_ingest_says_why(tmp_path,
     comma.models.use(encoder=Available(None, "pages are found by their words alone: the sentence encoder is not installed"))
     report = comma.ingest(path, notes=False)
     assert "words alone" in report["meaning"]["skipped"]
-    assert comma.find_pages(report["doc_id"], "What notice terminates the agreement?")[0][0][0] == 1
+    found = comma.find_pages(report["doc_id"], "What notice terminates the agreement?")
+    assert found.pages[0][0] == 1
+    assert found.passages[0][0].page == 1 and "terminate" in found.passages[0][0].text
