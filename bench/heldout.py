@@ -6,10 +6,14 @@ is made, and a ``test`` part, reported and never used for a choice. Each part ha
 questions (the page that holds the answer and the strings an answer must contain; half in the
 document's words, half in a reader's), unanswerable ones (the document does not say) and
 two-turn follow-ups whose second question points back at the first. Each document of the part is
-read through Comma's real pipeline in a fresh library (``Comma.ingest`` without the deep read);
-then, per ``--conditions``:
-- ``spot``: before the answering model's deep read (pages found by the indexes and read on the
-  spot);
+read through Comma's real pipeline in a fresh library (its text, full-text index and meaning
+index; ``Comma.ingest`` without the deep read when ``deep`` is asked for); then, per
+``--conditions``:
+- ``pages``: no model answers: where the pipeline's page ranking puts the gold page, whether the
+  spot reading's stretches hold an accepted answer string, and how many tokens they take (a
+  follow-up's second turn searched as the pipeline searches it, with the turn before);
+- ``spot``: before the answering model's deep read (passages found by the indexes and read on
+  the spot);
 - ``deep``: after its deep read, from its memory and store.
 Every question is asked through ``Comma.ask`` (greedy, at most 128 tokens); a follow-up's second
 turn in the same session. Judged per row: ``right`` (answerable: an accepted string in the
@@ -17,8 +21,10 @@ answer, case-folded, white space folded, and the answer is not a refusal; unansw
 answer says the document does not say), ``evidence`` (the gold page among the answer's pages)
 and ``first`` (the gold page first), time to the first token in process (models loaded). Every
 row is printed to stderr as it is measured; the summary gives, per condition, the figures per
-kind (answerable by style, unanswerable, follow-ups).
+kind (answerable by style, unanswerable, follow-ups). A yes/no question carries its
+``polarity``: an answer that opens with "yes" or "no" is right only if it opens with that one.
 
+    python bench/heldout.py --part dev --conditions pages    # in a minute: the pages found and read
     python bench/heldout.py --part dev [--conditions spot,deep] [--documents A.txt,B.pdf] [--home DIR]
     python bench/heldout.py --part dev --from-log RUN.txt   # the report of a run stopped before its end
 """
@@ -38,12 +44,14 @@ sys.path.insert(0, str(ROOT))
 
 from bench.report import emit  # noqa: E402
 from engine.generate import Sampling  # noqa: E402
+from engine.pipeline.asking import find, search_words  # noqa: E402
 from engine.pipeline.comma import Comma  # noqa: E402
+from engine.recall import spot_reading  # noqa: E402
 from storage.library import Library  # noqa: E402
 
 DATA = ROOT / "bench" / "data" / "heldout"
 ANSWER = Sampling(max_tokens=128)
-CONDITIONS = ("spot", "deep")
+CONDITIONS = ("pages", "spot", "deep")
 
 # How an answer says that the document does not hold what was asked, judged on the answer's
 # first sentences (where a model says so): a negation whose subject is the text itself, or
@@ -56,7 +64,8 @@ _NOT_SAID = re.compile(
     r"|\b(?:not|never)\s+(?:explicitly\s+)?(?:mentioned|stated|specified|addressed|covered|discussed|defined)\b"
     r"|\bno\s+(?:information|mention|indication|details?)\b"
     r"|\b(?:cannot|can't|could\s+not|couldn't|unable\s+to)\s+(?:\w+\s+)?(?:find|answer|determine|tell)\b"
-    r"|\bis\s+silent\b",
+    r"|\bis\s+silent\b"
+    r"|\b(?:document\s+does|passages\s+read\s+for\s+this\s+answer\s+do)\s+not\s+contain\b",  # grounding's note
     re.IGNORECASE)
 
 
@@ -65,8 +74,16 @@ def normalise(text: str) -> str:
 
 
 def says_not_in_document(answer: str) -> bool:
-    """Whether the answer says the document does not say (in its first 300 characters)."""
-    return bool(_NOT_SAID.search(answer[:300]))
+    """Whether the answer says the document does not say: in its first 300 characters, where
+    a model says so, or in its last paragraph, where Comma notes words the document lacks."""
+    return bool(_NOT_SAID.search(answer[:300]) or _NOT_SAID.search(answer.rsplit("\n\n", 1)[-1]))
+
+
+def opens_with(answer: str) -> str | None:
+    """"yes" or "no" when the answer opens with it."""
+    first = re.match(r"\W*(\w+)", answer)
+    word = first.group(1).casefold() if first else ""
+    return word if word in ("yes", "no") else None
 
 
 def judge(turn: dict, answerable: bool, answer: str, pages: list[int]) -> dict:
@@ -75,8 +92,24 @@ def judge(turn: dict, answerable: bool, answer: str, pages: list[int]) -> dict:
         return {"right": refused, "refused": refused}
     text = normalise(answer)
     found = any(normalise(a) in text for a in turn["answers"])
-    return {"right": found and not refused, "refused": refused, "evidence": turn["page"] in pages,
+    said = opens_with(answer) if turn.get("polarity") else None
+    right = (said == turn["polarity"]) if said else found
+    return {"right": right and not refused, "refused": refused, "evidence": turn["page"] in pages,
             "first": bool(pages) and pages[0] == turn["page"]}
+
+
+def placed(comma: Comma, doc_id: str, turn: dict, searches: list[str]) -> dict:
+    """Where the pipeline finds what ``turn`` needs when it searches with ``searches``, no model answering."""
+    model = comma.answerer or comma.model  # its tokenizer sizes the spot reading
+    found = find(comma.find_pages, doc_id, searches)
+    spot = spot_reading.spot_pages(found, lambda page: comma.library.page_text(doc_id, page),
+                                   lambda text: len(model.tokenize(text)))
+    order = [page for page, _ in found.pages]
+    read = normalise(" ".join(spot.values()))
+    return {"place": order.index(turn["page"]) + 1 if turn["page"] in order else None,
+            "read": list(spot), "evidence": turn["page"] in spot,
+            "holds": any(normalise(a) in read for a in turn["answers"]),
+            "tokens": sum(len(model.tokenize(text)) for text in spot.values())}
 
 
 def asked(comma: Comma, doc_id: str, turn: dict, answerable: bool, session: str | None = None) -> dict:
@@ -84,6 +117,23 @@ def asked(comma: Comma, doc_id: str, turn: dict, answerable: bool, session: str 
     return {"answer": result.answer, "pages": result.pages, "model": result.model,
             "read_on_the_spot": result.read_on_the_spot, "ttft_s": result.ttft_s, "seconds": result.seconds,
             "session": result.session_id, **judge(turn, answerable, result.answer, result.pages)}
+
+
+def place_all(comma: Comma, doc_id: str, questions: list[dict], followups: list[dict], rows: list[dict]) -> None:
+    for q in (q for q in questions if q["answerable"]):
+        row = {"condition": "pages", "id": q["id"], "document": q["document"], "part": q["part"],
+               "kind": "answerable", "style": q["style"], "page": q["page"],
+               **placed(comma, doc_id, q, [q["question"]])}
+        print(json.dumps(row), file=sys.stderr, flush=True)
+        rows.append(row)
+    for f in followups:
+        first_turn, second_turn = f["turns"]
+        searches = search_words(second_turn["question"], [{"role": "user", "content": first_turn["question"]}])
+        row = {"condition": "pages", "id": f["id"], "document": f["document"], "part": f["part"],
+               "kind": "followup", "style": second_turn["style"], "page": second_turn["page"],
+               **placed(comma, doc_id, second_turn, searches)}
+        print(json.dumps(row), file=sys.stderr, flush=True)
+        rows.append(row)
 
 
 def ask_all(comma: Comma, doc_id: str, questions: list[dict], followups: list[dict], condition: str,
@@ -106,6 +156,14 @@ def ask_all(comma: Comma, doc_id: str, questions: list[dict], followups: list[di
 
 
 def figures(chosen: list[dict]) -> dict:
+    if "place" in chosen[0]:
+        places = [r["place"] for r in chosen]
+        return {"questions": len(chosen),
+                **{f"gold_page_top{k}": round(sum(p is not None and p <= k for p in places) / len(chosen), 3)
+                   for k in (1, 2, 5)},
+                "gold_page_read": round(sum(r["evidence"] for r in chosen) / len(chosen), 3),
+                "read_holds_answer": round(sum(r["holds"] for r in chosen) / len(chosen), 3),
+                "tokens_read_mean": round(statistics.mean(r["tokens"] for r in chosen))}
     out = {"questions": len(chosen), "right": round(sum(r["right"] for r in chosen) / len(chosen), 3),
            "ttft_median_s": round(statistics.median(r["ttft_s"] for r in chosen), 2)}
     if "evidence" in chosen[0]:
@@ -141,16 +199,23 @@ def run(args) -> tuple[dict, object]:
         for name in names:
             if spec["documents"][name]["part"] != args.part:
                 raise SystemExit(f"{name} belongs to the {spec['documents'][name]['part']} part, not {args.part}")
-            report = comma.ingest(DATA / "docs" / name, notes=False, deep=False)
-            reads[name] = {k: report[k] for k in ("pages", "tokens", "seconds")}
+            if "deep" in args.conditions:  # the deep read takes what ingest keeps
+                report = comma.ingest(DATA / "docs" / name, notes=False, deep=False)
+                doc_id, reads[name] = report["doc_id"], {k: report[k] for k in ("pages", "tokens", "seconds")}
+            else:  # no model reads: the text and its two indexes are what a question needs first
+                document = comma.read_file(DATA / "docs" / name)
+                doc_id = comma.library.add_document(document)
+                reads[name] = {"pages": document.pages, "meaning": comma.index_meaning(document)}
             questions = [q for q in spec["questions"] if q["document"] == name]
             followups = [f for f in spec["followups"] if f["document"] == name]
+            if "pages" in args.conditions:
+                place_all(comma, doc_id, questions, followups, rows)
             if "spot" in args.conditions:
-                ask_all(comma, report["doc_id"], questions, followups, "spot", rows)
+                ask_all(comma, doc_id, questions, followups, "spot", rows)
             if "deep" in args.conditions:
-                deep = comma.deep_read(report["doc_id"])
+                deep = comma.deep_read(doc_id)
                 reads[name]["deep_seconds"] = deep["seconds"]
-                ask_all(comma, report["doc_id"], questions, followups, "deep", rows)
+                ask_all(comma, doc_id, questions, followups, "deep", rows)
         model = comma.answerer or comma.model
     return {"part": args.part, "documents": reads, "rows": rows, "summary": summarize(rows)}, model
 

@@ -12,6 +12,7 @@ from a .txt file at paragraph breaks. The script asserts that:
 * every answerable question has a gold page inside the document, at least one answer, and every one
   of its answers on that page (case-folded, whitespace collapsed) and none of them inside the
   question itself; pages in "also_on" are valid;
+* a "polarity", where there is one, is "yes" or "no" and belongs to an answerable question or turn;
 * every unanswerable question has "page": null, no answers, a "why" note, and none of its
   "absent_terms" anywhere in the document;
 * every follow-up has exactly two turns, each with a question, a style, a gold page and answers
@@ -179,6 +180,7 @@ class Checker:
                 self.fail(f"{qid}: style {q.get('style')!r} is not one of {STYLES}")
             if not str(q.get("question", "")).strip():
                 self.fail(f"{qid}: empty question")
+            self.check_polarity(qid, q)
             if q.get("answerable") is True:
                 self.check_gold(qid, name, q.get("page"), q.get("answers"), q.get("also_on"), q.get("question", ""))
                 share = self.overlap(name, q.get("page"), q.get("question", ""))
@@ -212,6 +214,15 @@ class Checker:
                 if t.get("style") not in STYLES:
                     self.fail(f"{label}: style {t.get('style')!r} is not one of {STYLES}")
                 self.check_gold(label, name, t.get("page"), t.get("answers"), t.get("also_on"), t.get("question", ""))
+                self.check_polarity(label, t)
+
+    def check_polarity(self, label: str, entry: dict) -> None:
+        if "polarity" not in entry:
+            return
+        if entry["polarity"] not in ("yes", "no"):
+            self.fail(f"{label}: polarity {entry['polarity']!r} is not 'yes' or 'no'")
+        if entry.get("answerable") is False:
+            self.fail(f"{label}: an unanswerable question has no polarity")
 
     # -- counts, balance, split ------------------------------------------------------------------------
     def balanced(self, label: str, styles: Counter) -> None:
