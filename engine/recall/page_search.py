@@ -20,6 +20,7 @@ The constants were chosen on the dev part of bench/data/heldout (bench/heldout.p
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
@@ -121,10 +122,7 @@ def word_ranking(question: str, found: list[PagePassage]) -> list[int]:
     sum of each such word's inverse document frequency among ``found`` (a rare word says more)."""
     wanted = {w[:PREFIX] for w in content_words(question)}
     held = [wanted & {w[:PREFIX] for w in content_words(p.text)} for p in found]
-    counts: dict[str, int] = {}
-    for words in held:
-        for word in words:
-            counts[word] = counts.get(word, 0) + 1
+    counts = Counter(word for words in held for word in words)
     weight = {word: np.log((len(found) + 1) / (n + 0.5)) for word, n in counts.items()}
     scores = [sum(weight[w] for w in words) for words in held]
     return sorted((i for i, score in enumerate(scores) if score > 0), key=lambda i: (-scores[i], i))

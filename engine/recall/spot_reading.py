@@ -43,8 +43,8 @@ def _joined(text: str, spans: list[tuple[int, int]]) -> str:
 def spot_pages(found: Found, page_text: Callable[[int], str], tokens: Callable[[str], int],
                budget: int | None = None) -> dict[int, str]:
     """What is read on the spot: page → the stretches of it to read, the best passages that fit
-    ``budget`` tokens together (``SPOT_TOKENS`` by default); pages in ``found.pages``' order, then any others in the order
-    their best passage came."""
+    ``budget`` tokens together (``SPOT_TOKENS`` by default); pages in ``found.pages``' order,
+    then any others in the order their best passage came."""
     budget = SPOT_TOKENS if budget is None else budget
     spans: dict[int, list[tuple[int, int]]] = {}
     texts: dict[int, str] = {}

@@ -250,15 +250,23 @@ def _mutated(header: dict, sections: dict, mutations: list) -> dict:
     return data
 
 
+def _write_mutated(write, path, header: dict, sections: dict, mutations: list) -> bool:
+    """Write a real file's header and sections with ``mutations`` applied; False where json
+    itself cannot write the result (a NaN key, say)."""
+    data = _mutated(header, sections, mutations)
+    try:
+        write(path, data["header"], data["sections"])
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
 @settings(max_examples=300, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(mutations=st.lists(MUTATIONS, min_size=1, max_size=3))
 def test_any_mutation_of_a_real_memory_loads_exactly_or_is_refused(real, tmp_path, mutations):
     model, _, header, sections = real
-    data = _mutated(header, sections, mutations)
     path = tmp_path / "mutated.mem"
-    try:
-        write_memory(path, data["header"], data["sections"])
-    except (TypeError, ValueError):  # a mutation json itself cannot write (a NaN key, say)
+    if not _write_mutated(write_memory, path, header, sections, mutations):
         return
     _check_one(model, path)
 
@@ -417,11 +425,8 @@ def _check_store(model, memory: Memory, path: Path, recalled: bool = False) -> N
 @given(mutations=st.lists(STORE_MUTATIONS, min_size=1, max_size=3))
 def test_any_mutation_of_a_real_store_is_refused_or_answers(real_store, tmp_path, mutations):
     model, memory, header, sections = real_store
-    data = _mutated(header, sections, mutations)
     path = tmp_path / "mutated.recall"
-    try:
-        _write_store(path, data["header"], data["sections"])
-    except (TypeError, ValueError):  # a mutation json itself cannot write
+    if not _write_mutated(_write_store, path, header, sections, mutations):
         return
     _check_store(model, memory, path)
 
@@ -437,7 +442,7 @@ def test_any_mutation_of_a_real_store_is_refused_or_answers(real_store, tmp_path
         "another prompt", "a token fewer"])
 def test_a_crafted_store_is_refused_with_what_is_wrong(real_store, tmp_path, change, words):
     model, memory, header, sections = real_store
-    data = {"header": json.loads(json.dumps(header)), "sections": dict(sections)}
+    data = _mutated(header, sections, [])
     change(data)
     _write_store(tmp_path / "s.recall", data["header"], data["sections"])
     with pytest.raises(MemoryFileError, match=r"recall store .*s\.recall is damaged \(.*" + re.escape(words)):
