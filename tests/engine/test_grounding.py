@@ -76,3 +76,13 @@ def test_read_on_the_spot_a_figure_outside_the_passages_read_is_noted_though_ano
     result = comma.ask(doc_id, QUESTION)
     assert result.read_on_the_spot and result.unsupported == ["1887"]
     assert result.answer.endswith(grounding.note(["1887"], "the passages read for this answer do"))
+
+
+def test_a_document_kept_without_its_page_text_is_not_checked(tmp_path, monkeypatch):
+    use_fake_model(monkeypatch, token_seconds=0)
+    comma = Comma(Library(tmp_path / "home"))
+    doc_id = comma.ingest(write_doc(tmp_path / "harbour.txt"), notes=False)["doc_id"]
+    monkeypatch.setattr("tests.fakes.ANSWER", "The code is 9931.")
+    monkeypatch.setattr(comma.library, "page_texts", lambda doc_id: [])  # an old library's document
+    result = comma.ask(doc_id, QUESTION)
+    assert result.unsupported == [] and result.answer == "The code is 9931."
